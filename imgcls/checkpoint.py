@@ -1,0 +1,119 @@
+"""One .safetensors file per checkpoint: tensors plus JSON metadata, written atomically.
+
+safetensors holds only arrays and strings, so loading a checkpoint can never run code
+(a pickled .pt file can). The metadata rebuilds the model and its preprocessing, so a
+predictor needs nothing but the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from imgcls import __version__
+from imgcls.errors import CheckpointError
+
+SCHEMA_VERSION = 1
+METADATA_KEY = "imgcls"
+MODEL_PREFIX = "model."
+OPTIM_PREFIX = "optim."
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename over it: a crash or a
+    full disk leaves either the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
+    from safetensors.torch import save
+
+    meta = {"schema": SCHEMA_VERSION, "imgcls_version": __version__, **metadata}
+    # Cloning separates tensors that share storage (tied weights), which safetensors refuses.
+    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    try:
+        atomic_write_bytes(Path(path), save(flat, metadata={METADATA_KEY: json.dumps(meta)}))
+    except OSError as err:
+        raise CheckpointError(f"cannot write checkpoint {path}: {err.strerror or err}. The previous file is intact.") from None
+
+
+def read_metadata(path: Path) -> dict:
+    """The JSON metadata of a checkpoint, checked for schema compatibility."""
+    return load_checkpoint(path, tensors=False)[1]
+
+
+def load_checkpoint(path: Path, *, tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(METADATA_KEY)
+            loaded = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path} is not a readable imgcls checkpoint (damaged or truncated?): {err}") from None
+    if raw is None:
+        raise CheckpointError(f"{path} is a safetensors file without imgcls metadata; use --pretrained to load bare weights.")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: its metadata is not valid JSON ({err}); the file was edited or damaged.") from None
+    schema = meta.get("schema")
+    if not isinstance(schema, int):
+        raise CheckpointError(f"{path}: metadata has no schema version; not an imgcls checkpoint.")
+    if schema > SCHEMA_VERSION:
+        raise CheckpointError(
+            f"{path} was written by imgcls {meta.get('imgcls_version', '?')} (checkpoint schema {schema}); "
+            f"this imgcls {__version__} reads schema {SCHEMA_VERSION} and older. Upgrade imgcls to load it."
+        )
+    return loaded, meta
+
+
+def split_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer's state as flat tensors plus JSON-ready hyper-parameters."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{OPTIM_PREFIX}{index}.{key}"] = value
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], saved: dict) -> None:
+    state: dict[int, dict] = {}
+    for name, value in split_prefix(tensors, OPTIM_PREFIX).items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    for name, value in saved.get("scalars", {}).items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})

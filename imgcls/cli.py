@@ -1,0 +1,190 @@
+"""The command line: one small function per subcommand, heavy imports inside them.
+
+Exit status: 0 on success; 1 when `predict` could not read some files (the others are
+still predicted); 2 when imgcls refused the input (the message says why and what to do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from imgcls import __version__
+from imgcls.errors import ImgclsError
+
+log = logging.getLogger("imgcls")
+
+
+def _print(text: str = "", *, file=None) -> None:
+    """print that survives file names which are not valid UTF-8 (surrogate escapes)."""
+    stream = file or sys.stdout
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    print(text.encode(encoding, "backslashreplace").decode(encoding), file=stream, flush=True)
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    """Command-line flags as config overrides; flags not given leave the recipe's value."""
+    from imgcls.config import parse_overrides
+
+    nested = parse_overrides(args.set or [])
+    flags = {
+        ("data", "train"): args.data,
+        ("data", "val"): args.val,
+        ("data", "img_size"): args.img_size,
+        ("data", "val_fraction"): args.val_fraction,
+        ("model", "name"): args.model,
+        ("train", "epochs"): args.epochs,
+        ("train", "batch_size"): args.batch_size,
+        ("train", "seed"): args.seed,
+    }
+    for (section, key), value in flags.items():
+        if value is not None:
+            nested.setdefault(section, {})[key] = value
+    return nested
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from imgcls.config import build_config
+    from imgcls.train import fit
+
+    config = None if args.resume else build_config(args.recipe, _overrides(args))
+    result = fit(config, Path(args.out), resume=args.resume)
+    m = result.metrics
+    _print(f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  on {m['num_samples']} validation images")
+    _print(f"best checkpoint: {result.best_checkpoint}")
+    _print(f"report: {result.run_dir / 'report.html'}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from imgcls.evaluate import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(Path(args.checkpoint), Path(args.data), Path(args.out) if args.out else None)
+    if args.json:
+        _print(json.dumps(metrics, ensure_ascii=False))
+        return 0
+    _print(f"{metrics['data']}: {metrics['num_samples']} images")
+    _print(f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}" + (
+        f"  top-5 {metrics['top5_accuracy']:.4f}" if metrics["top5_accuracy"] is not None else ""))
+    if metrics["skipped_files"]:
+        _print(f"skipped {len(metrics['skipped_files'])} unreadable file(s)")
+    if args.out:
+        _print(f"metrics: {Path(args.out) / 'metrics.json'}\nreport: {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from imgcls.predict import Predictor, expand_paths
+
+    predictor = Predictor.from_checkpoint(args.checkpoint)
+    items = expand_paths(args.paths)
+    if not items:
+        raise ImgclsError(f"no images found in {' '.join(args.paths)}.")
+    failures = 0
+    for prediction in predictor.predict_paths(items, topk=args.topk):
+        failures += prediction.error is not None
+        _print(json.dumps(prediction.to_json(), ensure_ascii=False) if args.json else prediction.to_text())
+    if failures:
+        _print(f"imgcls: {failures} of {len(items)} file(s) could not be read", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def cmd_data_get(args: argparse.Namespace) -> int:
+    from imgcls.data.builtin import get_dataset
+
+    info = get_dataset(args.name, Path(args.out), download=args.download)
+    counts = ", ".join(f"{split} {n:,}" for split, n in info["counts"].items())
+    _print(f"{info['name']} ({info['source']}): {counts} images in {len(info['classes'])} class folders under {info['out']}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from imgcls.models.registry import count_parameters, list_models
+
+    rows = list_models(args.pattern, include_timm=bool(args.pattern) or args.all)
+    for name, description in rows:
+        params = count_parameters(name, num_classes=10, in_chans=3, img_size=224)
+        size = f"{params / 1e6:8.2f} M" if params is not None else "       ? "
+        _print(f"{name:32s} {size}  {description}")
+    if not args.pattern and not args.all:
+        _print("\nand every timm model by name: `imgcls models PATTERN` searches them (e.g. `imgcls models 'resnet*'`).")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgcls", description="Image classification from folders of labelled images.")
+    parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model on a folder of class folders")
+    p.add_argument("data", nargs="?", help="class folders, or a root with train/ and val/ (test/)")
+    p.add_argument("--val", help="validation folder (no automatic split then)")
+    p.add_argument("--model", help="model name (see `imgcls models`)")
+    p.add_argument("--img-size", type=int, help="square input size in pixels")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--val-fraction", type=float, help="share held out per class when there is no val set (0.2)")
+    p.add_argument("--recipe", help="recipe name or YAML file (default: default)")
+    p.add_argument("--pretrained", help="not yet supported: local pretrained weights")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="any config value, e.g. optim.lr=0.01")
+    p.add_argument("--out", default="runs/train", help="run directory (default: runs/train)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.safetensors")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics of a checkpoint on labelled data")
+    p.add_argument("checkpoint")
+    p.add_argument("data", help="class folders, or a root whose test/ (else val/) is used")
+    p.add_argument("--out", help="folder for metrics.json and report.html")
+    p.add_argument("--json", action="store_true", help="print metrics as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="top-k labels of images, folders or globs")
+    p.add_argument("checkpoint")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--topk", type=int, default=3)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_predict)
+
+    data = sub.add_parser("data", help="built-in datasets and dataset checks").add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    p = data.add_parser("get", help="write a built-in dataset as class folders")
+    p.add_argument("name", help="fashion-mnist or digits")
+    p.add_argument("--out", required=True)
+    p.add_argument("--download", action="store_true", help="allow a torchvision download when no local copy exists")
+    p.set_defaults(func=cmd_data_get)
+
+    p = sub.add_parser("models", help="list model names with parameter counts")
+    p.add_argument("pattern", nargs="?", help="glob or substring, searched in imgcls's and timm's models")
+    p.add_argument("--all", action="store_true", help="list every timm model too")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("imgcls: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    try:
+        if args.command == "train" and not args.resume and not args.data:
+            raise ImgclsError("train needs DATA (a folder of class folders), or --resume with --out RUN_DIR.")
+        if getattr(args, "pretrained", None):
+            raise ImgclsError("--pretrained is not supported yet in this version of imgcls.")
+        return args.func(args)
+    except ImgclsError as err:
+        _print(f"imgcls: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        _print("imgcls: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        log.removeHandler(handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

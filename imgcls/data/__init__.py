@@ -1,0 +1,1 @@
+"""Data: where images are, how they are decoded, cached, augmented and batched."""

@@ -1,0 +1,119 @@
+"""Decode every image once, in parallel processes, into one uint8 array.
+
+Epochs then read from memory and never touch Pillow again: on this kind of 2-core machine
+the usual per-sample pipeline (PIL decode + transforms in DataLoader workers) trains 3x
+slower than the same network fed from memory (see the shared performance notes).
+Unreadable files are skipped and recorded with their reason, never fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from imgcls.data.decode import decode_image
+from imgcls.data.sources import Sample
+from imgcls.errors import DataError
+from imgcls.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256  # images per task: large enough to hide inter-process overhead
+MIN_PARALLEL = 1024  # below this, starting processes costs more than it saves
+
+
+@dataclass
+class ImageCache:
+    images: np.ndarray  # (N, H, W, C) uint8: channels-last, as convolutions want it on CPU
+    labels: np.ndarray  # (N,) int64
+    paths: list[str]  # the file of each row, for galleries and error reports
+    skipped: list[dict] = field(default_factory=list)  # [{"path", "reason"}]
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[-1])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _decode_chunk(
+    paths: list[str], size: int, resize: str, channels: int | None, max_pixels: int
+) -> list[np.ndarray | str]:
+    out: list[np.ndarray | str] = []
+    for path in paths:
+        try:
+            out.append(decode_image(Path(path), size=size, resize=resize, channels=channels, max_pixels=max_pixels))
+        except DataError as err:
+            out.append(str(err))
+    return out
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    # fork starts workers in milliseconds; they only run Pillow and NumPy, never torch.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+
+
+def build_cache(
+    samples: Sequence[Sample],
+    *,
+    size: int,
+    resize: str = "crop",
+    channels: int | None = None,
+    max_pixels: int = 64_000_000,
+    workers: int = 0,
+    desc: str = "decode",
+) -> ImageCache:
+    """Decode and resize samples into an ImageCache.
+
+    channels None chooses: 1 when every readable image is grey, else 3 (grey images are
+    then repeated into three channels, exactly as Pillow's L -> RGB conversion does).
+    """
+    paths = [str(s.path) for s in samples]
+    chunks = [paths[i : i + CHUNK] for i in range(0, len(paths), CHUNK)]
+    work = partial(_decode_chunk, size=size, resize=resize, channels=channels, max_pixels=max_pixels)
+    workers = workers or cpu_count()
+    results: list[np.ndarray | str] = []
+    bar = progress_bar(total=len(paths), desc=desc, unit="img")
+    try:
+        if workers > 1 and len(paths) >= MIN_PARALLEL:
+            with _pool(workers) as pool:
+                for chunk_result in pool.map(work, chunks):
+                    results.extend(chunk_result)
+                    bar.update(len(chunk_result))
+        else:
+            for chunk in chunks:
+                results.extend(work(chunk))
+                bar.update(len(chunk))
+    finally:
+        bar.close()
+
+    keep = [i for i, r in enumerate(results) if not isinstance(r, str)]
+    skipped = [{"path": paths[i], "reason": r} for i, r in enumerate(results) if isinstance(r, str)]
+    for item in skipped:
+        log.warning("skipped %s", item["reason"])
+    if not keep:
+        raise DataError(f"none of the {len(paths)} images could be decoded; first error: {skipped[0]['reason']}")
+    arrays = [results[i] for i in keep]
+    target = channels or (1 if all(a.shape[-1] == 1 for a in arrays) else 3)
+    images = np.empty((len(arrays), size, size, target), dtype=np.uint8)
+    for row, array in enumerate(arrays):
+        images[row] = array  # broadcasting repeats a grey channel into three
+    labels = np.array([samples[i].label for i in keep], dtype=np.int64)
+    return ImageCache(images=images, labels=labels, paths=[paths[i] for i in keep], skipped=skipped)

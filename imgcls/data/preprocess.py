@@ -1,0 +1,67 @@
+"""The preprocessing that travels with a model's weights, and its one implementation.
+
+Training, evaluation, prediction, export and serving all turn pixels into model input
+through `to_model_input`, with the values stored in the checkpoint, so they cannot drift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    img_size: int
+    channels: int  # 1 or 3
+    mean: tuple[float, ...]  # per channel, on the 0..1 scale
+    std: tuple[float, ...]
+    resize: str = "crop"  # see imgcls.data.decode.resize_square
+    max_pixels: int = 64_000_000
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Preprocessing:
+        values = dict(values)
+        values["mean"] = tuple(float(m) for m in values["mean"])
+        values["std"] = tuple(float(s) for s in values["std"])
+        return cls(**values)
+
+
+def channel_stats(images: np.ndarray, chunk: int = 8192) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (0..1 scale) of (N, H, W, C) uint8 images, in chunks to bound memory."""
+    channels = images.shape[-1]
+    total = np.zeros(channels)
+    squares = np.zeros(channels)
+    count = 0
+    for start in range(0, len(images), chunk):
+        block = images[start : start + chunk].reshape(-1, channels).astype(np.float64) / 255.0
+        total += block.sum(axis=0)
+        squares += np.square(block).sum(axis=0)
+        count += len(block)
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 1e-12))
+    std = np.maximum(std, 1e-3)  # a constant channel must not divide by zero
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def to_model_input(
+    images: torch.Tensor,
+    preprocessing: Preprocessing,
+    *,
+    channels_last: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """(N, H, W, C) uint8 pixels to the normalised (N, C, H, W) float tensor a model takes.
+
+    The permuted view already has channels_last strides, so that layout costs nothing.
+    """
+    mean, std = preprocessing.mean, preprocessing.std
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=dtype, device=images.device)
+    shift = torch.tensor([m / s for m, s in zip(mean, std, strict=True)], dtype=dtype, device=images.device)
+    x = (images.to(dtype) * scale - shift).permute(0, 3, 1, 2)
+    return x if channels_last else x.contiguous()

@@ -1,0 +1,191 @@
+"""Where images and labels are: class folders, train/val/test layouts, automatic splits.
+
+A class is a folder; its name (any Unicode, normalised to NFC so the same name typed on
+macOS and Linux matches) is the label. Hidden files and folders and non-image files are
+ignored. Every problem a user can fix is reported here, before any decoding or training.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from imgcls.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+IGNORED_FOLDERS = frozenset({"__MACOSX", "__pycache__"})
+VAL_FOLDER_NAMES = ("val", "validation")
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int
+
+
+@dataclass(frozen=True)
+class DataSources:
+    """The labelled images of one run, split into train and val (and maybe test)."""
+
+    classes: tuple[str, ...]
+    train: tuple[Sample, ...]
+    val: tuple[Sample, ...]
+    test: tuple[Sample, ...] | None
+    layout: str  # how the split was made, said in the log and the report
+
+
+def _ignored(name: str) -> bool:
+    return name.startswith(".") or name in IGNORED_FOLDERS
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not _ignored(path.name)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under folder, recursively, sorted; symlinked folders followed once."""
+    found: list[Path] = []
+    seen_dirs: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=_log_walk_error):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:  # a symlink loop or a folder linked twice
+            dirnames.clear()
+            continue
+        seen_dirs.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not _ignored(d))
+        found.extend(Path(dirpath, f) for f in filenames if is_image_file(Path(f)))
+    return sorted(found)
+
+
+def _log_walk_error(err: OSError) -> None:
+    log.warning("cannot list %s: %s (skipped)", err.filename, err.strerror)
+
+
+def class_name(folder: Path) -> str:
+    return unicodedata.normalize("NFC", folder.name)
+
+
+def scan_class_folders(root: Path) -> dict[str, list[Path]]:
+    """{class name: image paths} for a folder holding one folder per class."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder. Give a folder with one sub-folder per class.")
+    classes = {}
+    for child in sorted(root.iterdir()):
+        if child.is_dir() and not _ignored(child.name):
+            classes[class_name(child)] = list_images(child)
+    return classes
+
+
+def find_split_folders(root: Path) -> dict[str, Path | None] | None:
+    """{train, val, test} folders when root uses the train/ val/ test/ layout, else None."""
+    train = root / "train"
+    if not train.is_dir():
+        return None
+    val = next((root / n for n in VAL_FOLDER_NAMES if (root / n).is_dir()), None)
+    test = root / "test" if (root / "test").is_dir() else None
+    return {"train": train, "val": val, "test": test}
+
+
+def _check_training_classes(by_class: dict[str, list[Path]], root: Path) -> None:
+    if len(by_class) < 2:
+        found = ", ".join(by_class) or "none"
+        raise DataError(
+            f"{root} needs at least two class folders (found: {found}). "
+            "Put each class's images in its own sub-folder, e.g. cats/ and dogs/."
+        )
+    empty = [name for name, paths in by_class.items() if not paths]
+    if empty:
+        raise DataError(
+            f"class folder(s) {', '.join(repr(n) for n in empty)} in {root} hold no images "
+            f"({', '.join(sorted(IMAGE_EXTENSIONS))}). Add images or remove the folder."
+        )
+
+
+def _samples(by_class: dict[str, list[Path]], classes: tuple[str, ...], root: Path) -> tuple[Sample, ...]:
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = [name for name in by_class if name not in index]
+    if unknown:
+        raise DataError(
+            f"{root} has class folder(s) {', '.join(repr(n) for n in unknown)} that the training "
+            f"data does not have (training classes: {', '.join(classes)}). Rename or remove them."
+        )
+    return tuple(Sample(p, index[name]) for name, paths in by_class.items() for p in paths)
+
+
+def stratified_split(
+    by_class: dict[str, list[Path]], fraction: float, seed: int
+) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+    """Hold out `fraction` of every class (at least one image when a class has two or more)."""
+    rng = np.random.default_rng(seed)
+    train, val = {}, {}
+    for name, paths in by_class.items():
+        order = rng.permutation(len(paths))
+        n_val = min(max(1, round(len(paths) * fraction)), len(paths) - 1) if len(paths) > 1 else 0
+        val[name] = sorted(paths[i] for i in order[:n_val])
+        train[name] = sorted(paths[i] for i in order[n_val:])
+        if len(paths) == 1:
+            log.warning("class %r has one image: it is used for training only", name)
+    return train, val
+
+
+def resolve_training_data(
+    data: str | Path, val: str | Path | None = None, *, val_fraction: float = 0.2, seed: int = 0
+) -> DataSources:
+    """The train/val(/test) sources of a training run, following the folder layout rules."""
+    root = Path(data)
+    if not root.exists():
+        raise DataError(f"{root} does not exist. Give a folder of class folders.")
+    split = find_split_folders(root) if val is None else None
+    train_root = split["train"] if split else root
+    val_root = Path(val) if val is not None else (split["val"] if split else None)
+    test_root = split["test"] if split else None
+
+    train_by_class = scan_class_folders(train_root)
+    _check_training_classes(train_by_class, train_root)
+    if val_root is not None:
+        if not val_root.is_dir():
+            raise DataError(f"validation folder {val_root} does not exist.")
+        val_by_class = scan_class_folders(val_root)
+        layout = f"train {train_root}, validation {val_root}"
+    else:
+        train_by_class, val_by_class = stratified_split(train_by_class, val_fraction, seed)
+        val_root = train_root
+        layout = f"{train_root} split {1 - val_fraction:.0%}/{val_fraction:.0%} (seed {seed})"
+    classes = tuple(train_by_class)
+    val_samples = _samples(val_by_class, classes, val_root)
+    if not val_samples:
+        raise DataError(f"no validation images found in {val_root}. Add images or a val/ folder.")
+    test = _samples(scan_class_folders(test_root), classes, test_root) if test_root else None
+    return DataSources(
+        classes=classes,
+        train=_samples(train_by_class, classes, train_root),
+        val=val_samples,
+        test=test,
+        layout=layout,
+    )
+
+
+def resolve_evaluation_data(data: str | Path, classes: tuple[str, ...]) -> tuple[tuple[Sample, ...], Path]:
+    """The images `evaluate` uses: test/ if present, else val/ (validation/), else all of it."""
+    root = Path(data)
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder. Give a folder of class folders (or a data root).")
+    split = find_split_folders(root)
+    folder = root
+    if split is not None:
+        folder = split["test"] or split["val"] or root
+        if folder is root:
+            raise DataError(f"{root} has train/ but neither test/ nor val/ to evaluate on.")
+    by_class = scan_class_folders(folder)
+    samples = _samples(by_class, classes, folder)
+    if not samples:
+        raise DataError(f"{folder} holds no images in its class folders.")
+    return samples, folder

@@ -1,0 +1,26 @@
+"""The errors imgcls raises on purpose.
+
+Library code raises these with a message that says which file or key is wrong,
+what is wrong and what to do; only the command line turns them into exit codes
+(and the server into HTTP statuses).
+"""
+
+
+class ImgclsError(Exception):
+    """Base of every error imgcls reports to its user without a traceback."""
+
+
+class DataError(ImgclsError):
+    """A dataset, folder or image cannot be used."""
+
+
+class ConfigError(ImgclsError):
+    """A recipe, option or override is invalid."""
+
+
+class ModelNotFoundError(ImgclsError):
+    """No model is registered (or in timm) under the asked name."""
+
+
+class CheckpointError(ImgclsError):
+    """A checkpoint file is missing, damaged or from an incompatible version."""

@@ -1,0 +1,53 @@
+"""Running a model over many images in batches: shared by evaluation, prediction and export."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from imgcls.data.preprocess import Preprocessing, to_model_input
+
+
+def autocast(dtype: torch.dtype | None, device: torch.device):
+    """bfloat16 autocast when asked, else nothing."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def cpu_has_bf16() -> bool:
+    """True on CPUs with native bfloat16 arithmetic (AVX512-BF16 or AMX)."""
+    cpu = torch.backends.cpu.get_cpu_capability()
+    if cpu not in ("AVX512", "AVX512_BF16", "AMX"):
+        return False
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(check is not None and check() for check in checks)
+
+
+def prepare_for_inference(model: nn.Module, channels_last: bool = True) -> nn.Module:
+    model.eval()
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+@torch.inference_mode()
+def batched_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    preprocessing: Preprocessing,
+    *,
+    batch_size: int = 512,
+    channels_last: bool = True,
+    autocast_dtype: torch.dtype | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """float32 logits (N, K) of (N, H, W, C) uint8 images, in eval mode."""
+    device = device or torch.device("cpu")
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size].to(device)
+        x = to_model_input(batch, preprocessing, channels_last=channels_last)
+        with autocast(autocast_dtype, device):
+            outputs.append(model(x).float().cpu())
+    return torch.cat(outputs) if outputs else torch.empty(0)

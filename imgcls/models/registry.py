@@ -1,0 +1,116 @@
+"""One registry of model names: imgcls's own seed models, then every model timm knows.
+
+A duplicate registration is an error (as in torchvision's registry); an unknown name is
+answered with the closest names. Models from either source share timm's interface.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from imgcls.errors import ConfigError, ModelNotFoundError
+from imgcls.models import seed
+
+TIMM_PREFIX = "timm:"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    build: Callable[..., nn.Module]  # (num_classes, in_chans, img_size, **kwargs) -> model
+    description: str
+    min_size: int = 8  # smallest input side the architecture accepts
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register(name: str, build: Callable[..., nn.Module], description: str, min_size: int = 8) -> None:
+    if name in _REGISTRY:
+        raise ValueError(f"model name {name!r} is already registered")
+    _REGISTRY[name] = ModelEntry(name, build, description, min_size)
+
+
+def _timm_builder(timm_name: str) -> Callable[..., nn.Module]:
+    def build(num_classes: int, in_chans: int, img_size: int, **kwargs) -> nn.Module:
+        return _create_timm(timm_name, num_classes, in_chans, img_size, **kwargs)
+
+    return build
+
+
+register("softmax", seed.softmax_regression, "softmax regression: flatten + linear")
+register("lenet", seed.lenet, "LeNet-5 with ReLU and max pooling", min_size=12)
+register("keras-cnn", seed.keras_cnn, "two conv 32 + max-pool blocks, dense 128", min_size=10)
+register("alexnet", seed.alexnet, "AlexNet, five convolutions and two 4096 dense layers", min_size=63)
+register("resnet18", _timm_builder("resnet18"), "ResNet-18 (timm)", min_size=16)
+register("vgg11", _timm_builder("vgg11_bn"), "VGG-11 with batch norm (timm)", min_size=32)
+register("vgg16", _timm_builder("vgg16_bn"), "VGG-16 with batch norm (timm)", min_size=32)
+
+
+@functools.cache
+def timm_model_names() -> tuple[str, ...]:
+    import timm
+
+    return tuple(timm.list_models())
+
+
+def _create_timm(name: str, num_classes: int, in_chans: int, img_size: int, **kwargs) -> nn.Module:
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
+    except TypeError:
+        # Only fixed-size architectures (ViT, Swin, ...) take img_size; convnets refuse it.
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+def resolve(name: str) -> ModelEntry:
+    """The registry entry for a name: imgcls's own, else timm's (optionally 'timm:NAME')."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    timm_name = name.removeprefix(TIMM_PREFIX)
+    if timm_name in timm_model_names():
+        return ModelEntry(name, _timm_builder(timm_name), f"timm model {timm_name}")
+    choices = list(_REGISTRY) + list(timm_model_names())
+    close = difflib.get_close_matches(timm_name, choices, n=5, cutoff=0.6)
+    hint = f" Close matches: {', '.join(close)}." if close else ""
+    raise ModelNotFoundError(f"unknown model {name!r}.{hint} `imgcls models` lists them all.")
+
+
+def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: int = 224, **kwargs) -> nn.Module:
+    """A freshly initialised model with timm's interface."""
+    entry = resolve(name)
+    if img_size < entry.min_size:
+        raise ConfigError(f"model {name!r} needs images of at least {entry.min_size} px; got --img-size {img_size}.")
+    try:
+        return entry.build(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
+    except TypeError as err:
+        raise ConfigError(f"model {name!r} does not accept these arguments: {err}") from None
+
+
+def count_parameters(name: str, *, num_classes: int = 10, in_chans: int = 3, img_size: int = 224) -> int | None:
+    """Parameter count, computed on the meta device so no memory is allocated."""
+    try:
+        with torch.device("meta"):
+            model = create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
+    except Exception:  # noqa: BLE001 - a listing must not fail because one exotic model cannot be built
+        return None
+    return sum(p.numel() for p in model.parameters())
+
+
+def list_models(pattern: str | None = None, *, include_timm: bool = True) -> list[tuple[str, str]]:
+    """(name, description) of imgcls's models, then timm's, filtered by a glob or substring."""
+    rows = [(e.name, e.description) for e in _REGISTRY.values()]
+    if include_timm:
+        rows += [(n, "timm") for n in timm_model_names() if n not in _REGISTRY]
+    if not pattern:
+        return rows
+    glob = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
+    return [row for row in rows if fnmatch.fnmatch(row[0], glob)]

@@ -1,0 +1,87 @@
+"""The classic architectures, written plainly, behind timm's model interface.
+
+Every model here exposes what timm models do (forward_features, forward_head with
+pre_logits, get_classifier, reset_classifier, num_features), so training, prediction,
+export and embeddings never special-case an architecture.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+class SeedNet(nn.Module):
+    """features -> pre_logits (the embedding) -> fc (the classifier)."""
+
+    def __init__(self, features: nn.Module, pre_logits: nn.Module, num_features: int, num_classes: int):
+        super().__init__()
+        self.features = features
+        self.pre_logits = pre_logits
+        self.num_features = num_features
+        self.num_classes = num_classes
+        self.fc = nn.Linear(num_features, num_classes)
+
+    def forward_features(self, x):
+        return self.features(x)
+
+    def forward_head(self, x, pre_logits: bool = False):
+        x = self.pre_logits(x)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes)
+
+
+def softmax_regression(num_classes: int, in_chans: int, img_size: int) -> SeedNet:
+    """Flatten + one linear layer: multinomial logistic regression on raw pixels (d2l ch. 4)."""
+    return SeedNet(nn.Identity(), nn.Flatten(), in_chans * img_size * img_size, num_classes)
+
+
+def lenet(num_classes: int, in_chans: int, img_size: int) -> SeedNet:
+    """LeNet-5 (LeCun et al. 1998) as in d2l, with ReLU and max pooling, which train
+    in a few epochs where the original sigmoid and average pooling need dozens."""
+    features = nn.Sequential(
+        nn.Conv2d(in_chans, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+    )  # fmt: skip
+    side = (img_size // 2 - 4) // 2
+    pre_logits = nn.Sequential(
+        nn.Flatten(), nn.Linear(16 * side * side, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU()
+    )
+    return SeedNet(features, pre_logits, 84, num_classes)
+
+
+def keras_cnn(num_classes: int, in_chans: int, img_size: int) -> SeedNet:
+    """The small-data article's network: (Conv 32 3x3 + ReLU + MaxPool 2) twice, Dense 128, Dense N."""
+    features = nn.Sequential(
+        nn.Conv2d(in_chans, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+    )  # fmt: skip
+    side = ((img_size - 2) // 2 - 2) // 2
+    pre_logits = nn.Sequential(nn.Flatten(), nn.Linear(32 * side * side, 128), nn.ReLU())
+    return SeedNet(features, pre_logits, 128, num_classes)
+
+
+def alexnet(num_classes: int, in_chans: int, img_size: int) -> SeedNet:
+    """AlexNet (Krizhevsky et al. 2012) as in d2l: five convolutions, two 4096 dense layers."""
+    features = nn.Sequential(
+        nn.Conv2d(in_chans, 96, 11, stride=4, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(96, 256, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(384, 384, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.AdaptiveAvgPool2d(5),
+    )  # fmt: skip
+    pre_logits = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(256 * 5 * 5, 4096), nn.ReLU(), nn.Dropout(0.5),
+        nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(0.5),
+    )  # fmt: skip
+    return SeedNet(features, pre_logits, 4096, num_classes)
