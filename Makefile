@@ -1,0 +1,37 @@
+# imgcls: `make demo` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# torch and torchvision are pinned to the builds this project is developed and measured with.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test bench lint format clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet $(TORCH_PINS)
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+demo: $(VENV)/.installed
+	bash scripts/demo.sh
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/run_all.py
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check imgcls tests benchmarks
+	$(BIN)/ruff format --check imgcls tests benchmarks
+
+format: $(VENV)/.installed
+	$(BIN)/ruff format imgcls tests benchmarks
+	$(BIN)/ruff check --fix imgcls tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs data .pytest_cache
