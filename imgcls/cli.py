@@ -48,9 +48,10 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from imgcls.config import build_config
+    from imgcls.models.registry import config_defaults
     from imgcls.train import fit
 
-    config = None if args.resume else build_config(args.recipe, _overrides(args))
+    config = None if args.resume else build_config(args.recipe, _overrides(args), config_defaults)
     result = fit(config, Path(args.out), resume=args.resume)
     m = result.metrics
     _print(f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  on {m['num_samples']} validation images")

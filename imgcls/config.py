@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +39,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class AugmentConfig:
     hflip: bool = True  # random horizontal flip, per image
-    translate: float = 0.125  # random shift up to this fraction of the size (reflect pad)
+    translate: float = 0.0625  # random shift up to this fraction of the size (reflect pad)
 
 
 @dataclass(frozen=True)
@@ -201,10 +202,21 @@ def parse_overrides(pairs: list[str]) -> dict:
     return nested
 
 
-def build_config(recipe: str | Path | None = None, overrides: dict | None = None) -> Config:
-    """The validated, frozen config of a run: recipe values, then overrides on top."""
-    values = _merge({}, read_recipe(recipe), f"recipe {recipe or 'default'}")
-    values = _merge(values, overrides or {}, "override")
+def build_config(
+    recipe: str | Path | None = None,
+    overrides: dict | None = None,
+    model_defaults: Callable[[str], dict] | None = None,
+) -> Config:
+    """The validated, frozen config of a run. Later layers win: imgcls's defaults, the
+    chosen model's own defaults (`model_defaults(name)`), the recipe, then overrides."""
+    recipe_values = _merge({}, read_recipe(recipe), f"recipe {recipe or 'default'}")
+    overrides = _merge({}, overrides or {}, "override")
+    values: dict = {}
+    if model_defaults is not None:
+        name = overrides.get("model", {}).get("name") or recipe_values.get("model", {}).get("name") or ModelConfig.name
+        values = _merge(values, model_defaults(str(name)), f"defaults of model {name}")
+    values = _merge(values, recipe_values, f"recipe {recipe or 'default'}")
+    values = _merge(values, overrides, "override")
     config = Config(**{name: _section_from_dict(name, values.get(name, {})) for name in _SECTION_TYPES})
     validate(config)
     return config

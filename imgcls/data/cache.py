@@ -86,6 +86,8 @@ def build_cache(
     then repeated into three channels, exactly as Pillow's L -> RGB conversion does).
     """
     paths = [str(s.path) for s in samples]
+    if not paths:
+        raise DataError("no images to decode.")
     chunks = [paths[i : i + CHUNK] for i in range(0, len(paths), CHUNK)]
     work = partial(_decode_chunk, size=size, resize=resize, channels=channels, max_pixels=max_pixels)
     workers = workers or cpu_count()

@@ -77,10 +77,13 @@ def scan_class_folders(root: Path) -> dict[str, list[Path]]:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root} is not a folder. Give a folder with one sub-folder per class.")
-    classes = {}
+    classes: dict[str, list[Path]] = {}
     for child in sorted(root.iterdir()):
         if child.is_dir() and not _ignored(child.name):
-            classes[class_name(child)] = list_images(child)
+            name = class_name(child)
+            if name in classes:  # the same name spelt in NFC and NFD: one class, both folders
+                log.warning("%s and another folder both spell class %r; their images are merged", child, name)
+            classes[name] = sorted(classes.get(name, []) + list_images(child))
     return classes
 
 
@@ -143,7 +146,7 @@ def resolve_training_data(
     root = Path(data)
     if not root.exists():
         raise DataError(f"{root} does not exist. Give a folder of class folders.")
-    split = find_split_folders(root) if val is None else None
+    split = find_split_folders(root)
     train_root = split["train"] if split else root
     val_root = Path(val) if val is not None else (split["val"] if split else None)
     test_root = split["test"] if split else None

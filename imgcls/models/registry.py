@@ -27,15 +27,29 @@ class ModelEntry:
     build: Callable[..., nn.Module]  # (num_classes, in_chans, img_size, **kwargs) -> model
     description: str
     min_size: int = 8  # smallest input side the architecture accepts
+    config_defaults: dict | None = None  # recipe values this model needs (recipes and flags still win)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register(name: str, build: Callable[..., nn.Module], description: str, min_size: int = 8) -> None:
+def register(
+    name: str, build: Callable[..., nn.Module], description: str, min_size: int = 8, config_defaults: dict | None = None
+) -> None:
     if name in _REGISTRY:
         raise ValueError(f"model name {name!r} is already registered")
-    _REGISTRY[name] = ModelEntry(name, build, description, min_size)
+    _REGISTRY[name] = ModelEntry(name, build, description, min_size, config_defaults)
+
+
+def config_defaults(name: str) -> dict:
+    """Config values a model wants by default: {section: {key: value}}."""
+    entry = _REGISTRY.get(name)
+    return dict(entry.config_defaults or {}) if entry else {}
+
+
+# A linear model on raw pixels has no translation invariance: shifted and mirrored
+# copies only blur its templates (Fashion-MNIST, 3 epochs: 0.68 with them, 0.84 without).
+NO_AUGMENTATION = {"augment": {"hflip": False, "translate": 0.0}}
 
 
 def _timm_builder(timm_name: str) -> Callable[..., nn.Module]:
@@ -45,7 +59,7 @@ def _timm_builder(timm_name: str) -> Callable[..., nn.Module]:
     return build
 
 
-register("softmax", seed.softmax_regression, "softmax regression: flatten + linear")
+register("softmax", seed.softmax_regression, "softmax regression: flatten + linear", config_defaults=NO_AUGMENTATION)
 register("lenet", seed.lenet, "LeNet-5 with ReLU and max pooling", min_size=12)
 register("keras-cnn", seed.keras_cnn, "two conv 32 + max-pool blocks, dense 128", min_size=10)
 register("alexnet", seed.alexnet, "AlexNet, five convolutions and two 4096 dense layers", min_size=63)
