@@ -80,8 +80,8 @@ def load_checkpoint(path: Path, *, tensors: bool = True) -> tuple[dict[str, torc
         meta = json.loads(raw)
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path}: its metadata is not valid JSON ({err}); the file was edited or damaged.") from None
-    schema = meta.get("schema")
-    if not isinstance(schema, int):
+    schema = meta.get("schema") if isinstance(meta, dict) else None
+    if not isinstance(schema, int) or isinstance(schema, bool):
         raise CheckpointError(f"{path}: metadata has no schema version; not an imgcls checkpoint.")
     if schema > SCHEMA_VERSION:
         raise CheckpointError(

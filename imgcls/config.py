@@ -161,6 +161,8 @@ def _merge(base: dict, updates: dict, where: str) -> dict:
     for section, values in updates.items():
         if section not in _SECTION_TYPES:
             raise ConfigError(f"{where}: unknown section '{section}'.{_suggest(section, list(_SECTION_TYPES))}")
+        if values is None:  # an empty section in YAML
+            values = {}
         if not isinstance(values, dict):
             raise ConfigError(f"{where}: section '{section}' must be a mapping of keys to values.")
         merged.setdefault(section, {}).update(values)
@@ -233,6 +235,7 @@ def validate(config: Config) -> None:
         (config.train.eval_batch_size >= 1, "train.eval_batch_size must be at least 1"),
         (0.0 <= config.train.label_smoothing < 1.0, "train.label_smoothing must be in [0, 1)"),
         (config.optim.lr > 0, "optim.lr must be positive"),
+        (0 <= config.optim.momentum < 1, "optim.momentum must be in [0, 1)"),
         (config.optim.weight_decay >= 0, "optim.weight_decay must not be negative"),
         (config.optim.warmup_epochs >= 0, "optim.warmup_epochs must not be negative"),
     ]

@@ -17,7 +17,9 @@ class SeedNet(nn.Module):
         super().__init__()
         self.features = features
         self.pre_logits = pre_logits
+        # timm's names: the width of forward_head(pre_logits=True), i.e. the embedding.
         self.num_features = num_features
+        self.head_hidden_size = num_features
         self.num_classes = num_classes
         self.fc = nn.Linear(num_features, num_classes)
 
