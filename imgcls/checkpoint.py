@@ -54,7 +54,9 @@ def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dict
     try:
         atomic_write_bytes(Path(path), save(flat, metadata={METADATA_KEY: json.dumps(meta)}))
     except OSError as err:
-        raise CheckpointError(f"cannot write checkpoint {path}: {err.strerror or err}. The previous file is intact.") from None
+        raise CheckpointError(
+            f"cannot write checkpoint {path}: {err.strerror or err}. The previous file is intact."
+        ) from None
 
 
 def read_metadata(path: Path) -> dict:
@@ -75,11 +77,15 @@ def load_checkpoint(path: Path, *, tensors: bool = True) -> tuple[dict[str, torc
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path} is not a readable imgcls checkpoint (damaged or truncated?): {err}") from None
     if raw is None:
-        raise CheckpointError(f"{path} is a safetensors file without imgcls metadata; use --pretrained to load bare weights.")
+        raise CheckpointError(
+            f"{path} is a safetensors file without imgcls metadata; use --pretrained to load bare weights."
+        )
     try:
         meta = json.loads(raw)
     except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: its metadata is not valid JSON ({err}); the file was edited or damaged.") from None
+        raise CheckpointError(
+            f"{path}: its metadata is not valid JSON ({err}); the file was edited or damaged."
+        ) from None
     schema = meta.get("schema") if isinstance(meta, dict) else None
     if not isinstance(schema, int) or isinstance(schema, bool):
         raise CheckpointError(f"{path}: metadata has no schema version; not an imgcls checkpoint.")

@@ -68,8 +68,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         _print(json.dumps(metrics, ensure_ascii=False))
         return 0
     _print(f"{metrics['data']}: {metrics['num_samples']} images")
-    _print(f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}" + (
-        f"  top-5 {metrics['top5_accuracy']:.4f}" if metrics["top5_accuracy"] is not None else ""))
+    _print(
+        f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}"
+        + (f"  top-5 {metrics['top5_accuracy']:.4f}" if metrics["top5_accuracy"] is not None else "")
+    )
     if metrics["skipped_files"]:
         _print(f"skipped {len(metrics['skipped_files'])} unreadable file(s)")
     if args.out:
@@ -98,7 +100,8 @@ def cmd_data_get(args: argparse.Namespace) -> int:
 
     info = get_dataset(args.name, Path(args.out), download=args.download)
     counts = ", ".join(f"{split} {n:,}" for split, n in info["counts"].items())
-    _print(f"{info['name']} ({info['source']}): {counts} images in {len(info['classes'])} class folders under {info['out']}")
+    classes = len(info["classes"])
+    _print(f"{info['name']} ({info['source']}): {counts} images in {classes} class folders under {info['out']}")
     return 0
 
 
@@ -111,7 +114,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         size = f"{params / 1e6:8.2f} M" if params is not None else "       ? "
         _print(f"{name:32s} {size}  {description}")
     if not args.pattern and not args.all:
-        _print("\nand every timm model by name: `imgcls models PATTERN` searches them (e.g. `imgcls models 'resnet*'`).")
+        _print(
+            "\nand every timm model by name: `imgcls models PATTERN` searches them (e.g. `imgcls models 'resnet*'`)."
+        )
     return 0
 
 
@@ -151,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_predict)
 
-    data = sub.add_parser("data", help="built-in datasets and dataset checks").add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    data = sub.add_parser("data", help="built-in datasets and dataset checks").add_subparsers(
+        dest="data_command", required=True, metavar="ACTION"
+    )
     p = data.add_parser("get", help="write a built-in dataset as class folders")
     p.add_argument("name", help="fashion-mnist or digits")
     p.add_argument("--out", required=True)

@@ -105,9 +105,7 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     if origin is Literal:
         text = str(value).lower() if not isinstance(value, str) else value
         if text not in args:
-            raise ConfigError(
-                f"{key}: {value!r} is not one of {', '.join(args)}.{_suggest(text, list(args))}"
-            )
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(args)}.{_suggest(text, list(args))}")
         return text
     if origin in (typing.Union, types.UnionType):
         if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
@@ -256,9 +254,7 @@ def config_from_dict(values: dict) -> Config:
 
 
 def save_config(config: Config, path: Path) -> None:
-    path.write_text(
-        yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True), encoding="utf-8"
-    )
+    path.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
 def load_config(path: Path) -> Config:

@@ -19,7 +19,9 @@ def evaluate_checkpoint(checkpoint: Path, data: Path, out_dir: Path | None = Non
     predictor = Predictor.from_checkpoint(checkpoint)
     samples, folder = resolve_evaluation_data(data, predictor.classes)
     pre = predictor.preprocessing
-    cache = build_cache(samples, size=pre.img_size, resize=pre.resize, channels=pre.channels, max_pixels=pre.max_pixels, desc="decode")
+    cache = build_cache(
+        samples, size=pre.img_size, resize=pre.resize, channels=pre.channels, max_pixels=pre.max_pixels, desc="decode"
+    )
     probs = predictor.probabilities(cache.images, batch_size=batch_size)
     metrics = classification_metrics(cache.labels, probs, predictor.classes, cache.skipped)
     metrics["data"] = str(folder)
@@ -29,7 +31,12 @@ def evaluate_checkpoint(checkpoint: Path, data: Path, out_dir: Path | None = Non
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out_dir / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False).encode())
-        summary = {"checkpoint": str(checkpoint), "data": str(folder), "model": predictor.metadata["model"]["name"],
-                   "images": len(cache), "threads": torch.get_num_threads()}
+        summary = {
+            "checkpoint": str(checkpoint),
+            "data": str(folder),
+            "model": predictor.metadata["model"]["name"],
+            "images": len(cache),
+            "threads": torch.get_num_threads(),
+        }
         write_report(out_dir / "report.html", metrics=metrics, summary=summary)
     return metrics

@@ -57,9 +57,7 @@ def classification_metrics(
         labels, predicted, labels=all_labels, zero_division=0
     )
     macro = precision_recall_fscore_support(labels, predicted, labels=all_labels, average="macro", zero_division=0)
-    top5 = (
-        float(top_k_accuracy_score(labels, probs, k=5, labels=all_labels)) if n_classes >= 5 else None
-    )
+    top5 = float(top_k_accuracy_score(labels, probs, k=5, labels=all_labels)) if n_classes >= 5 else None
     return {
         "accuracy": float(accuracy_score(labels, predicted)),
         "top5_accuracy": top5,

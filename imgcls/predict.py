@@ -76,7 +76,13 @@ class Predictor:
             pre = Preprocessing.from_dict(meta["preprocess"])
             classes = tuple(meta["classes"])
             spec = meta["model"]
-            model = create_model(spec["name"], num_classes=len(classes), in_chans=pre.channels, img_size=pre.img_size, **spec.get("kwargs", {}))
+            model = create_model(
+                spec["name"],
+                num_classes=len(classes),
+                in_chans=pre.channels,
+                img_size=pre.img_size,
+                **spec.get("kwargs", {}),
+            )
             model.load_state_dict(ckpt.split_prefix(tensors, ckpt.MODEL_PREFIX))
         except (KeyError, TypeError, RuntimeError) as err:
             raise CheckpointError(f"{path}: metadata or weights do not rebuild the model ({err}).") from None
@@ -84,11 +90,15 @@ class Predictor:
 
     def decode(self, source: Path | bytes, name: str | None = None) -> np.ndarray:
         pre = self.preprocessing
-        return decode_image(source, size=pre.img_size, resize=pre.resize, channels=pre.channels, max_pixels=pre.max_pixels, name=name)
+        return decode_image(
+            source, size=pre.img_size, resize=pre.resize, channels=pre.channels, max_pixels=pre.max_pixels, name=name
+        )
 
     def probabilities(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """(N, K) class probabilities of (N, H, W, C) uint8 images already decoded by `decode`."""
-        logits = batched_logits(self.model, torch.from_numpy(np.ascontiguousarray(images)), self.preprocessing, batch_size=batch_size)
+        logits = batched_logits(
+            self.model, torch.from_numpy(np.ascontiguousarray(images)), self.preprocessing, batch_size=batch_size
+        )
         return logits.softmax(1).numpy()
 
     def top_k(self, probs: np.ndarray, k: int) -> tuple[tuple[str, float], ...]:
@@ -99,7 +109,9 @@ class Predictor:
         probs = self.probabilities(self.decode(data, name=name)[None])[0]
         return Prediction(name, self.top_k(probs, topk))
 
-    def predict_paths(self, paths: Sequence[tuple[str, Path]], *, topk: int = 5, batch_size: int = 256) -> Iterator[Prediction]:
+    def predict_paths(
+        self, paths: Sequence[tuple[str, Path]], *, topk: int = 5, batch_size: int = 256
+    ) -> Iterator[Prediction]:
         """Predictions in input order; an unreadable file yields an error entry, the rest go on."""
 
         def load(item: tuple[str, Path]) -> np.ndarray | str:
@@ -127,4 +139,3 @@ class Predictor:
 def _strip_name(message: str, name: str) -> str:
     """Errors name their file; in a per-file result the path is already there."""
     return message.removeprefix(f"{name}: ")
-

@@ -19,9 +19,7 @@ def _enabled() -> bool:
     return sys.stderr.isatty()
 
 
-def progress(
-    iterable: Iterable[T], *, total: int | None = None, desc: str = "", unit: str = "it"
-) -> Iterator[T]:
+def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "", unit: str = "it") -> Iterator[T]:
     """Wrap an iterable in a progress bar showing count, rate and ETA."""
     from tqdm.auto import tqdm
 

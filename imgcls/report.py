@@ -21,9 +21,19 @@ from pathlib import Path
 # Tried in order after DejaVu Sans, so Latin text keeps its usual look and CJK class names
 # fall back glyph by glyph to the first of these that is installed.
 _CJK_FONTS = (
-    "Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans SC", "Source Han Sans SC",
-    "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Microsoft YaHei", "SimHei", "PingFang SC",
-    "Hiragino Sans GB", "Droid Sans Fallback", "AR PL UMing CN", "Arial Unicode MS",
+    "Noto Sans CJK SC",
+    "Noto Sans CJK JP",
+    "Noto Sans SC",
+    "Source Han Sans SC",
+    "WenQuanYi Zen Hei",
+    "WenQuanYi Micro Hei",
+    "Microsoft YaHei",
+    "SimHei",
+    "PingFang SC",
+    "Hiragino Sans GB",
+    "Droid Sans Fallback",
+    "AR PL UMing CN",
+    "Arial Unicode MS",
 )
 _ANNOTATE_MAX_CLASSES = 30  # above this, cell text is unreadable; the colours carry the matrix
 _LABEL_MAX_CHARS = 24  # longer class names are cut on plot axes (tables show them whole)
@@ -44,9 +54,7 @@ img{max-width:100%;height:auto}
 """
 
 
-def write_report(
-    path: Path, *, metrics: dict, history: list[dict] | None = None, summary: dict | None = None
-) -> Path:
+def write_report(path: Path, *, metrics: dict, history: list[dict] | None = None, summary: dict | None = None) -> Path:
     """Write the HTML report to ``path`` atomically and return the path."""
     path = Path(path)
     sections = [
@@ -82,8 +90,7 @@ def _headline(metrics: dict) -> str:
         cards.append(("top-5 accuracy", _pct(metrics["top5_accuracy"])))
     cards.append(("samples", _num(metrics.get("num_samples"))))
     card_html = "".join(
-        f'<div class="card"><div class="v">{v}</div><div class="k">{_e(k)}</div></div>'
-        for k, v in cards
+        f'<div class="card"><div class="v">{v}</div><div class="k">{_e(k)}</div></div>' for k, v in cards
     )
     extra = [
         ("macro precision", _num(metrics.get("macro_precision"))),
@@ -93,8 +100,7 @@ def _headline(metrics: dict) -> str:
         ("ECE", _num(metrics.get("ece"))),
     ]
     extra_html = " · ".join(f"{_e(k)} {v}" for k, v in extra)
-    return (f'<h1>imgcls report</h1>\n<div class="cards">{card_html}</div>\n'
-            f'<p class="small">{extra_html}</p>')
+    return f'<h1>imgcls report</h1>\n<div class="cards">{card_html}</div>\n<p class="small">{extra_html}</p>'
 
 
 def _summary_table(summary: dict | None) -> str:
@@ -108,8 +114,10 @@ def _first_look(metrics: dict) -> str:
     pairs = _confused_pairs(metrics, 1)
     if pairs:
         true, pred, count = pairs[0]
-        text = (f"Look first at the most confused pair: <strong>{_e(true)}</strong> predicted as "
-                f"<strong>{_e(pred)}</strong>: {count} {'time' if count == 1 else 'times'}.")
+        text = (
+            f"Look first at the most confused pair: <strong>{_e(true)}</strong> predicted as "
+            f"<strong>{_e(pred)}</strong>: {count} {'time' if count == 1 else 'times'}."
+        )
     elif _matrix_total(metrics) > 0:
         text = "No errors: every sample lies on the diagonal of the confusion matrix."
     else:
@@ -126,12 +134,10 @@ def _curves(history: list[dict] | None) -> str:
     marker = "o" if len(history) <= 30 else None
     fig = Figure(figsize=(12, 3.6), layout="constrained")
     axes = fig.subplots(1, 3, width_ratios=[1, 1, 0.7])
-    panels = [("loss", ("train_loss", "val_loss")), ("accuracy", ("train_acc", "val_acc")),
-              ("learning rate", ("lr",))]
+    panels = [("loss", ("train_loss", "val_loss")), ("accuracy", ("train_acc", "val_acc")), ("learning rate", ("lr",))]
     for ax, (title, keys) in zip(axes, panels, strict=True):
         for key in keys:
-            points = [(e, r[key]) for e, r in zip(epochs, history, strict=True)
-                      if r.get(key) is not None]
+            points = [(e, r[key]) for e, r in zip(epochs, history, strict=True) if r.get(key) is not None]
             if points:
                 ax.plot(*zip(*points, strict=True), marker=marker, label=key.split("_")[0])
         ax.set_title(title)
@@ -150,7 +156,7 @@ def _confusion(metrics: dict) -> str:
     counts = confusion_figure(matrix, classes, normalise=False)
     rates = confusion_figure(matrix, classes, normalise=True)
     return (
-        "<h2>Confusion matrix</h2>\n<p class=\"small\">Rows are the true class, columns the "
+        '<h2>Confusion matrix</h2>\n<p class="small">Rows are the true class, columns the '
         "predicted class. The second plot divides each row by its total (recall on the diagonal)."
         f"</p>\n{_img(counts, 'confusion matrix, counts')}\n"
         f"{_img(rates, 'confusion matrix, row-normalised')}"
@@ -176,10 +182,7 @@ def _confused_pairs_section(metrics: dict) -> str:
     pairs = _confused_pairs(metrics, 3)
     if not pairs:
         return "<h2>Most confused pairs</h2>\n<p>none</p>"
-    items = "".join(
-        f"<li>{_e(t)} predicted as {_e(p)}: {n} {'time' if n == 1 else 'times'}</li>"
-        for t, p, n in pairs
-    )
+    items = "".join(f"<li>{_e(t)} predicted as {_e(p)}: {n} {'time' if n == 1 else 'times'}</li>" for t, p, n in pairs)
     return f"<h2>Most confused pairs</h2>\n<ol>{items}</ol>"
 
 
@@ -187,12 +190,8 @@ def _skipped(metrics: dict) -> str:
     skipped = metrics.get("skipped_files") or []
     if not skipped:
         return "<h2>Skipped files</h2>\n<p>none</p>"
-    rows = "".join(
-        f"<tr><td>{_e(s.get('path', ''))}</td><td>{_e(s.get('reason', ''))}</td></tr>"
-        for s in skipped
-    )
-    return (f"<h2>Skipped files ({len(skipped)})</h2>\n"
-            f"<table><tr><th>path</th><th>reason</th></tr>{rows}</table>")
+    rows = "".join(f"<tr><td>{_e(s.get('path', ''))}</td><td>{_e(s.get('reason', ''))}</td></tr>" for s in skipped)
+    return f"<h2>Skipped files ({len(skipped)})</h2>\n<table><tr><th>path</th><th>reason</th></tr>{rows}</table>"
 
 
 # ---------------------------------------------------------------- figures
@@ -215,8 +214,16 @@ def confusion_figure(matrix: list[list[int]], classes: list[str], *, normalise: 
     fig.colorbar(image, ax=ax, shrink=0.8)
     labels = [_short(c) for c in classes]
     fonts = _font_families()
-    ax.set_xticks(range(n), labels, rotation=60 if n > 2 else 0, ha="right" if n > 2 else "center",
-                  rotation_mode="anchor", fontsize=label_size, family=fonts, parse_math=False)
+    ax.set_xticks(
+        range(n),
+        labels,
+        rotation=60 if n > 2 else 0,
+        ha="right" if n > 2 else "center",
+        rotation_mode="anchor",
+        fontsize=label_size,
+        family=fonts,
+        parse_math=False,
+    )
     ax.set_yticks(range(n), labels, fontsize=label_size, family=fonts, parse_math=False)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
@@ -226,8 +233,9 @@ def confusion_figure(matrix: list[list[int]], classes: list[str], *, normalise: 
         cell_size = max(5.0, min(11.0, 11.0 - (n - 8) / 4))
         for (i, j), v in np.ndenumerate(cm):
             text = f"{v:.2f}" if normalise else f"{int(v)}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=cell_size,
-                    color="white" if v > threshold else "black")
+            ax.text(
+                j, i, text, ha="center", va="center", fontsize=cell_size, color="white" if v > threshold else "black"
+            )
     return fig
 
 
@@ -255,8 +263,12 @@ def _font_families() -> tuple[str, ...]:
 def _confused_pairs(metrics: dict, k: int) -> list[tuple[str, str, int]]:
     """The ``k`` largest off-diagonal cells as (true, predicted, count), zero counts left out."""
     matrix, classes = metrics.get("confusion_matrix") or [], metrics.get("classes") or []
-    cells = [(int(v), i, j) for i, row in enumerate(matrix) for j, v in enumerate(row)
-             if i != j and v and i < len(classes) and j < len(classes)]
+    cells = [
+        (int(v), i, j)
+        for i, row in enumerate(matrix)
+        for j, v in enumerate(row)
+        if i != j and v and i < len(classes) and j < len(classes)
+    ]
     cells.sort(key=lambda c: (-c[0], c[1], c[2]))
     return [(classes[i], classes[j], v) for v, i, j in cells[:k]]
 

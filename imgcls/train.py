@@ -81,7 +81,9 @@ def train_one_epoch(
     device = next(model.parameters()).device
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
-    bar = progress_bar(total=len(labels) - len(labels) % batch_size if len(labels) > batch_size else len(labels), desc=desc, unit="img")
+    bar = progress_bar(
+        total=len(labels) - len(labels) % batch_size if len(labels) > batch_size else len(labels), desc=desc, unit="img"
+    )
     try:
         for index in batch_indices(len(labels), batch_size, shuffle=True, generator=generator):
             batch = augment_batch(images[index], augment, generator).to(device)
@@ -205,20 +207,41 @@ def _fit(config: Config, run_dir: Path, resume: bool) -> FitResult:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
     device = torch.device("cpu")
-    sources = resolve_training_data(config.data.train, config.data.val, val_fraction=config.data.val_fraction, seed=tc.seed)
-    log.info("data: %s; %d classes, %d train and %d val images", sources.layout, len(sources.classes), len(sources.train), len(sources.val))
+    sources = resolve_training_data(
+        config.data.train, config.data.val, val_fraction=config.data.val_fraction, seed=tc.seed
+    )
+    log.info(
+        "data: %s; %d classes, %d train and %d val images",
+        sources.layout,
+        len(sources.classes),
+        len(sources.train),
+        len(sources.val),
+    )
     train_cache, val_cache = _decode(config, sources)
     mean, std = channel_stats(train_cache.images)
-    pre = Preprocessing(config.data.img_size, train_cache.channels, mean, std, config.data.resize, config.data.max_pixels)
-    model = create_model(config.model.name, num_classes=len(sources.classes), in_chans=pre.channels, img_size=pre.img_size, **config.model.kwargs)
+    pre = Preprocessing(
+        config.data.img_size, train_cache.channels, mean, std, config.data.resize, config.data.max_pixels
+    )
+    model = create_model(
+        config.model.name,
+        num_classes=len(sources.classes),
+        in_chans=pre.channels,
+        img_size=pre.img_size,
+        **config.model.kwargs,
+    )
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, config.optim)
     steps = steps_per_epoch(len(train_cache), tc.batch_size)
     scheduler = build_schedule(optimizer, config.optim, steps_per_epoch=steps, epochs=tc.epochs)
     dtype = choose_autocast(tc.precision, device)
-    log.info("model %s, %s parameters, %s, %s", config.model.name, f"{sum(p.numel() for p in model.parameters()):,}",
-             "bfloat16 autocast" if dtype else "float32", "channels_last" if tc.channels_last else "NCHW")
+    log.info(
+        "model %s, %s parameters, %s, %s",
+        config.model.name,
+        f"{sum(p.numel() for p in model.parameters()):,}",
+        "bfloat16 autocast" if dtype else "float32",
+        "channels_last" if tc.channels_last else "NCHW",
+    )
 
     history: list[dict] = []
     start_epoch, best_acc = 1, -1.0
@@ -234,30 +257,75 @@ def _fit(config: Config, run_dir: Path, resume: bool) -> FitResult:
     for epoch in range(start_epoch, tc.epochs + 1):
         torch.manual_seed(tc.seed * 100_003 + epoch)  # dropout and other global draws
         stats = train_one_epoch(
-            model, train_x, train_y, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn, preprocessing=pre,
-            augment=config.augment, batch_size=tc.batch_size, generator=epoch_generator(tc.seed, epoch),
-            autocast_dtype=dtype, channels_last=tc.channels_last, desc=f"epoch {epoch}/{tc.epochs}",
+            model,
+            train_x,
+            train_y,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            loss_fn=loss_fn,
+            preprocessing=pre,
+            augment=config.augment,
+            batch_size=tc.batch_size,
+            generator=epoch_generator(tc.seed, epoch),
+            autocast_dtype=dtype,
+            channels_last=tc.channels_last,
+            desc=f"epoch {epoch}/{tc.epochs}",
         )
-        val_loss, val_acc, _ = evaluate(model, val_x, val_y, pre, batch_size=tc.eval_batch_size, autocast_dtype=dtype, channels_last=tc.channels_last)
-        row = {"epoch": epoch, "train_loss": round(stats.loss, 6), "train_acc": round(stats.accuracy, 6),
-               "val_loss": round(val_loss, 6), "val_acc": round(val_acc, 6),
-               "lr": optimizer.param_groups[0]["lr"], "seconds": round(stats.seconds, 3)}
+        val_loss, val_acc, _ = evaluate(
+            model,
+            val_x,
+            val_y,
+            pre,
+            batch_size=tc.eval_batch_size,
+            autocast_dtype=dtype,
+            channels_last=tc.channels_last,
+        )
+        row = {
+            "epoch": epoch,
+            "train_loss": round(stats.loss, 6),
+            "train_acc": round(stats.accuracy, 6),
+            "val_loss": round(val_loss, 6),
+            "val_acc": round(val_acc, 6),
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": round(stats.seconds, 3),
+        }
         history.append(row)
-        log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.1f s (%.0f img/s)", epoch, tc.epochs,
-                 stats.loss, stats.accuracy, val_loss, val_acc, stats.seconds, stats.images / stats.seconds)
+        log.info(
+            "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.1f s (%.0f img/s)",
+            epoch,
+            tc.epochs,
+            stats.loss,
+            stats.accuracy,
+            val_loss,
+            val_acc,
+            stats.seconds,
+            stats.images / stats.seconds,
+        )
         weights = {ckpt.MODEL_PREFIX + k: v for k, v in model.state_dict().items()}
         if val_acc > best_acc:
             best_acc = val_acc
             ckpt.save_checkpoint(run_dir / "best.safetensors", weights, meta(epoch=epoch, val_accuracy=val_acc))
         optim_tensors, optim_state = ckpt.optimizer_to_tensors(optimizer)
-        resume_state = {"epoch": epoch, "best_val_acc": best_acc, "history": history,
-                        "optimizer": optim_state, "scheduler": scheduler.state_dict()}
-        ckpt.save_checkpoint(run_dir / "last.safetensors", {**weights, **optim_tensors},
-                             {**meta(epoch=epoch, val_accuracy=val_acc), "resume": resume_state})
+        resume_state = {
+            "epoch": epoch,
+            "best_val_acc": best_acc,
+            "history": history,
+            "optimizer": optim_state,
+            "scheduler": scheduler.state_dict(),
+        }
+        ckpt.save_checkpoint(
+            run_dir / "last.safetensors",
+            {**weights, **optim_tensors},
+            {**meta(epoch=epoch, val_accuracy=val_acc), "resume": resume_state},
+        )
         write_history(run_dir / "history.csv", history)
 
-    metrics = _final_metrics(run_dir, model, val_x, val_y, pre, sources.classes, train_cache.skipped + val_cache.skipped, tc)
-    _write_report(run_dir, metrics, history, config, sources, train_cache, val_cache, dtype, time.perf_counter() - started)
+    metrics = _final_metrics(
+        run_dir, model, val_x, val_y, pre, sources.classes, train_cache.skipped + val_cache.skipped, tc
+    )
+    _write_report(
+        run_dir, metrics, history, config, sources, train_cache, val_cache, dtype, time.perf_counter() - started
+    )
     return FitResult(run_dir, metrics, history, run_dir / "best.safetensors")
 
 

@@ -24,7 +24,15 @@ def make_class_folders(root: Path, per_class: int, *, seed: int = 0, junk: bool 
     """Three colour classes with Chinese names, in mixed formats, modes and sizes, plus junk
     files that must be ignored (hidden, non-image) or skipped (broken)."""
     rng = np.random.default_rng(seed)
-    formats = [("png", "RGB"), ("JPG", "RGB"), ("webp", "RGB"), ("bmp", "RGB"), ("png", "RGBA"), ("tif", "RGB"), ("gif", "P")]
+    formats = [
+        ("png", "RGB"),
+        ("JPG", "RGB"),
+        ("webp", "RGB"),
+        ("bmp", "RGB"),
+        ("png", "RGBA"),
+        ("tif", "RGB"),
+        ("gif", "P"),
+    ]
     for name, colour in CLASS_COLOURS.items():
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)

@@ -57,9 +57,7 @@ def test_get_digits_writes_class_folders_that_decode_exactly(tmp_path):
         assert len(list((tmp_path / split).glob("*/*.png"))) == count
     # Files are named by index in the split, so recompute the split and compare pixels.
     images, labels = builtin.load_digits()
-    _, x_test, _, y_test = train_test_split(
-        images, labels, test_size=0.2, random_state=0, stratify=labels
-    )
+    _, x_test, _, y_test = train_test_split(images, labels, test_size=0.2, random_state=0, stratify=labels)
     for i in (0, 1, 359):
         png = Image.open(tmp_path / "test" / str(y_test[i]) / f"{i:05d}.png")
         assert png.mode == "L" and np.array_equal(np.asarray(png), x_test[i])

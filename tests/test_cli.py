@@ -75,7 +75,9 @@ def test_predict_json_lines_with_a_bad_file(trained, tmp_path, capsys):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
     capsys.readouterr()
-    status = main(["-q", "predict", str(run / "best.safetensors"), str(data / "bird"), str(bad), "--json", "--topk", "2"])
+    status = main(
+        ["-q", "predict", str(run / "best.safetensors"), str(data / "bird"), str(bad), "--json", "--topk", "2"]
+    )
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert status == 1  # some file failed, the others were still predicted
     assert len(lines) == 24 + 1

@@ -41,8 +41,15 @@ def make_metrics(classes: list[str], matrix: list[list[int]]) -> dict:
 
 
 HISTORY = [
-    {"epoch": e, "train_loss": 1.0 / e, "train_acc": 0.5 + 0.1 * e, "val_loss": 1.1 / e,
-     "val_acc": 0.45 + 0.1 * e, "lr": 0.1 / e, "seconds": 2.5}
+    {
+        "epoch": e,
+        "train_loss": 1.0 / e,
+        "train_acc": 0.5 + 0.1 * e,
+        "val_loss": 1.1 / e,
+        "val_acc": 0.45 + 0.1 * e,
+        "lr": 0.1 / e,
+        "seconds": 2.5,
+    }
     for e in range(1, 4)
 ]
 CLASSES3 = ["cat", "<b>&", "dog"]
@@ -54,8 +61,7 @@ MATRIX3 = [[10, 2, 1], [3, 8, 0], [0, 7, 5]]
 def report3(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("r3") / "report.html"
     summary = {"model": "lenet", "data": "/data/<pets>", "train images": 120, "seconds": 3.25}
-    out = write_report(path, metrics=make_metrics(CLASSES3, MATRIX3), history=HISTORY,
-                       summary=summary)
+    out = write_report(path, metrics=make_metrics(CLASSES3, MATRIX3), history=HISTORY, summary=summary)
     assert out == path
     return path.read_text(encoding="utf-8")
 
@@ -110,8 +116,7 @@ def test_forty_classes_and_unicode_names(tmp_path):
     classes = ["猫", "犬", "$x$ math", "a" * 60] + [f"class {i}" for i in range(36)]
     n = len(classes)
     matrix = [[20 if i == j else (i + j) % 3 for j in range(n)] for i in range(n)]
-    with_history = write_report(tmp_path / "r.html", metrics=make_metrics(classes, matrix),
-                                history=HISTORY[:1])
+    with_history = write_report(tmp_path / "r.html", metrics=make_metrics(classes, matrix), history=HISTORY[:1])
     text = with_history.read_text(encoding="utf-8")
     assert "猫" in text and "$x$ math" in text
     assert "99.00%" in text  # top-5 shown with 5+ classes

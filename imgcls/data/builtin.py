@@ -84,8 +84,7 @@ def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     if len(raw) - header != int(np.prod(shape)):
         raise DataError(
-            f"{path}: header says {shape} but holds {len(raw) - header} data bytes "
-            "(truncated or damaged); replace it"
+            f"{path}: header says {shape} but holds {len(raw) - header} data bytes (truncated or damaged); replace it"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
@@ -149,9 +148,7 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     return images, bunch.target.astype(np.int64)
 
 
-def write_class_folders(
-    images: np.ndarray, labels: np.ndarray, class_names: Sequence[str], out_dir: Path
-) -> int:
+def write_class_folders(images: np.ndarray, labels: np.ndarray, class_names: Sequence[str], out_dir: Path) -> int:
     """Write out_dir/<class>/<index:05d>.png for each image; returns the number written."""
     out_dir = Path(out_dir)
     if images.ndim != 3 or images.dtype != np.uint8 or len(images) != len(labels):
@@ -195,15 +192,12 @@ def get_dataset(name: str, out: Path, *, download: bool = False) -> dict:
         classes, source = DIGITS_CLASSES, "scikit-learn"
         images, labels = load_digits()
         # Fixed stratified 80/20 split so every run sees the same 1,437 / 360 images.
-        x_tr, x_te, y_tr, y_te = train_test_split(
-            images, labels, test_size=0.2, random_state=0, stratify=labels
-        )
+        x_tr, x_te, y_tr, y_te = train_test_split(images, labels, test_size=0.2, random_state=0, stratify=labels)
         splits = {"train": (x_tr, y_tr), "test": (x_te, y_te)}
     else:
         raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(KNOWN_DATASETS)}")
     counts = {
-        split: write_class_folders(images, labels, classes, out / split)
-        for split, (images, labels) in splits.items()
+        split: write_class_folders(images, labels, classes, out / split) for split, (images, labels) in splits.items()
     }
     log.info("wrote %s to %s: %s", name, out, counts)
     return {

@@ -79,7 +79,9 @@ def _create_timm(name: str, num_classes: int, in_chans: int, img_size: int, **kw
     import timm
 
     try:
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
+        return timm.create_model(
+            name, pretrained=False, num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs
+        )
     except TypeError:
         # Only fixed-size architectures (ViT, Swin, ...) take img_size; convnets refuse it.
         return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)

@@ -54,9 +54,7 @@ def lenet(num_classes: int, in_chans: int, img_size: int) -> SeedNet:
         nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
     )  # fmt: skip
     side = (img_size // 2 - 4) // 2
-    pre_logits = nn.Sequential(
-        nn.Flatten(), nn.Linear(16 * side * side, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU()
-    )
+    pre_logits = nn.Sequential(nn.Flatten(), nn.Linear(16 * side * side, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU())
     return SeedNet(features, pre_logits, 84, num_classes)
 
 
