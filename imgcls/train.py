@@ -26,7 +26,7 @@ from imgcls.data.augment import augment_batch
 from imgcls.data.cache import ImageCache, build_cache
 from imgcls.data.loader import batch_indices, cache_tensors, steps_per_epoch
 from imgcls.data.preprocess import Preprocessing, channel_stats, to_model_input
-from imgcls.data.sources import resolve_training_data
+from imgcls.data.sources import DataSources, resolve_training_data
 from imgcls.errors import CheckpointError, ConfigError
 from imgcls.inference import autocast, batched_logits, cpu_has_bf16
 from imgcls.losses import build_loss
@@ -81,11 +81,10 @@ def train_one_epoch(
     device = next(model.parameters()).device
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
-    bar = progress_bar(
-        total=len(labels) - len(labels) % batch_size if len(labels) > batch_size else len(labels), desc=desc, unit="img"
-    )
+    batches = list(batch_indices(len(labels), batch_size, shuffle=True, generator=generator))
+    bar = progress_bar(total=sum(len(b) for b in batches), desc=desc, unit="img")
     try:
-        for index in batch_indices(len(labels), batch_size, shuffle=True, generator=generator):
+        for index in batches:
             batch = augment_batch(images[index], augment, generator).to(device)
             target = labels[index].to(device)
             x = to_model_input(batch, preprocessing, channels_last=channels_last)
@@ -155,7 +154,25 @@ def _log_to_file(run_dir: Path) -> logging.Handler:
     return handler
 
 
-def _decode(config: Config, sources) -> tuple[ImageCache, ImageCache]:
+@dataclass
+class TrainingRun:
+    """Everything one training run works with, built once by `prepare`."""
+
+    config: Config
+    sources: DataSources
+    train: ImageCache
+    val: ImageCache
+    preprocessing: Preprocessing
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    autocast_dtype: torch.dtype | None
+
+    def metadata(self, **training) -> dict:
+        return checkpoint_metadata(self.config, self.sources.classes, self.preprocessing, **training)
+
+
+def decode_sources(config: Config, sources: DataSources) -> tuple[ImageCache, ImageCache]:
     data = config.data
     channels = None if data.channels == "auto" else int(data.channels)
     common = dict(size=data.img_size, resize=data.resize, max_pixels=data.max_pixels, workers=data.decode_workers)
@@ -164,15 +181,54 @@ def _decode(config: Config, sources) -> tuple[ImageCache, ImageCache]:
     return train, val
 
 
-def _resume_state(path: Path, model, optimizer, scheduler) -> dict:
+def prepare(config: Config, device: torch.device) -> TrainingRun:
+    """Scan and decode the data, then create the model, optimizer and schedule."""
+    data, tc = config.data, config.train
+    sources = resolve_training_data(data.train, data.val, val_fraction=data.val_fraction, seed=tc.seed)
+    log.info("data: %s; %d classes, %d train and %d val images", sources.layout, len(sources.classes),
+             len(sources.train), len(sources.val))  # fmt: skip
+    train, val = decode_sources(config, sources)
+    mean, std = channel_stats(train.images)
+    pre = Preprocessing(data.img_size, train.channels, mean, std, data.resize, data.max_pixels)
+    model = create_model(config.model.name, num_classes=len(sources.classes), in_chans=pre.channels,
+                         img_size=pre.img_size, **config.model.kwargs)  # fmt: skip
+    model = model.to(device, memory_format=torch.channels_last if tc.channels_last else torch.preserve_format)
+    optimizer = build_optimizer(model, config.optim)
+    steps = steps_per_epoch(len(train), tc.batch_size)
+    scheduler = build_schedule(optimizer, config.optim, steps_per_epoch=steps, epochs=tc.epochs)
+    dtype = choose_autocast(tc.precision, device)
+    log.info("model %s, %s parameters, %s, %s", config.model.name, f"{sum(p.numel() for p in model.parameters()):,}",
+             "bfloat16 autocast" if dtype else "float32", "channels_last" if tc.channels_last else "NCHW")  # fmt: skip
+    return TrainingRun(config, sources, train, val, pre, model, optimizer, scheduler, dtype)
+
+
+def restore(path: Path, run: TrainingRun) -> dict:
+    """Load model, optimizer and schedule state from a last.safetensors; return its resume state."""
     tensors, meta = ckpt.load_checkpoint(path)
     state = meta.get("resume")
     if state is None:
         raise CheckpointError(f"{path} holds no training state to resume from.")
-    model.load_state_dict(ckpt.split_prefix(tensors, ckpt.MODEL_PREFIX))
-    ckpt.optimizer_from_tensors(optimizer, tensors, state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    run.model.load_state_dict(ckpt.split_prefix(tensors, ckpt.MODEL_PREFIX))
+    ckpt.optimizer_from_tensors(run.optimizer, tensors, state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
     return state
+
+
+def save_epoch(run_dir: Path, run: TrainingRun, history: list[dict], best_acc: float) -> float:
+    """best.safetensors when validation accuracy improved, then last.safetensors (with the
+    optimizer and schedule state) and history.csv; returns the best accuracy so far."""
+    row = history[-1]
+    weights = {ckpt.MODEL_PREFIX + k: v for k, v in run.model.state_dict().items()}
+    meta = run.metadata(epoch=row["epoch"], val_accuracy=row["val_acc"])
+    if row["val_acc"] > best_acc:
+        best_acc = row["val_acc"]
+        ckpt.save_checkpoint(run_dir / "best.safetensors", weights, meta)
+    optim_tensors, optim_state = ckpt.optimizer_to_tensors(run.optimizer)
+    resume = {"epoch": row["epoch"], "best_val_acc": best_acc, "history": history,
+              "optimizer": optim_state, "scheduler": run.scheduler.state_dict()}  # fmt: skip
+    ckpt.save_checkpoint(run_dir / "last.safetensors", {**weights, **optim_tensors}, {**meta, "resume": resume})
+    write_history(run_dir / "history.csv", history)
+    return best_acc
 
 
 def fit(config: Config | None, run_dir: Path, *, resume: bool = False) -> FitResult:
@@ -206,151 +262,71 @@ def _fit(config: Config, run_dir: Path, resume: bool) -> FitResult:
     if tc.threads:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
-    device = torch.device("cpu")
-    sources = resolve_training_data(
-        config.data.train, config.data.val, val_fraction=config.data.val_fraction, seed=tc.seed
-    )
-    log.info(
-        "data: %s; %d classes, %d train and %d val images",
-        sources.layout,
-        len(sources.classes),
-        len(sources.train),
-        len(sources.val),
-    )
-    train_cache, val_cache = _decode(config, sources)
-    mean, std = channel_stats(train_cache.images)
-    pre = Preprocessing(
-        config.data.img_size, train_cache.channels, mean, std, config.data.resize, config.data.max_pixels
-    )
-    model = create_model(
-        config.model.name,
-        num_classes=len(sources.classes),
-        in_chans=pre.channels,
-        img_size=pre.img_size,
-        **config.model.kwargs,
-    )
-    if tc.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, config.optim)
-    steps = steps_per_epoch(len(train_cache), tc.batch_size)
-    scheduler = build_schedule(optimizer, config.optim, steps_per_epoch=steps, epochs=tc.epochs)
-    dtype = choose_autocast(tc.precision, device)
-    log.info(
-        "model %s, %s parameters, %s, %s",
-        config.model.name,
-        f"{sum(p.numel() for p in model.parameters()):,}",
-        "bfloat16 autocast" if dtype else "float32",
-        "channels_last" if tc.channels_last else "NCHW",
-    )
-
+    run = prepare(config, torch.device("cpu"))
     history: list[dict] = []
     start_epoch, best_acc = 1, -1.0
     if resume:
-        state = _resume_state(run_dir / "last.safetensors", model, optimizer, scheduler)
+        state = restore(run_dir / "last.safetensors", run)
         history, start_epoch, best_acc = state["history"], state["epoch"] + 1, state["best_val_acc"]
         log.info("resumed after epoch %d", state["epoch"])
 
-    train_x, train_y = cache_tensors(train_cache)
-    val_x, val_y = cache_tensors(val_cache)
+    train_x, train_y = cache_tensors(run.train)
+    val_x, val_y = cache_tensors(run.val)
     loss_fn = build_loss(tc.label_smoothing)
-    meta = lambda **extra: checkpoint_metadata(config, sources.classes, pre, **extra)  # noqa: E731
     for epoch in range(start_epoch, tc.epochs + 1):
         torch.manual_seed(tc.seed * 100_003 + epoch)  # dropout and other global draws
         stats = train_one_epoch(
-            model,
-            train_x,
-            train_y,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            loss_fn=loss_fn,
-            preprocessing=pre,
-            augment=config.augment,
-            batch_size=tc.batch_size,
-            generator=epoch_generator(tc.seed, epoch),
-            autocast_dtype=dtype,
-            channels_last=tc.channels_last,
-            desc=f"epoch {epoch}/{tc.epochs}",
-        )
+            run.model, train_x, train_y, optimizer=run.optimizer, scheduler=run.scheduler, loss_fn=loss_fn,
+            preprocessing=run.preprocessing, augment=config.augment, batch_size=tc.batch_size,
+            generator=epoch_generator(tc.seed, epoch), autocast_dtype=run.autocast_dtype,
+            channels_last=tc.channels_last, desc=f"epoch {epoch}/{tc.epochs}",
+        )  # fmt: skip
         val_loss, val_acc, _ = evaluate(
-            model,
-            val_x,
-            val_y,
-            pre,
-            batch_size=tc.eval_batch_size,
-            autocast_dtype=dtype,
-            channels_last=tc.channels_last,
-        )
-        row = {
-            "epoch": epoch,
-            "train_loss": round(stats.loss, 6),
-            "train_acc": round(stats.accuracy, 6),
-            "val_loss": round(val_loss, 6),
-            "val_acc": round(val_acc, 6),
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": round(stats.seconds, 3),
-        }
-        history.append(row)
-        log.info(
-            "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.1f s (%.0f img/s)",
-            epoch,
-            tc.epochs,
-            stats.loss,
-            stats.accuracy,
-            val_loss,
-            val_acc,
-            stats.seconds,
-            stats.images / stats.seconds,
-        )
-        weights = {ckpt.MODEL_PREFIX + k: v for k, v in model.state_dict().items()}
-        if val_acc > best_acc:
-            best_acc = val_acc
-            ckpt.save_checkpoint(run_dir / "best.safetensors", weights, meta(epoch=epoch, val_accuracy=val_acc))
-        optim_tensors, optim_state = ckpt.optimizer_to_tensors(optimizer)
-        resume_state = {
-            "epoch": epoch,
-            "best_val_acc": best_acc,
-            "history": history,
-            "optimizer": optim_state,
-            "scheduler": scheduler.state_dict(),
-        }
-        ckpt.save_checkpoint(
-            run_dir / "last.safetensors",
-            {**weights, **optim_tensors},
-            {**meta(epoch=epoch, val_accuracy=val_acc), "resume": resume_state},
-        )
-        write_history(run_dir / "history.csv", history)
+            run.model, val_x, val_y, run.preprocessing, batch_size=tc.eval_batch_size,
+            autocast_dtype=run.autocast_dtype, channels_last=tc.channels_last,
+        )  # fmt: skip
+        history.append({
+            "epoch": epoch, "train_loss": round(stats.loss, 6), "train_acc": round(stats.accuracy, 6),
+            "val_loss": round(val_loss, 6), "val_acc": round(val_acc, 6),
+            "lr": run.optimizer.param_groups[0]["lr"], "seconds": round(stats.seconds, 3),
+        })  # fmt: skip
+        log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.1f s (%.0f img/s)",
+                 epoch, tc.epochs, stats.loss, stats.accuracy, val_loss, val_acc, stats.seconds,
+                 stats.images / stats.seconds)  # fmt: skip
+        best_acc = save_epoch(run_dir, run, history, best_acc)
 
-    metrics = _final_metrics(
-        run_dir, model, val_x, val_y, pre, sources.classes, train_cache.skipped + val_cache.skipped, tc
-    )
-    _write_report(
-        run_dir, metrics, history, config, sources, train_cache, val_cache, dtype, time.perf_counter() - started
-    )
+    metrics = _final_metrics(run_dir, run, val_x, val_y)
+    _write_report(run_dir, run, metrics, history, time.perf_counter() - started)
     return FitResult(run_dir, metrics, history, run_dir / "best.safetensors")
 
 
-def _final_metrics(run_dir, model, val_x, val_y, pre, classes, skipped, tc) -> dict:
-    """Metrics of the best checkpoint on val, in float32, as `imgcls evaluate` would compute them."""
+def _final_metrics(run_dir: Path, run: TrainingRun, val_x: torch.Tensor, val_y: torch.Tensor) -> dict:
+    """Metrics of the best checkpoint on val, in float32, as `imgcls evaluate` computes them."""
     tensors, _ = ckpt.load_checkpoint(run_dir / "best.safetensors")
-    model.load_state_dict(ckpt.split_prefix(tensors, ckpt.MODEL_PREFIX))
-    _, _, probs = evaluate(model, val_x, val_y, pre, batch_size=tc.eval_batch_size, channels_last=tc.channels_last)
-    metrics = classification_metrics(val_y.numpy(), probs.numpy(), classes, skipped)
+    run.model.load_state_dict(ckpt.split_prefix(tensors, ckpt.MODEL_PREFIX))
+    tc = run.config.train
+    _, _, probs = evaluate(
+        run.model, val_x, val_y, run.preprocessing, batch_size=tc.eval_batch_size, channels_last=tc.channels_last
+    )
+    skipped = run.train.skipped + run.val.skipped
+    metrics = classification_metrics(val_y.numpy(), probs.numpy(), run.sources.classes, skipped)
     ckpt.atomic_write_bytes(run_dir / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False).encode())
     return metrics
 
 
-def _write_report(run_dir, metrics, history, config, sources, train_cache, val_cache, dtype, seconds) -> None:
+def _write_report(run_dir: Path, run: TrainingRun, metrics: dict, history: list[dict], seconds: float) -> None:
     from imgcls.report import write_report
 
+    config = run.config
     summary = {
         "model": config.model.name,
-        "data": sources.layout,
-        "classes": len(sources.classes),
-        "train images": len(train_cache),
-        "val images": len(val_cache),
-        "image size": f"{config.data.img_size} px, {train_cache.channels} channel(s)",
+        "data": run.sources.layout,
+        "classes": len(run.sources.classes),
+        "train images": len(run.train),
+        "val images": len(run.val),
+        "image size": f"{config.data.img_size} px, {run.train.channels} channel(s)",
         "epochs": config.train.epochs,
-        "precision": "bfloat16 autocast" if dtype else "float32",
+        "precision": "bfloat16 autocast" if run.autocast_dtype else "float32",
         "run seconds": round(seconds, 1),
     }
     write_report(run_dir / "report.html", metrics=metrics, history=history, summary=summary)
