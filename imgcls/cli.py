@@ -105,6 +105,29 @@ def cmd_data_get(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from imgcls.data.doctor import check_dataset, problems
+
+    report = check_dataset(Path(args.data))
+    if args.json:
+        _print(json.dumps(report, ensure_ascii=False))
+        return 0
+    _print(f"{report['data']}: {report['files']} image file(s)")
+    for split, info in report["splits"].items():
+        classes = ", ".join(f"{name} {n:,}" for name, n in info["classes"].items())
+        _print(f"  {split}: {info['images']:,} readable in {len(info['classes'])} classes ({classes})")
+    found = problems(report)
+    for line in found:
+        _print(f"  problem: {line}")
+    for item in report["unreadable"][:20]:
+        _print(f"    unreadable {item['path']}: {item['reason']}")
+    for group in report["leakage"][:20]:
+        _print("    leak: " + " = ".join(f"{r['split']}/{r['label']}: {r['path']}" for r in group))
+    if not found:
+        _print("  no problems found")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from imgcls.models.registry import count_parameters, list_models
 
@@ -164,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--download", action="store_true", help="allow a torchvision download when no local copy exists")
     p.set_defaults(func=cmd_data_get)
+    p = data.add_parser("check", help="inventory, unreadable files, duplicates, leakage, imbalance")
+    p.add_argument("data", help="class folders, or a root with train/ val/ test/")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.set_defaults(func=cmd_data_check)
 
     p = sub.add_parser("models", help="list model names with parameter counts")
     p.add_argument("pattern", nargs="?", help="glob or substring, searched in imgcls's and timm's models")
