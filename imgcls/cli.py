@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -147,9 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgcls", description="Image classification from folders of labelled images.")
     parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    # -q also after the subcommand; SUPPRESS keeps a value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a model on a folder of class folders")
+    p = sub.add_parser("train", parents=[common], help="train a model on a folder of class folders")
     p.add_argument("data", nargs="?", help="class folders, or a root with train/ and val/ (test/)")
     p.add_argument("--val", help="validation folder (no automatic split then)")
     p.add_argument("--model", help="model name (see `imgcls models`)")
@@ -165,14 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.safetensors")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="metrics of a checkpoint on labelled data")
+    p = sub.add_parser("evaluate", parents=[common], help="metrics of a checkpoint on labelled data")
     p.add_argument("checkpoint")
     p.add_argument("data", help="class folders, or a root whose test/ (else val/) is used")
     p.add_argument("--out", help="folder for metrics.json and report.html")
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="top-k labels of images, folders or globs")
+    p = sub.add_parser("predict", parents=[common], help="top-k labels of images, folders or globs")
     p.add_argument("checkpoint")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--topk", type=int, default=3)
@@ -182,17 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="built-in datasets and dataset checks").add_subparsers(
         dest="data_command", required=True, metavar="ACTION"
     )
-    p = data.add_parser("get", help="write a built-in dataset as class folders")
+    p = data.add_parser("get", parents=[common], help="write a built-in dataset as class folders")
     p.add_argument("name", help="fashion-mnist or digits")
     p.add_argument("--out", required=True)
     p.add_argument("--download", action="store_true", help="allow a torchvision download when no local copy exists")
     p.set_defaults(func=cmd_data_get)
-    p = data.add_parser("check", help="inventory, unreadable files, duplicates, leakage, imbalance")
+    p = data.add_parser("check", parents=[common], help="inventory, unreadable files, duplicates, leakage, imbalance")
     p.add_argument("data", help="class folders, or a root with train/ val/ test/")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.set_defaults(func=cmd_data_check)
 
-    p = sub.add_parser("models", help="list model names with parameter counts")
+    p = sub.add_parser("models", parents=[common], help="list model names with parameter counts")
     p.add_argument("pattern", nargs="?", help="glob or substring, searched in imgcls's and timm's models")
     p.add_argument("--all", action="store_true", help="list every timm model too")
     p.set_defaults(func=cmd_models)
@@ -217,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _print("imgcls: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit flush from failing again
+        return 141
     finally:
         log.removeHandler(handler)
 
