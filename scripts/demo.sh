@@ -24,7 +24,7 @@ if ! have_fashion_mnist; then
 fi
 
 if have_fashion_mnist; then
-  ARGS=(--model keras-cnn --img-size 28 --epochs 6)
+  ARGS=(--model keras-cnn --img-size 28 --epochs 10)
 else
   echo "demo: Fashion-MNIST is not available here; using scikit-learn's bundled digits instead"
   DATA=data/digits
