@@ -38,8 +38,26 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    hflip: bool = True  # random horizontal flip, per image
-    translate: float = 0.0625  # random shift up to this fraction of the size (reflect pad)
+    # Fast batch-level tensor ops, drawn per image (imgcls.data.augment.augment_batch):
+    hflip: bool = True  # random horizontal flip
+    vflip: bool = False  # random vertical flip
+    translate: float = 0.0625  # random shift up to this fraction of the size
+    fill: Literal["reflect", "constant"] = "reflect"  # what shifted-in pixels show (constant: black)
+    # Per-image torchvision.transforms.v2 ops (each 0 / "none" = off; slower, a loop over images):
+    rotation: float = 0.0  # degrees, +-
+    shear: float = 0.0  # degrees, +-
+    zoom: float = 0.0  # scale drawn in [1 - zoom, 1 + zoom]
+    brightness: float = 0.0  # ColorJitter strengths
+    contrast: float = 0.0
+    saturation: float = 0.0
+    random_resized_crop: float = 0.0  # smallest kept area fraction (e.g. 0.35); 0 = off
+    auto_augment: Literal["none", "randaugment", "trivialaugment", "autoaugment"] = "none"
+    random_erasing: float = 0.0  # probability of erasing a random rectangle (Cutout)
+    # Batch-level label mixing (soft targets):
+    mixup: float = 0.0  # Beta(alpha, alpha) of Mixup; 0 = off
+    cutmix: float = 0.0  # Beta(alpha, alpha) of CutMix; 0 = off
+    ricap: float = 0.0  # Beta(beta, beta) of RICAP; 0 = off
+    mix_prob: float = 1.0  # share of batches that are mixed when any mixing is on
 
 
 @dataclass(frozen=True)
@@ -50,13 +68,21 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: Literal["adamw", "sgd"] = "adamw"
+    name: Literal["adamw", "sgd", "adam", "rmsprop", "adabound"] = "adamw"
     lr: float = 2e-3
     weight_decay: float = 0.01  # not applied to norms and biases
-    momentum: float = 0.9  # sgd only
+    momentum: float = 0.9  # sgd and rmsprop
     nesterov: bool = True  # sgd only
-    schedule: Literal["cosine", "constant"] = "cosine"
+    final_lr: float = 0.1  # adabound: the SGD rate its bounds converge to
+    adabound_gamma: float = 1e-3  # adabound: convergence speed of the bounds
+    scale_lr: bool = False  # linear scaling rule: lr * batch_size / 256 (Goyal et al. 2017)
+    schedule: Literal["cosine", "constant", "step", "onecycle", "plateau"] = "cosine"
     warmup_epochs: float = 0.5  # linear warm-up from lr/100, then the schedule
+    step_epochs: int = 30  # step: multiply by step_gamma every step_epochs
+    step_gamma: float = 0.1
+    plateau_patience: int = 2  # plateau: epochs without val-loss progress before a cut
+    plateau_factor: float = 0.1
+    clip_grad_norm: float = 0.0  # 0 = no clipping
 
 
 @dataclass(frozen=True)
@@ -66,9 +92,31 @@ class TrainConfig:
     eval_batch_size: int = 1024
     seed: int = 0
     label_smoothing: float = 0.0
+    class_weights: Literal["none", "balanced"] = "none"  # balanced: weight ~ 1 / class frequency
+    balanced_sampling: bool = False  # draw batches so every class is seen equally often
+    accumulate: int = 1  # gradient accumulation: optimizer step every N batches
+    ema: bool = False  # keep an exponential moving average of the weights; evaluated and saved
+    ema_decay: float = 0.999
+    early_stopping: int = 0  # stop after N epochs without val accuracy progress; 0 = off
+    init: Literal["kaiming", "default"] = "kaiming"  # for models trained from scratch
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where the CPU has it
     channels_last: bool = True  # 3-4x faster convolutions on CPU (see PERFORMANCE notes)
     threads: int = 0  # torch threads; 0 = physical cores
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    pretrained: str | None = None  # .safetensors / .pth state dict, or an imgcls checkpoint
+    freeze_backbone: bool = False  # train the classifier only (linear probe)
+    unfreeze_after: int = 0  # with freeze_backbone: train everything from this epoch on; 0 = never
+    head_lr_scale: float = 1.0  # the classifier's rate = lr * head_lr_scale
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    teacher: str | None = None  # an imgcls checkpoint with the same classes
+    alpha: float = 0.5  # weight of the teacher's soft targets; 1 - alpha on the true labels
+    temperature: float = 4.0  # softens both distributions (Hinton et al. 2015)
 
 
 @dataclass(frozen=True)
@@ -78,6 +126,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 _SECTION_TYPES = {
@@ -86,6 +136,8 @@ _SECTION_TYPES = {
     "model": ModelConfig,
     "optim": OptimConfig,
     "train": TrainConfig,
+    "transfer": TransferConfig,
+    "distill": DistillConfig,
 }
 
 
@@ -234,6 +286,44 @@ def validate(config: Config) -> None:
         (0.0 <= config.train.label_smoothing < 1.0, "train.label_smoothing must be in [0, 1)"),
         (config.optim.lr > 0, "optim.lr must be positive"),
         (0 <= config.optim.momentum < 1, "optim.momentum must be in [0, 1)"),
+        (config.optim.step_epochs >= 1, "optim.step_epochs must be at least 1"),
+        (0 < config.optim.step_gamma <= 1, "optim.step_gamma must be in (0, 1]"),
+        (0 < config.optim.plateau_factor < 1, "optim.plateau_factor must be in (0, 1)"),
+        (config.optim.plateau_patience >= 0, "optim.plateau_patience must not be negative"),
+        (config.optim.clip_grad_norm >= 0, "optim.clip_grad_norm must not be negative"),
+        (
+            config.optim.final_lr > 0 and config.optim.adabound_gamma > 0,
+            "optim.final_lr and adabound_gamma must be positive",
+        ),
+        (config.train.accumulate >= 1, "train.accumulate must be at least 1"),
+        (0 < config.train.ema_decay < 1, "train.ema_decay must be in (0, 1)"),
+        (config.train.early_stopping >= 0, "train.early_stopping must not be negative"),
+        (
+            0 <= config.augment.rotation <= 180 and 0 <= config.augment.shear < 90,
+            "augment.rotation must be in [0, 180] and shear in [0, 90)",
+        ),
+        (0 <= config.augment.zoom < 1, "augment.zoom must be in [0, 1)"),
+        (
+            min(config.augment.brightness, config.augment.contrast, config.augment.saturation) >= 0,
+            "augment colour strengths must not be negative",
+        ),
+        (0 <= config.augment.random_resized_crop < 1, "augment.random_resized_crop must be in [0, 1)"),
+        (
+            0 <= config.augment.random_erasing <= 1 and 0 <= config.augment.mix_prob <= 1,
+            "augment probabilities must be in [0, 1]",
+        ),
+        (
+            min(config.augment.mixup, config.augment.cutmix, config.augment.ricap) >= 0,
+            "augment mixing alphas must not be negative",
+        ),
+        (
+            config.transfer.unfreeze_after >= 0 and config.transfer.head_lr_scale > 0,
+            "transfer.unfreeze_after must not be negative and head_lr_scale must be positive",
+        ),
+        (
+            0 <= config.distill.alpha <= 1 and config.distill.temperature > 0,
+            "distill.alpha must be in [0, 1] and temperature positive",
+        ),
         (config.optim.weight_decay >= 0, "optim.weight_decay must not be negative"),
         (config.optim.warmup_epochs >= 0, "optim.warmup_epochs must not be negative"),
     ]
