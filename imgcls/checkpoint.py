@@ -13,8 +13,10 @@ import tempfile
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from imgcls import __version__
+from imgcls.data.preprocess import Preprocessing
 from imgcls.errors import CheckpointError
 
 SCHEMA_VERSION = 1
@@ -30,6 +32,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a run's files should read like any other
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -43,6 +46,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_json(path: Path, value: dict) -> None:
+    """Atomically write JSON; file names that are not valid UTF-8 are written escaped."""
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    atomic_write_bytes(Path(path), text.encode("utf-8", "backslashreplace"))
 
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
@@ -123,3 +138,21 @@ def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
         index, key = name.split(".", 1)
         state.setdefault(int(index), {})[key] = value
     optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, Preprocessing, dict]:
+    """An imgcls checkpoint's model in eval mode, with its preprocessing and metadata."""
+    from imgcls.models import create_model
+
+    tensors, meta = load_checkpoint(Path(path))
+    try:
+        pre = Preprocessing.from_dict(meta["preprocess"])
+        spec = meta["model"]
+        model = create_model(
+            spec["name"], num_classes=len(meta["classes"]), in_chans=pre.channels, img_size=pre.img_size,
+            **spec.get("kwargs", {}),
+        )  # fmt: skip
+        model.load_state_dict(split_prefix(tensors, MODEL_PREFIX))
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: metadata or weights do not rebuild the model ({err}).") from None
+    return model.eval(), pre, meta

@@ -40,6 +40,11 @@ def _overrides(args: argparse.Namespace) -> dict:
         ("train", "epochs"): args.epochs,
         ("train", "batch_size"): args.batch_size,
         ("train", "seed"): args.seed,
+        ("transfer", "pretrained"): args.pretrained,
+        ("transfer", "freeze_backbone"): True if args.freeze_backbone else None,
+        ("distill", "teacher"): args.teacher,
+        ("distill", "alpha"): args.kd_alpha,
+        ("distill", "temperature"): args.kd_temperature,
     }
     for (section, key), value in flags.items():
         if value is not None:
@@ -162,7 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--val-fraction", type=float, help="share held out per class when there is no val set (0.2)")
     p.add_argument("--recipe", help="recipe name or YAML file (default: default)")
-    p.add_argument("--pretrained", help="not yet supported: local pretrained weights")
+    p.add_argument("--pretrained", help="start from local weights: .safetensors, .pth/.pt state dict, or a checkpoint")
+    p.add_argument("--freeze-backbone", action="store_true", help="train the classifier only (linear probe)")
+    p.add_argument("--teacher", help="distil from this imgcls checkpoint (same classes)")
+    p.add_argument("--kd-alpha", type=float, help="weight of the teacher's soft targets (0.5)")
+    p.add_argument("--kd-temperature", type=float, help="distillation temperature (4)")
     p.add_argument("--seed", type=int)
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="any config value, e.g. optim.lr=0.01")
     p.add_argument("--out", default="runs/train", help="run directory (default: runs/train)")
@@ -212,8 +221,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train" and not args.resume and not args.data:
             raise ImgclsError("train needs DATA (a folder of class folders), or --resume with --out RUN_DIR.")
-        if getattr(args, "pretrained", None):
-            raise ImgclsError("--pretrained is not supported yet in this version of imgcls.")
         return args.func(args)
     except ImgclsError as err:
         _print(f"imgcls: error: {err}", file=sys.stderr)

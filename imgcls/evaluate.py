@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from imgcls.checkpoint import atomic_write_bytes
+from imgcls.checkpoint import write_json
 from imgcls.data.cache import build_cache
 from imgcls.data.sources import resolve_evaluation_data
 from imgcls.metrics import classification_metrics
@@ -30,7 +29,7 @@ def evaluate_checkpoint(checkpoint: Path, data: Path, out_dir: Path | None = Non
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out_dir / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False).encode())
+        write_json(out_dir / "metrics.json", metrics)
         summary = {
             "checkpoint": str(checkpoint),
             "data": str(folder),

@@ -1,10 +1,71 @@
-"""Loss functions."""
+"""Loss functions: cross-entropy (label smoothing, class weights, soft targets) and distillation."""
 
 from __future__ import annotations
 
+import numpy as np
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 
-def build_loss(label_smoothing: float = 0.0) -> nn.Module:
-    """Cross-entropy, optionally with label smoothing (Szegedy et al. 2016)."""
-    return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """n_samples / (n_classes * n_c), as scikit-learn's class_weight="balanced"; absent classes get 0."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = np.where(counts > 0, len(labels) / (num_classes * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+class ClassificationLoss(nn.Module):
+    """Cross-entropy against hard labels (N,) or soft targets (N, K) from Mixup/CutMix/RICAP.
+
+    Label smoothing (Szegedy et al. 2016) and class weights apply to both forms.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0, class_weights: torch.Tensor | None = None):
+        super().__init__()
+        self.label_smoothing = label_smoothing
+        self.register_buffer("class_weights", class_weights, persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.ndim == 1:
+            return F.cross_entropy(logits, target, weight=self.class_weights, label_smoothing=self.label_smoothing)
+        return soft_target_cross_entropy(logits, target, self.label_smoothing, self.class_weights)
+
+
+def soft_target_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0, class_weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean over the batch of -sum_k t_k log p_k; class weights weigh each sample by its target mix."""
+    num_classes = logits.shape[1]
+    if label_smoothing:
+        target = target * (1.0 - label_smoothing) + label_smoothing / num_classes
+    per_sample = -(target * F.log_softmax(logits, dim=1)).sum(dim=1)
+    if class_weights is None:
+        return per_sample.mean()
+    sample_weights = target @ class_weights
+    return (per_sample * sample_weights).sum() / sample_weights.sum().clamp_min(1e-12)
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    hard_loss: torch.Tensor,
+    *,
+    alpha: float,
+    temperature: float,
+) -> torch.Tensor:
+    """Hinton et al. 2015: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * hard loss.
+
+    T^2 keeps the soft term's gradients on the scale of the hard term's as T changes.
+    """
+    soft = F.kl_div(
+        F.log_softmax(student_logits / temperature, dim=1),
+        F.log_softmax(teacher_logits / temperature, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return alpha * temperature**2 * soft + (1.0 - alpha) * hard_loss
+
+
+def build_loss(label_smoothing: float = 0.0, class_weights: torch.Tensor | None = None) -> ClassificationLoss:
+    return ClassificationLoss(label_smoothing, class_weights)

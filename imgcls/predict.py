@@ -22,9 +22,8 @@ from imgcls import checkpoint as ckpt
 from imgcls.data.decode import decode_image
 from imgcls.data.preprocess import Preprocessing
 from imgcls.data.sources import is_image_file, list_images
-from imgcls.errors import CheckpointError, ImgclsError
+from imgcls.errors import ImgclsError
 from imgcls.inference import batched_logits, prepare_for_inference
-from imgcls.models import create_model
 
 
 @dataclass(frozen=True)
@@ -71,22 +70,8 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> Predictor:
-        tensors, meta = ckpt.load_checkpoint(Path(path))
-        try:
-            pre = Preprocessing.from_dict(meta["preprocess"])
-            classes = tuple(meta["classes"])
-            spec = meta["model"]
-            model = create_model(
-                spec["name"],
-                num_classes=len(classes),
-                in_chans=pre.channels,
-                img_size=pre.img_size,
-                **spec.get("kwargs", {}),
-            )
-            model.load_state_dict(ckpt.split_prefix(tensors, ckpt.MODEL_PREFIX))
-        except (KeyError, TypeError, RuntimeError) as err:
-            raise CheckpointError(f"{path}: metadata or weights do not rebuild the model ({err}).") from None
-        return cls(prepare_for_inference(model), classes, pre, meta)
+        model, pre, meta = ckpt.load_model(path)
+        return cls(prepare_for_inference(model), tuple(meta["classes"]), pre, meta)
 
     def decode(self, source: Path | bytes, name: str | None = None) -> np.ndarray:
         pre = self.preprocessing

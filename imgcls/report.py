@@ -13,10 +13,10 @@ import functools
 import html
 import io
 import numbers
-import os
-import tempfile
 import warnings
 from pathlib import Path
+
+from imgcls.checkpoint import atomic_write_bytes
 
 # Tried in order after DejaVu Sans, so Latin text keeps its usual look and CJK class names
 # fall back glyph by glyph to the first of these that is installed.
@@ -278,15 +278,8 @@ def _matrix_total(metrics: dict) -> int:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # File names that are not valid UTF-8 arrive as surrogate escapes; show them escaped.
+    atomic_write_bytes(path, text.encode("utf-8", "backslashreplace"))
 
 
 def _e(value: object) -> str:

@@ -1,17 +1,16 @@
 """Training: small loop functions over explicit objects, and `fit`, which wires them up.
 
-fit(config, run_dir): scan sources -> decode once into caches -> create the model with its
-preprocessing -> optimizer and schedule -> per epoch, train one epoch and evaluate ->
-save last/best -> metrics.json and report.html from the best model.
+fit(config, run_dir): prepare (data, model, optimizer, schedule; imgcls.prepare) -> per
+epoch, train one epoch and evaluate -> save last/best -> metrics.json and report.html
+from the best model.
 
-Every epoch seeds its own generator from (seed, epoch), so a resumed run replays exactly
+Every epoch seeds its own generators from (seed, epoch), so a resumed run replays exactly
 the shuffles and augmentations the uninterrupted run would have drawn.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -21,23 +20,22 @@ import torch
 from torch import nn
 
 from imgcls import checkpoint as ckpt
-from imgcls.config import AugmentConfig, Config, load_config, save_config
-from imgcls.data.augment import augment_batch
-from imgcls.data.cache import ImageCache, build_cache
-from imgcls.data.loader import batch_indices, cache_tensors, steps_per_epoch
-from imgcls.data.preprocess import Preprocessing, channel_stats, to_model_input
-from imgcls.data.sources import DataSources, resolve_training_data
+from imgcls.config import Config, load_config, save_config
+from imgcls.data.augment import apply_per_image, augment_batch, mix_batch, mixing_enabled
+from imgcls.data.loader import balanced_batch_indices, batch_indices, cache_tensors
+from imgcls.data.preprocess import Preprocessing, to_model_input
 from imgcls.errors import CheckpointError, ConfigError
-from imgcls.inference import autocast, batched_logits, cpu_has_bf16
-from imgcls.losses import build_loss
+from imgcls.inference import autocast, batched_logits
+from imgcls.losses import distillation_loss
 from imgcls.metrics import classification_metrics
-from imgcls.models import create_model
-from imgcls.optim import build_optimizer, build_schedule
+from imgcls.prepare import TrainingRun, prepare
 from imgcls.progress import progress_bar
+from imgcls.transfer import set_backbone_trainable
 
 log = logging.getLogger(__name__)
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+EMA_PREFIX = "ema."
 
 
 @dataclass
@@ -56,53 +54,71 @@ class FitResult:
     best_checkpoint: Path
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 100_003 + epoch
+
+
+def _teacher_input(x: torch.Tensor, student: Preprocessing, teacher: Preprocessing) -> torch.Tensor:
+    """Re-normalise the student's (possibly mixed) input with the teacher's mean and std."""
+    if (student.mean, student.std) == (teacher.mean, teacher.std):
+        return x
+    shape = (1, -1, 1, 1)
+    pixels = x * torch.tensor(student.std).view(shape) + torch.tensor(student.mean).view(shape)
+    return (pixels - torch.tensor(teacher.mean).view(shape)) / torch.tensor(teacher.std).view(shape)
 
 
 def train_one_epoch(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    loss_fn: nn.Module,
-    preprocessing: Preprocessing,
-    augment: AugmentConfig,
-    batch_size: int,
-    generator: torch.Generator,
-    autocast_dtype: torch.dtype | None = None,
-    channels_last: bool = True,
-    desc: str = "train",
+    run: TrainingRun, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, desc: str = "train"
 ) -> EpochStats:
     """One pass over (N, H, W, C) uint8 images with per-image random augmentation."""
+    config, model = run.config, run.model
+    tc, augment = config.train, config.augment
     model.train()
-    device = next(model.parameters()).device
+    if tc.balanced_sampling:
+        batches = list(balanced_batch_indices(labels, tc.batch_size, generator=generator))
+    else:
+        batches = list(batch_indices(len(labels), tc.batch_size, shuffle=True, generator=generator))
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
-    batches = list(batch_indices(len(labels), batch_size, shuffle=True, generator=generator))
     bar = progress_bar(total=sum(len(b) for b in batches), desc=desc, unit="img")
     try:
-        for index in batches:
-            batch = augment_batch(images[index], augment, generator).to(device)
-            target = labels[index].to(device)
-            x = to_model_input(batch, preprocessing, channels_last=channels_last)
-            with autocast(autocast_dtype, device):
-                logits = model(x)
-                loss = loss_fn(logits.float(), target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total_loss += loss.item() * len(target)
-            correct += (logits.argmax(1) == target).sum().item()
-            seen += len(target)
-            bar.update(len(target))
+        for i, index in enumerate(batches):
+            batch = augment_batch(apply_per_image(images[index], run.per_image), augment, generator)
+            hard = labels[index]
+            x = to_model_input(batch, run.preprocessing, channels_last=tc.channels_last)
+            target = hard
+            if mixing_enabled(augment):
+                x, target = mix_batch(x, hard, len(run.sources.classes), augment, generator)
+            with autocast(run.autocast_dtype, x.device):
+                logits = model(x).float()
+                loss = run.loss_fn(logits, target)
+                if run.teacher is not None:
+                    with torch.no_grad():
+                        teacher_x = _teacher_input(x, run.preprocessing, run.teacher.preprocessing)
+                        teacher_logits = run.teacher.model(teacher_x).float()
+                    loss = distillation_loss(logits, teacher_logits, loss, alpha=config.distill.alpha,
+                                             temperature=config.distill.temperature)  # fmt: skip
+            (loss / tc.accumulate).backward()
+            if (i + 1) % tc.accumulate == 0 or i + 1 == len(batches):
+                _optimizer_step(run)
+            total_loss += loss.item() * len(hard)
+            correct += (logits.argmax(1) == hard).sum().item()  # against the unmixed labels
+            seen += len(hard)
+            bar.update(len(hard))
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
     finally:
         bar.close()
     return EpochStats(total_loss / max(seen, 1), correct / max(seen, 1), seen, time.perf_counter() - start)
+
+
+def _optimizer_step(run: TrainingRun) -> None:
+    if run.config.optim.clip_grad_norm:
+        nn.utils.clip_grad_norm_(run.model.parameters(), run.config.optim.clip_grad_norm)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+    if run.ema is not None:
+        run.ema.update(run.model, step=run.scheduler.last_epoch)
 
 
 def evaluate(
@@ -124,22 +140,6 @@ def evaluate(
     return loss, accuracy, logits.softmax(1)
 
 
-def choose_autocast(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "bf16" or (precision == "auto" and device.type == "cpu" and cpu_has_bf16()):
-        return torch.bfloat16
-    return None
-
-
-def checkpoint_metadata(config: Config, classes: tuple[str, ...], preprocessing: Preprocessing, **training) -> dict:
-    return {
-        "task": "single-label",
-        "model": {"name": config.model.name, "kwargs": dict(config.model.kwargs)},
-        "classes": list(classes),
-        "preprocess": preprocessing.to_dict(),
-        "training": training,
-    }
-
-
 def write_history(path: Path, history: list[dict]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
@@ -147,88 +147,49 @@ def write_history(path: Path, history: list[dict]) -> None:
         writer.writerows(history)
 
 
-def _log_to_file(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.getLogger("imgcls").addHandler(handler)
-    return handler
-
-
-@dataclass
-class TrainingRun:
-    """Everything one training run works with, built once by `prepare`."""
-
-    config: Config
-    sources: DataSources
-    train: ImageCache
-    val: ImageCache
-    preprocessing: Preprocessing
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    autocast_dtype: torch.dtype | None
-
-    def metadata(self, **training) -> dict:
-        return checkpoint_metadata(self.config, self.sources.classes, self.preprocessing, **training)
-
-
-def decode_sources(config: Config, sources: DataSources) -> tuple[ImageCache, ImageCache]:
-    data = config.data
-    channels = None if data.channels == "auto" else int(data.channels)
-    common = dict(size=data.img_size, resize=data.resize, max_pixels=data.max_pixels, workers=data.decode_workers)
-    train = build_cache(sources.train, channels=channels, desc="decode train", **common)
-    val = build_cache(sources.val, channels=train.channels, desc="decode val", **common)
-    return train, val
-
-
-def prepare(config: Config, device: torch.device) -> TrainingRun:
-    """Scan and decode the data, then create the model, optimizer and schedule."""
-    data, tc = config.data, config.train
-    sources = resolve_training_data(data.train, data.val, val_fraction=data.val_fraction, seed=tc.seed)
-    log.info("data: %s; %d classes, %d train and %d val images", sources.layout, len(sources.classes),
-             len(sources.train), len(sources.val))  # fmt: skip
-    train, val = decode_sources(config, sources)
-    mean, std = channel_stats(train.images)
-    pre = Preprocessing(data.img_size, train.channels, mean, std, data.resize, data.max_pixels)
-    model = create_model(config.model.name, num_classes=len(sources.classes), in_chans=pre.channels,
-                         img_size=pre.img_size, **config.model.kwargs)  # fmt: skip
-    model = model.to(device, memory_format=torch.channels_last if tc.channels_last else torch.preserve_format)
-    optimizer = build_optimizer(model, config.optim)
-    steps = steps_per_epoch(len(train), tc.batch_size)
-    scheduler = build_schedule(optimizer, config.optim, steps_per_epoch=steps, epochs=tc.epochs)
-    dtype = choose_autocast(tc.precision, device)
-    log.info("model %s, %s parameters, %s, %s", config.model.name, f"{sum(p.numel() for p in model.parameters()):,}",
-             "bfloat16 autocast" if dtype else "float32", "channels_last" if tc.channels_last else "NCHW")  # fmt: skip
-    return TrainingRun(config, sources, train, val, pre, model, optimizer, scheduler, dtype)
-
-
 def restore(path: Path, run: TrainingRun) -> dict:
-    """Load model, optimizer and schedule state from a last.safetensors; return its resume state."""
+    """Load model, EMA, optimizer and schedule state from a last.safetensors; return its resume state."""
     tensors, meta = ckpt.load_checkpoint(path)
     state = meta.get("resume")
     if state is None:
         raise CheckpointError(f"{path} holds no training state to resume from.")
     run.model.load_state_dict(ckpt.split_prefix(tensors, ckpt.MODEL_PREFIX))
+    if run.ema is not None:
+        run.ema.module.load_state_dict(ckpt.split_prefix(tensors, EMA_PREFIX))
     ckpt.optimizer_from_tensors(run.optimizer, tensors, state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
+    if run.plateau is not None:
+        run.plateau.load(state["plateau"])
     return state
 
 
 def save_epoch(run_dir: Path, run: TrainingRun, history: list[dict], best_acc: float) -> float:
     """best.safetensors when validation accuracy improved, then last.safetensors (with the
-    optimizer and schedule state) and history.csv; returns the best accuracy so far."""
+    optimizer, schedule and EMA state) and history.csv; returns the best accuracy so far."""
     row = history[-1]
-    weights = {ckpt.MODEL_PREFIX + k: v for k, v in run.model.state_dict().items()}
-    meta = run.metadata(epoch=row["epoch"], val_accuracy=row["val_acc"])
+    evaluated = {ckpt.MODEL_PREFIX + k: v for k, v in run.eval_model.state_dict().items()}
+    meta = run.metadata(epoch=row["epoch"], val_accuracy=row["val_acc"], ema=run.ema is not None)
     if row["val_acc"] > best_acc:
         best_acc = row["val_acc"]
-        ckpt.save_checkpoint(run_dir / "best.safetensors", weights, meta)
+        ckpt.save_checkpoint(run_dir / "best.safetensors", evaluated, meta)
+    tensors = {ckpt.MODEL_PREFIX + k: v for k, v in run.model.state_dict().items()}
+    if run.ema is not None:
+        tensors.update({EMA_PREFIX + k: v for k, v in run.ema.module.state_dict().items()})
     optim_tensors, optim_state = ckpt.optimizer_to_tensors(run.optimizer)
-    resume = {"epoch": row["epoch"], "best_val_acc": best_acc, "history": history,
-              "optimizer": optim_state, "scheduler": run.scheduler.state_dict()}  # fmt: skip
-    ckpt.save_checkpoint(run_dir / "last.safetensors", {**weights, **optim_tensors}, {**meta, "resume": resume})
+    resume = {"epoch": row["epoch"], "best_val_acc": best_acc, "history": history, "optimizer": optim_state,
+              "scheduler": run.scheduler.state_dict(),
+              "plateau": run.plateau.to_dict() if run.plateau is not None else None}  # fmt: skip
+    ckpt.save_checkpoint(run_dir / "last.safetensors", {**tensors, **optim_tensors}, {**meta, "resume": resume})
     write_history(run_dir / "history.csv", history)
     return best_acc
+
+
+def _log_to_file(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8", errors="backslashreplace")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.INFO)
+    logging.getLogger("imgcls").addHandler(handler)
+    return handler
 
 
 def fit(config: Config | None, run_dir: Path, *, resume: bool = False) -> FitResult:
@@ -256,6 +217,11 @@ def fit(config: Config | None, run_dir: Path, *, resume: bool = False) -> FitRes
         handler.close()
 
 
+def _epochs_without_progress(history: list[dict]) -> int:
+    best = max(range(len(history)), key=lambda i: history[i]["val_acc"])  # first best on ties
+    return len(history) - 1 - best
+
+
 def _fit(config: Config, run_dir: Path, resume: bool) -> FitResult:
     started = time.perf_counter()
     tc = config.train
@@ -272,23 +238,23 @@ def _fit(config: Config, run_dir: Path, resume: bool) -> FitResult:
 
     train_x, train_y = cache_tensors(run.train)
     val_x, val_y = cache_tensors(run.val)
-    loss_fn = build_loss(tc.label_smoothing)
     for epoch in range(start_epoch, tc.epochs + 1):
-        torch.manual_seed(tc.seed * 100_003 + epoch)  # dropout and other global draws
-        stats = train_one_epoch(
-            run.model, train_x, train_y, optimizer=run.optimizer, scheduler=run.scheduler, loss_fn=loss_fn,
-            preprocessing=run.preprocessing, augment=config.augment, batch_size=tc.batch_size,
-            generator=epoch_generator(tc.seed, epoch), autocast_dtype=run.autocast_dtype,
-            channels_last=tc.channels_last, desc=f"epoch {epoch}/{tc.epochs}",
-        )  # fmt: skip
-        val_loss, val_acc, _ = evaluate(
-            run.model, val_x, val_y, run.preprocessing, batch_size=tc.eval_batch_size,
-            autocast_dtype=run.autocast_dtype, channels_last=tc.channels_last,
-        )  # fmt: skip
+        if tc.early_stopping and history and _epochs_without_progress(history) >= tc.early_stopping:
+            log.info("early stopping: no validation progress in %d epochs", tc.early_stopping)
+            break
+        if config.transfer.freeze_backbone and config.transfer.unfreeze_after:
+            set_backbone_trainable(run.model, epoch > config.transfer.unfreeze_after)
+        torch.manual_seed(epoch_seed(tc.seed, epoch))  # dropout and torchvision's per-image draws
+        lr = run.optimizer.param_groups[0]["lr"]
+        generator = torch.Generator().manual_seed(epoch_seed(tc.seed, epoch))
+        stats = train_one_epoch(run, train_x, train_y, generator, desc=f"epoch {epoch}/{tc.epochs}")
+        val_loss, val_acc, _ = evaluate(run.eval_model, val_x, val_y, run.preprocessing, batch_size=tc.eval_batch_size,
+                                        autocast_dtype=run.autocast_dtype, channels_last=tc.channels_last)  # fmt: skip
+        if run.plateau is not None:
+            run.plateau.update(val_loss)
         history.append({
             "epoch": epoch, "train_loss": round(stats.loss, 6), "train_acc": round(stats.accuracy, 6),
-            "val_loss": round(val_loss, 6), "val_acc": round(val_acc, 6),
-            "lr": run.optimizer.param_groups[0]["lr"], "seconds": round(stats.seconds, 3),
+            "val_loss": round(val_loss, 6), "val_acc": round(val_acc, 6), "lr": lr, "seconds": round(stats.seconds, 3),
         })  # fmt: skip
         log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.1f s (%.0f img/s)",
                  epoch, tc.epochs, stats.loss, stats.accuracy, val_loss, val_acc, stats.seconds,
@@ -303,19 +269,20 @@ def _fit(config: Config, run_dir: Path, resume: bool) -> FitResult:
 def _final_metrics(run_dir: Path, run: TrainingRun, val_x: torch.Tensor, val_y: torch.Tensor) -> dict:
     """Metrics of the best checkpoint on val, in float32, as `imgcls evaluate` computes them."""
     tensors, _ = ckpt.load_checkpoint(run_dir / "best.safetensors")
-    run.model.load_state_dict(ckpt.split_prefix(tensors, ckpt.MODEL_PREFIX))
+    model = run.eval_model
+    model.load_state_dict(ckpt.split_prefix(tensors, ckpt.MODEL_PREFIX))
     tc = run.config.train
     _, _, probs = evaluate(
-        run.model, val_x, val_y, run.preprocessing, batch_size=tc.eval_batch_size, channels_last=tc.channels_last
+        model, val_x, val_y, run.preprocessing, batch_size=tc.eval_batch_size, channels_last=tc.channels_last
     )
     skipped = run.train.skipped + run.val.skipped
     metrics = classification_metrics(val_y.numpy(), probs.numpy(), run.sources.classes, skipped)
-    ckpt.atomic_write_bytes(run_dir / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False).encode())
+    ckpt.write_json(run_dir / "metrics.json", metrics)
     return metrics
 
 
 def _write_report(run_dir: Path, run: TrainingRun, metrics: dict, history: list[dict], seconds: float) -> None:
-    from imgcls.report import write_report
+    from imgcls.report import write_report  # the one step right of training: the run's own report
 
     config = run.config
     summary = {
@@ -325,7 +292,7 @@ def _write_report(run_dir: Path, run: TrainingRun, metrics: dict, history: list[
         "train images": len(run.train),
         "val images": len(run.val),
         "image size": f"{config.data.img_size} px, {run.train.channels} channel(s)",
-        "epochs": config.train.epochs,
+        "epochs": f"{len(history)} of {config.train.epochs}",
         "precision": "bfloat16 autocast" if run.autocast_dtype else "float32",
         "run seconds": round(seconds, 1),
     }

@@ -216,7 +216,8 @@ def test_build_schedule_drives_the_optimizer_lr():
     model = nn.Linear(3, 1)
     config = OptimConfig(name="sgd", lr=0.1, warmup_epochs=1.0, schedule="cosine")
     optimizer = build_optimizer(model, config)
-    scheduler = build_schedule(optimizer, config, steps_per_epoch=4, epochs=3)
+    scheduler, plateau = build_schedule(optimizer, config, steps_per_epoch=4, epochs=3)
+    assert plateau is None
     lrs = []
     for _ in range(12):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -256,8 +257,8 @@ def test_biases_and_norms_get_no_weight_decay(name):
     assert decays[id(named["fc.weight"])] == 0.05
     for key in ["conv.bias", "norm.weight", "norm.bias", "ln.weight", "ln.bias", "fc.bias"]:
         assert decays[id(named[key])] == 0.0, key
-    assert id(named["frozen.weight"]) not in decays  # frozen parameters are not optimised
-    assert len(decays) == 8
+    assert id(named["frozen.weight"]) in decays  # frozen: no gradient now, but ready to be unfrozen
+    assert len(decays) == len(named)
     assert all(group["lr"] == 0.01 for group in optimizer.param_groups)
     expected_type = torch.optim.SGD if name == "sgd" else torch.optim.AdamW
     assert type(optimizer) is expected_type
@@ -269,12 +270,15 @@ def test_sgd_settings_are_passed_on():
     assert (group["lr"], group["momentum"], group["nesterov"]) == (0.2, 0.8, False)
 
 
-def test_parameter_groups_partition_the_trainable_parameters():
+def test_parameter_groups_partition_all_parameters():
+    """Frozen ones too: a fine-tuning run that unfreezes them later must find them there."""
     model = Tiny()
-    groups = parameter_groups(model, 0.1)
+    next(model.parameters()).requires_grad = False
+    groups = parameter_groups(model, 0.1, lr=0.01)
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids))
-    assert set(ids) == {id(p) for p in model.parameters() if p.requires_grad}
+    assert set(ids) == {id(p) for p in model.parameters()}
+    assert all(g["lr"] == 0.01 for g in groups)
 
 
 def test_every_valid_config_builds_an_optimizer():

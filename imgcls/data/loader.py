@@ -32,3 +32,16 @@ def batch_indices(
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
     return n // batch_size if n > batch_size else 1
+
+
+def balanced_batch_indices(
+    labels: torch.Tensor, batch_size: int, *, generator: torch.Generator
+) -> Iterator[torch.Tensor]:
+    """Batches drawn with replacement so each class is equally likely (for imbalanced data);
+    an epoch has as many full batches as the plain sampler would give."""
+    counts = torch.bincount(labels).float()
+    weights = (1.0 / counts.clamp_min(1))[labels]
+    n = len(labels) - len(labels) % batch_size if len(labels) > batch_size else len(labels)
+    order = torch.multinomial(weights, n, replacement=True, generator=generator)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]

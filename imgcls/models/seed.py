@@ -85,3 +85,17 @@ def alexnet(num_classes: int, in_chans: int, img_size: int) -> SeedNet:
         nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(0.5),
     )  # fmt: skip
     return SeedNet(features, pre_logits, 4096, num_classes)
+
+
+def kaiming_init(model: nn.Module) -> None:
+    """He et al. 2015 initialisation for ReLU networks trained from scratch: normal weights
+    with fan-out scaling for convolutions and fan-in for linear layers, zero biases."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.Linear):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+        else:
+            continue
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)

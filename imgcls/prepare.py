@@ -1,0 +1,160 @@
+"""Everything a training run works with, built once from its config: `prepare(config)`.
+
+scan sources -> decode once -> preprocessing from the training images -> model (Kaiming
+initialised, or from --pretrained weights, backbone maybe frozen) -> optimizer, schedule,
+loss, EMA, teacher. The model name and size are checked before any image is decoded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from imgcls import checkpoint as ckpt
+from imgcls.config import Config
+from imgcls.data.augment import build_per_image_transform
+from imgcls.data.cache import ImageCache, build_cache
+from imgcls.data.loader import steps_per_epoch
+from imgcls.data.preprocess import Preprocessing, channel_stats
+from imgcls.data.sources import DataSources, resolve_training_data
+from imgcls.errors import ConfigError, DataError
+from imgcls.inference import cpu_has_bf16
+from imgcls.losses import ClassificationLoss, balanced_class_weights, build_loss
+from imgcls.models import create_model
+from imgcls.models.registry import resolve
+from imgcls.models.seed import SeedNet, kaiming_init
+from imgcls.optim import PlateauState, build_optimizer, build_schedule
+from imgcls.transfer import load_pretrained, set_backbone_trainable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Teacher:
+    model: nn.Module
+    preprocessing: Preprocessing
+
+
+@dataclass
+class TrainingRun:
+    config: Config
+    sources: DataSources
+    train: ImageCache
+    val: ImageCache
+    preprocessing: Preprocessing
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    plateau: PlateauState | None
+    loss_fn: ClassificationLoss
+    autocast_dtype: torch.dtype | None
+    per_image: Callable[[torch.Tensor], torch.Tensor] | None = None  # torchvision v2 transform
+    ema: nn.Module | None = None  # timm's ModelEmaV3; its .module is what is evaluated and saved
+    teacher: Teacher | None = None
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def metadata(self, **training) -> dict:
+        return {
+            "task": "single-label",
+            "model": {"name": self.config.model.name, "kwargs": dict(self.config.model.kwargs)},
+            "classes": list(self.sources.classes),
+            "preprocess": self.preprocessing.to_dict(),
+            "training": training,
+        }
+
+
+def choose_autocast(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "bf16" or (precision == "auto" and device.type == "cpu" and cpu_has_bf16()):
+        return torch.bfloat16
+    return None
+
+
+def decode_sources(config: Config, sources: DataSources) -> tuple[ImageCache, ImageCache]:
+    data = config.data
+    channels = None if data.channels == "auto" else int(data.channels)
+    common = dict(size=data.img_size, resize=data.resize, max_pixels=data.max_pixels, workers=data.decode_workers)
+    train = build_cache(sources.train, channels=channels, desc="decode train", **common)
+    val = build_cache(sources.val, channels=train.channels, desc="decode val", **common)
+    missing = [name for i, name in enumerate(sources.classes) if not (train.labels == i).any()]
+    if missing:
+        raise DataError(f"no training image of class(es) {', '.join(repr(n) for n in missing)} could be decoded.")
+    return train, val
+
+
+def _teacher(config: Config, sources: DataSources, pre: Preprocessing) -> Teacher | None:
+    if config.distill.teacher is None:
+        return None
+    model, teacher_pre, meta = ckpt.load_model(config.distill.teacher)
+    if tuple(meta["classes"]) != sources.classes:
+        raise ConfigError(
+            f"teacher {config.distill.teacher} has classes {meta['classes']}, not {list(sources.classes)}."
+        )
+    if (teacher_pre.img_size, teacher_pre.channels) != (pre.img_size, pre.channels):
+        raise ConfigError(
+            f"teacher {config.distill.teacher} takes {teacher_pre.img_size} px, {teacher_pre.channels} channel(s); "
+            f"this run uses {pre.img_size} px, {pre.channels}. Train with the teacher's --img-size."
+        )
+    for param in model.parameters():
+        param.requires_grad = False
+    log.info("distilling from %s (%s), alpha %.2f, temperature %.1f", config.distill.teacher, meta["model"]["name"],
+             config.distill.alpha, config.distill.temperature)  # fmt: skip
+    return Teacher(model.to(memory_format=torch.channels_last), teacher_pre)
+
+
+def build_model(config: Config, num_classes: int, pre: Preprocessing) -> nn.Module:
+    model = create_model(config.model.name, num_classes=num_classes, in_chans=pre.channels, img_size=pre.img_size,
+                         **config.model.kwargs)  # fmt: skip
+    if config.transfer.pretrained:
+        load_pretrained(model, config.transfer.pretrained)
+    elif config.train.init == "kaiming" and isinstance(model, SeedNet):
+        kaiming_init(model)  # timm models come initialised as their papers say
+    if config.transfer.freeze_backbone:
+        set_backbone_trainable(model, False)
+    return model
+
+
+def check_model_config(config: Config) -> None:
+    """The model checks that need no data, so a typo fails before minutes of decoding."""
+    entry = resolve(config.model.name)
+    if config.data.img_size < entry.min_size:
+        raise ConfigError(
+            f"model {config.model.name!r} needs images of at least {entry.min_size} px; got {config.data.img_size}."
+        )
+
+
+def prepare(config: Config, device: torch.device) -> TrainingRun:
+    data, tc = config.data, config.train
+    check_model_config(config)
+    sources = resolve_training_data(data.train, data.val, val_fraction=data.val_fraction, seed=tc.seed)
+    log.info("data: %s; %d classes, %d train and %d val images", sources.layout, len(sources.classes),
+             len(sources.train), len(sources.val))  # fmt: skip
+    train, val = decode_sources(config, sources)
+    mean, std = channel_stats(train.images)
+    pre = Preprocessing(data.img_size, train.channels, mean, std, data.resize, data.max_pixels)
+    model = build_model(config, len(sources.classes), pre)
+    model = model.to(device, memory_format=torch.channels_last if tc.channels_last else torch.preserve_format)
+    optimizer = build_optimizer(model, config.optim, batch_size=tc.batch_size * tc.accumulate,
+                                head=model.get_classifier(), head_lr_scale=config.transfer.head_lr_scale)  # fmt: skip
+    steps = -(-steps_per_epoch(len(train), tc.batch_size) // tc.accumulate)
+    scheduler, plateau = build_schedule(optimizer, config.optim, steps_per_epoch=steps, epochs=tc.epochs)
+    weights = balanced_class_weights(train.labels, len(sources.classes)) if tc.class_weights == "balanced" else None
+    ema = None
+    if tc.ema:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=tc.ema_decay, use_warmup=True)
+    dtype = choose_autocast(tc.precision, device)
+    log.info("model %s, %s parameters, %s, %s", config.model.name, f"{sum(p.numel() for p in model.parameters()):,}",
+             "bfloat16 autocast" if dtype else "float32", "channels_last" if tc.channels_last else "NCHW")  # fmt: skip
+    return TrainingRun(
+        config, sources, train, val, pre, model, optimizer, scheduler, plateau, build_loss(tc.label_smoothing, weights),
+        dtype, per_image=build_per_image_transform(config.augment, data.img_size), ema=ema,
+        teacher=_teacher(config, sources, pre),
+    )  # fmt: skip
