@@ -32,8 +32,8 @@ def _overrides(args: argparse.Namespace) -> dict:
 
     nested = parse_overrides(args.set or [])
     flags = {
-        ("data", "train"): args.data,
-        ("data", "val"): args.val,
+        ("data", "train"): str(Path(args.data).absolute()) if args.data else None,  # resumable from anywhere
+        ("data", "val"): str(Path(args.val).absolute()) if args.val else None,
         ("data", "img_size"): args.img_size,
         ("data", "val_fraction"): args.val_fraction,
         ("model", "name"): args.model,
@@ -57,7 +57,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from imgcls.models.registry import config_defaults
     from imgcls.train import fit
 
-    config = None if args.resume else build_config(args.recipe, _overrides(args), config_defaults)
+    overrides = _overrides(args)
+    if args.resume and (overrides or args.recipe):
+        given = ", ".join(f"{section}.{key}" for section, values in overrides.items() for key in values)
+        raise ImgclsError(
+            f"--resume continues with the run's own config.yaml; drop the other options ({given or 'recipe'})."
+        )
+    config = None if args.resume else build_config(args.recipe, overrides, config_defaults)
     result = fit(config, Path(args.out), resume=args.resume)
     m = result.metrics
     _print(f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  on {m['num_samples']} validation images")
@@ -138,8 +144,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     from imgcls.models.registry import count_parameters, list_models
 
     rows = list_models(args.pattern, include_timm=bool(args.pattern) or args.all)
+    _print(f"{'name':32s} {'params':>10s}  (10 classes, 3 x {args.img_size} px input)")
     for name, description in rows:
-        params = count_parameters(name, num_classes=10, in_chans=3, img_size=224)
+        params = count_parameters(name, num_classes=10, in_chans=3, img_size=args.img_size)
         size = f"{params / 1e6:8.2f} M" if params is not None else "       ? "
         _print(f"{name:32s} {size}  {description}")
     if not args.pattern and not args.all:
@@ -208,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", parents=[common], help="list model names with parameter counts")
     p.add_argument("pattern", nargs="?", help="glob or substring, searched in imgcls's and timm's models")
     p.add_argument("--all", action="store_true", help="list every timm model too")
+    p.add_argument("--img-size", type=int, default=32, help="input size the parameter counts assume (32)")
     p.set_defaults(func=cmd_models)
     return parser
 

@@ -295,6 +295,10 @@ def validate(config: Config) -> None:
             config.optim.final_lr > 0 and config.optim.adabound_gamma > 0,
             "optim.final_lr and adabound_gamma must be positive",
         ),
+        (
+            config.train.threads >= 0 and config.data.decode_workers >= 0,
+            "train.threads and data.decode_workers must not be negative",
+        ),
         (config.train.accumulate >= 1, "train.accumulate must be at least 1"),
         (0 < config.train.ema_decay < 1, "train.ema_decay must be in (0, 1)"),
         (config.train.early_stopping >= 0, "train.early_stopping must not be negative"),

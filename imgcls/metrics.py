@@ -56,7 +56,10 @@ def classification_metrics(
     precision, recall, f1, support = precision_recall_fscore_support(
         labels, predicted, labels=all_labels, zero_division=0
     )
-    macro = precision_recall_fscore_support(labels, predicted, labels=all_labels, average="macro", zero_division=0)
+    # Macro averages run over the classes present in the evaluated set (as ROC AUC does):
+    # a class with no images there has no recall to average.
+    present = np.unique(labels)
+    macro = precision_recall_fscore_support(labels, predicted, labels=present, average="macro", zero_division=0)
     top5 = float(top_k_accuracy_score(labels, probs, k=5, labels=all_labels)) if n_classes >= 5 else None
     return {
         "accuracy": float(accuracy_score(labels, predicted)),

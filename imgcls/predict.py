@@ -54,8 +54,10 @@ def expand_paths(arguments: Sequence[str]) -> list[tuple[str, Path]]:
         elif path.exists():
             found.append((arg, path))
         elif any(c in arg for c in "*?["):
-            matches = sorted(glob.glob(arg, recursive=True))
-            found += [(m, Path(m)) for m in matches if Path(m).is_file() and is_image_file(Path(m))]
+            matches = [
+                m for m in sorted(glob.glob(arg, recursive=True)) if Path(m).is_file() and is_image_file(Path(m))
+            ]
+            found += [(m, Path(m)) for m in matches] or [(arg, path)]  # no match: reported as missing
         else:
             found.append((arg, path))
     return found

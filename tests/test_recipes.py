@@ -82,9 +82,20 @@ def test_distillation_and_teacher_checks(teacher_run, tmp_path, capsys):
 
 def test_ema_mixing_and_per_image_augmentation_train(teacher_run, tmp_path):
     data, _ = teacher_run
-    sets = ["train.ema=true", "train.ema_decay=0.9", "augment.mixup=0.4", "augment.cutmix=1.0", "augment.ricap=0.3",
-            "augment.rotation=15", "augment.random_erasing=0.5", "train.class_weights=balanced",
-            "train.balanced_sampling=true", "train.accumulate=2", "optim.clip_grad_norm=1.0", "train.label_smoothing=0.1"]
+    sets = [
+        "train.ema=true",
+        "train.ema_decay=0.9",
+        "augment.mixup=0.4",
+        "augment.cutmix=1.0",
+        "augment.ricap=0.3",
+        "augment.rotation=15",
+        "augment.random_erasing=0.5",
+        "train.class_weights=balanced",
+        "train.balanced_sampling=true",
+        "train.accumulate=2",
+        "optim.clip_grad_norm=1.0",
+        "train.label_smoothing=0.1",
+    ]
     run = tmp_path / "tricks"
     assert main(["train", str(data), "--out", str(run), *FAST[:-2], "--epochs", "2",
                  *[a for s in sets for a in ("--set", s)]]) == 0  # fmt: skip
@@ -112,7 +123,7 @@ def test_every_optimizer_and_schedule_lowers_a_toy_loss(name, schedule):
     optimizer = build_optimizer(model, config)
     scheduler, plateau = build_schedule(optimizer, config, steps_per_epoch=10, epochs=5)
     first = nn.functional.mse_loss(model(x), y).item()
-    for epoch in range(5):
+    for _epoch in range(5):
         for _ in range(10):
             loss = nn.functional.mse_loss(model(x), y)
             optimizer.zero_grad()

@@ -60,7 +60,7 @@ def _decode_chunk(
         try:
             out.append(decode_image(Path(path), size=size, resize=resize, channels=channels, max_pixels=max_pixels))
         except DataError as err:
-            out.append(str(err))
+            out.append(str(err).removeprefix(f"{path}: "))  # the path is recorded beside the reason
     return out
 
 
@@ -109,9 +109,10 @@ def build_cache(
     keep = [i for i, r in enumerate(results) if not isinstance(r, str)]
     skipped = [{"path": paths[i], "reason": r} for i, r in enumerate(results) if isinstance(r, str)]
     for item in skipped:
-        log.warning("skipped %s", item["reason"])
+        log.warning("skipped %s: %s", item["path"], item["reason"])
     if not keep:
-        raise DataError(f"none of the {len(paths)} images could be decoded; first error: {skipped[0]['reason']}")
+        first = skipped[0]
+        raise DataError(f"none of the {len(paths)} images could be decoded; first: {first['path']}: {first['reason']}")
     arrays = [results[i] for i in keep]
     target = channels or (1 if all(a.shape[-1] == 1 for a in arrays) else 3)
     images = np.empty((len(arrays), size, size, target), dtype=np.uint8)

@@ -141,6 +141,8 @@ def decode_image(
         raise DataError(f"{name}: not an image Pillow can read.") from None
     except Image.DecompressionBombError:
         raise DataError(f"{name}: too many pixels (Pillow refused it as a decompression bomb).") from None
+    except PermissionError as err:
+        raise DataError(f"{name}: cannot read ({err.strerror}).") from None
     except OSError as err:
         raise DataError(f"{name}: cannot decode ({err}); the file may be truncated.") from None
     except Exception as err:  # noqa: BLE001 - Pillow's plugins raise many types on hostile bytes

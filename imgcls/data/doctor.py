@@ -20,8 +20,13 @@ SMALL_SIDE = 16  # images smaller than this on either side are listed as tiny
 
 
 def _inspect(path: Path, max_pixels: int) -> dict:
-    data = path.read_bytes() if path.is_file() else b""
-    record = {"path": str(path), "sha256": hashlib.sha256(data).hexdigest(), "error": None}
+    record = {"path": str(path), "sha256": None, "error": None}
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        record["error"] = f"cannot read ({err.strerror})"
+        return record
+    record["sha256"] = hashlib.sha256(data).hexdigest()
     try:
         pixels = decode_image(data, max_pixels=max_pixels, name=str(path))
         record.update(height=pixels.shape[0], width=pixels.shape[1], channels=pixels.shape[2])
