@@ -72,6 +72,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from imgcls.config import build_config
+    from imgcls.lr_find import find_lr, plot_lr_finder
+    from imgcls.models.registry import config_defaults
+
+    if not args.data:
+        raise ImgclsError("lr-find needs DATA (a folder of class folders).")
+    result = find_lr(build_config(args.recipe, _overrides(args), config_defaults), steps=args.steps)
+    path = plot_lr_finder(result, Path(args.out))
+    _print(f"suggested learning rate: {result.suggestion:.3g} (steepest loss descent; use --set optim.lr=...)")
+    _print(f"plot: {path}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from imgcls.evaluate import evaluate_checkpoint
 
@@ -165,25 +179,36 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", parents=[common], help="train a model on a folder of class folders")
-    p.add_argument("data", nargs="?", help="class folders, or a root with train/ and val/ (test/)")
-    p.add_argument("--val", help="validation folder (no automatic split then)")
-    p.add_argument("--model", help="model name (see `imgcls models`)")
-    p.add_argument("--img-size", type=int, help="square input size in pixels")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--val-fraction", type=float, help="share held out per class when there is no val set (0.2)")
-    p.add_argument("--recipe", help="recipe name or YAML file (default: default)")
-    p.add_argument("--pretrained", help="start from local weights: .safetensors, .pth/.pt state dict, or a checkpoint")
-    p.add_argument("--freeze-backbone", action="store_true", help="train the classifier only (linear probe)")
-    p.add_argument("--teacher", help="distil from this imgcls checkpoint (same classes)")
-    p.add_argument("--kd-alpha", type=float, help="weight of the teacher's soft targets (0.5)")
-    p.add_argument("--kd-temperature", type=float, help="distillation temperature (4)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="any config value, e.g. optim.lr=0.01")
+    # Options shared by train and lr-find (lr-find takes the same data and recipe).
+    training = argparse.ArgumentParser(add_help=False, parents=[common])
+    training.add_argument("data", nargs="?", help="class folders, or a root with train/ and val/ (test/)")
+    training.add_argument("--val", help="validation folder (no automatic split then)")
+    training.add_argument("--model", help="model name (see `imgcls models`)")
+    training.add_argument("--img-size", type=int, help="square input size in pixels")
+    training.add_argument("--epochs", type=int)
+    training.add_argument("--batch-size", type=int)
+    training.add_argument("--val-fraction", type=float, help="share held out per class when there is no val set (0.2)")
+    training.add_argument("--recipe", help="recipe name or YAML file (default: default)")
+    training.add_argument(
+        "--pretrained", help="start from local weights: .safetensors, .pth/.pt state dict, or a checkpoint"
+    )
+    training.add_argument("--freeze-backbone", action="store_true", help="train the classifier only (linear probe)")
+    training.add_argument("--teacher", help="distil from this imgcls checkpoint (same classes)")
+    training.add_argument("--kd-alpha", type=float, help="weight of the teacher's soft targets (0.5)")
+    training.add_argument("--kd-temperature", type=float, help="distillation temperature (4)")
+    training.add_argument("--seed", type=int)
+    training.add_argument(
+        "--set", action="append", metavar="SECTION.KEY=VALUE", help="any config value, e.g. optim.lr=0.01"
+    )
+    p = sub.add_parser("train", parents=[training], help="train a model on a folder of class folders")
     p.add_argument("--out", default="runs/train", help="run directory (default: runs/train)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.safetensors")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("lr-find", parents=[training], help="learning-rate range test with a plot and a suggestion")
+    p.add_argument("--out", default="lr_find.png", help="where to save the loss-vs-lr plot (lr_find.png)")
+    p.add_argument("--steps", type=int, default=200, help="steps of the sweep (200)")
+    p.set_defaults(func=cmd_lr_find)
 
     p = sub.add_parser("evaluate", parents=[common], help="metrics of a checkpoint on labelled data")
     p.add_argument("checkpoint")

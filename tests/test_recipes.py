@@ -141,3 +141,20 @@ def test_every_recipe_validates():
     for recipe in list_recipes():
         config = build_config(recipe)
         assert config.train.epochs >= 1
+
+
+def test_lr_find_suggests_a_rate_and_plots(teacher_run, tmp_path, capsys):
+    from imgcls.lr_find import suggest_lr
+
+    data, _ = teacher_run
+    capsys.readouterr()
+    assert main(["lr-find", str(data), "-q", "--img-size", "32", "--batch-size", "16", "--steps", "30",
+                 "--out", str(tmp_path / "lr.png")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    rate = float(out.split("suggested learning rate: ")[1].split()[0])
+    assert 1e-6 <= rate <= 1.0
+    assert (tmp_path / "lr.png").read_bytes().startswith(b"\x89PNG")
+    # steepest descent of a loss that falls fastest between 1e-3 and 1e-2
+    lrs = [10 ** (-6 + i * 0.1) for i in range(61)]
+    losses = [2.0 - math.tanh((math.log10(lr) + 2.5) * 3) for lr in lrs]
+    assert 1e-3 < suggest_lr(lrs, losses) < 1e-2
