@@ -149,6 +149,9 @@ def cmd_data_check(args: argparse.Namespace) -> int:
         _print(f"    unreadable {item['path']}: {item['reason']}")
     for group in report["leakage"][:20]:
         _print("    leak: " + " = ".join(f"{r['split']}/{r['label']}: {r['path']}" for r in group))
+    if report["tiny_images"]:
+        _print(f"  {len(report['tiny_images'])} tiny image(s) (a side under 16 px)")
+    _print("  modes: " + ", ".join(f"{n:,} {kind}" for kind, n in report["channels"].items()))
     if not found:
         _print("  no problems found")
     return 0
@@ -249,8 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("imgcls: %(message)s"))
+    handler.setLevel(logging.WARNING if args.quiet else logging.INFO)  # the run's train.log keeps INFO
     log.addHandler(handler)
-    log.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    log.setLevel(logging.INFO)
     try:
         if args.command == "train" and not args.resume and not args.data:
             raise ImgclsError("train needs DATA (a folder of class folders), or --resume with --out RUN_DIR.")

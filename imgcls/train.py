@@ -210,10 +210,15 @@ def fit(config: Config | None, run_dir: Path, *, resume: bool = False) -> FitRes
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
     handler = _log_to_file(run_dir)
+    logger = logging.getLogger("imgcls")
+    level = logger.level
+    if not level or level > logging.INFO:  # train.log records the epochs even when called from Python
+        logger.setLevel(logging.INFO)
     try:
         return _fit(config, run_dir, resume)
     finally:
-        logging.getLogger("imgcls").removeHandler(handler)
+        logger.removeHandler(handler)
+        logger.setLevel(level)
         handler.close()
 
 

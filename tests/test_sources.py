@@ -417,3 +417,16 @@ def test_evaluation_without_images_is_an_error(tmp_path):
     (tmp_path / "cat").mkdir()
     with pytest.raises(DataError):
         resolve_evaluation_data(tmp_path, CLASSES)
+
+
+def test_a_class_named_train_is_a_class(tmp_path):
+    """Only a train/ folder holding class folders means the train/ val/ layout."""
+    from PIL import Image
+
+    for name in ("train", "car"):
+        (tmp_path / name).mkdir()
+        for i in range(5):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / name / f"{i}.png")
+    sources = resolve_training_data(tmp_path, val_fraction=0.2, seed=0)
+    assert set(sources.classes) == {"train", "car"}
+    assert len(sources.train) + len(sources.val) == 10

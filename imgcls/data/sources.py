@@ -90,7 +90,8 @@ def scan_class_folders(root: Path) -> dict[str, list[Path]]:
 def find_split_folders(root: Path) -> dict[str, Path | None] | None:
     """{train, val, test} folders when root uses the train/ val/ test/ layout, else None."""
     train = root / "train"
-    if not train.is_dir():
+    # A class folder that happens to be named "train" holds images, not class folders.
+    if not train.is_dir() or not any(c.is_dir() and not _ignored(c.name) for c in train.iterdir()):
         return None
     val = next((root / n for n in VAL_FOLDER_NAMES if (root / n).is_dir()), None)
     test = root / "test" if (root / "test").is_dir() else None
