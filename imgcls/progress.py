@@ -19,30 +19,12 @@ def _enabled() -> bool:
     return sys.stderr.isatty()
 
 
-def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "", unit: str = "it") -> Iterator[T]:
-    """Wrap an iterable in a progress bar showing count, rate and ETA."""
-    from tqdm.auto import tqdm
-
-    return iter(
-        tqdm(
-            iterable,
-            total=total,
-            desc=desc,
-            unit=unit,
-            unit_scale=True,
-            dynamic_ncols=True,
-            leave=False,
-            file=sys.stderr,
-            disable=not _enabled(),
-        )
-    )
-
-
-def progress_bar(*, total: int, desc: str = "", unit: str = "it"):
-    """A manual bar (call .update(n), .set_postfix(...), .close())."""
+def progress_bar(iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "", unit: str = "it"):
+    """A tqdm bar with count, rate and ETA: iterate over it, or call .update(n) and .close()."""
     from tqdm.auto import tqdm
 
     return tqdm(
+        iterable,
         total=total,
         desc=desc,
         unit=unit,
@@ -52,3 +34,8 @@ def progress_bar(*, total: int, desc: str = "", unit: str = "it"):
         file=sys.stderr,
         disable=not _enabled(),
     )
+
+
+def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "", unit: str = "it") -> Iterator[T]:
+    """Wrap an iterable in a progress bar."""
+    return iter(progress_bar(iterable, total=total, desc=desc, unit=unit))
