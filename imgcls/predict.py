@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +25,10 @@ from imgcls.data.preprocess import Preprocessing
 from imgcls.data.sources import is_image_file, list_images
 from imgcls.errors import ImgclsError
 from imgcls.inference import batched_logits, prepare_for_inference
+from imgcls.models.registry import is_classic
+
+if TYPE_CHECKING:
+    from imgcls.models.classic import ClassicModel
 
 
 @dataclass(frozen=True)
@@ -65,13 +70,20 @@ def expand_paths(arguments: Sequence[str]) -> list[tuple[str, Path]]:
 
 @dataclass
 class Predictor:
-    model: nn.Module
+    model: nn.Module | ClassicModel  # a network, or the classic baseline
     classes: tuple[str, ...]
     preprocessing: Preprocessing
     metadata: dict
 
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> Predictor:
+        meta = ckpt.read_metadata(Path(path))
+        if is_classic(meta.get("model", {}).get("name", "")):
+            from imgcls.models.classic import ClassicModel
+
+            tensors, _ = ckpt.load_checkpoint(Path(path))
+            model = ClassicModel.from_tensors(meta["model"]["name"], meta["model"].get("kwargs", {}), tensors)
+            return cls(model, tuple(meta["classes"]), Preprocessing.from_dict(meta["preprocess"]), meta)
         model, pre, meta = ckpt.load_model(path)
         return cls(prepare_for_inference(model), tuple(meta["classes"]), pre, meta)
 
@@ -83,6 +95,8 @@ class Predictor:
 
     def probabilities(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """(N, K) class probabilities of (N, H, W, C) uint8 images already decoded by `decode`."""
+        if not isinstance(self.model, nn.Module):  # the classic baseline works on pixels itself
+            return self.model.predict_proba(images)
         logits = batched_logits(
             self.model, torch.from_numpy(np.ascontiguousarray(images)), self.preprocessing, batch_size=batch_size
         )

@@ -28,6 +28,7 @@ from imgcls.errors import CheckpointError, ConfigError
 from imgcls.inference import autocast, batched_logits
 from imgcls.losses import distillation_loss
 from imgcls.metrics import classification_metrics
+from imgcls.models.registry import is_classic
 from imgcls.prepare import TrainingRun, prepare
 from imgcls.progress import progress_bar
 from imgcls.transfer import set_backbone_trainable
@@ -233,6 +234,13 @@ def _fit(config: Config, run_dir: Path, resume: bool) -> FitResult:
     if tc.threads:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
+    if is_classic(config.model.name):
+        from imgcls.train_classic import fit_classic_run
+
+        metrics, history, summary = fit_classic_run(config, run_dir)
+        write_history(run_dir / "history.csv", history)
+        _report(run_dir, metrics, history, {**summary, "run seconds": round(time.perf_counter() - started, 1)})
+        return FitResult(run_dir, metrics, history, run_dir / "best.safetensors")
     run = prepare(config, torch.device("cpu"))
     history: list[dict] = []
     start_epoch, best_acc = 1, -1.0
@@ -286,9 +294,13 @@ def _final_metrics(run_dir: Path, run: TrainingRun, val_x: torch.Tensor, val_y: 
     return metrics
 
 
-def _write_report(run_dir: Path, run: TrainingRun, metrics: dict, history: list[dict], seconds: float) -> None:
+def _report(run_dir: Path, metrics: dict, history: list[dict], summary: dict) -> None:
     from imgcls.report import write_report  # the one step right of training: the run's own report
 
+    write_report(run_dir / "report.html", metrics=metrics, history=history, summary=summary)
+
+
+def _write_report(run_dir: Path, run: TrainingRun, metrics: dict, history: list[dict], seconds: float) -> None:
     config = run.config
     summary = {
         "model": config.model.name,
@@ -301,4 +313,4 @@ def _write_report(run_dir: Path, run: TrainingRun, metrics: dict, history: list[
         "precision": "bfloat16 autocast" if run.autocast_dtype else "float32",
         "run seconds": round(seconds, 1),
     }
-    write_report(run_dir / "report.html", metrics=metrics, history=history, summary=summary)
+    _report(run_dir, metrics, history, summary)

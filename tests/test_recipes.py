@@ -158,3 +158,18 @@ def test_lr_find_suggests_a_rate_and_plots(teacher_run, tmp_path, capsys):
     lrs = [10 ** (-6 + i * 0.1) for i in range(61)]
     losses = [2.0 - math.tanh((math.log10(lr) + 2.5) * 3) for lr in lrs]
     assert 1e-3 < suggest_lr(lrs, losses) < 1e-2
+
+
+def test_classic_baseline_through_train_evaluate_predict(teacher_run, tmp_path, capsys):
+    data, _ = teacher_run
+    run = tmp_path / "classic"
+    assert main(["train", str(data), "--out", str(run), "-q", "--model", "color-hist-logreg", "--img-size", "32"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["accuracy"] > 0.9  # the classes differ by colour
+    assert (run / "best.safetensors").read_bytes()[8:9] == b"{"  # safetensors' JSON header, no pickle
+    capsys.readouterr()
+    assert main(["evaluate", str(run / "best.safetensors"), str(data), "--json", "-q"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] > 0.9
+    assert main(["predict", str(run / "best.safetensors"), str(data / "bird"), "--json", "-q"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sum(line["predictions"][0]["label"] == "bird" for line in lines) >= 14

@@ -63,6 +63,24 @@ register("softmax", seed.softmax_regression, "softmax regression: flatten + line
 register("lenet", seed.lenet, "LeNet-5 with ReLU and max pooling", min_size=12)
 register("keras-cnn", seed.keras_cnn, "two conv 32 + max-pool blocks, dense 128", min_size=10)
 register("alexnet", seed.alexnet, "AlexNet, five convolutions and two 4096 dense layers", min_size=65)
+
+
+def _classic(name: str) -> Callable[..., nn.Module]:
+    def build(**_) -> nn.Module:
+        raise ConfigError(f"{name} is a scikit-learn pipeline, not a torch module; it is fitted by `imgcls train`.")
+
+    return build
+
+
+CLASSIC_MODELS = ("hog-svm", "color-hist-logreg")
+register("hog-svm", _classic("hog-svm"), "classic: HOG features + linear SVM (scikit-image, scikit-learn)")
+register("color-hist-logreg", _classic("color-hist-logreg"), "classic: colour histograms + logistic regression")
+
+
+def is_classic(name: str) -> bool:
+    return name in CLASSIC_MODELS
+
+
 register("resnet18", _timm_builder("resnet18"), "ResNet-18 (timm)", min_size=16)
 register("vgg11", _timm_builder("vgg11_bn"), "VGG-11 with batch norm (timm)", min_size=32)
 register("vgg16", _timm_builder("vgg16_bn"), "VGG-16 with batch norm (timm)", min_size=32)
