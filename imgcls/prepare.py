@@ -21,7 +21,7 @@ from imgcls.data.cache import ImageCache, build_cache
 from imgcls.data.loader import steps_per_epoch
 from imgcls.data.preprocess import Preprocessing, channel_stats
 from imgcls.data.sources import DataSources, resolve_training_data
-from imgcls.errors import ConfigError, DataError
+from imgcls.errors import CheckpointError, ConfigError, DataError
 from imgcls.inference import cpu_has_bf16
 from imgcls.losses import ClassificationLoss, balanced_class_weights, build_loss
 from imgcls.models import create_model
@@ -120,6 +120,33 @@ def build_model(config: Config, num_classes: int, pre: Preprocessing) -> nn.Modu
     return model
 
 
+def pretrained_normalisation(config: Config, channels: int) -> tuple[tuple, tuple] | None:
+    """Fine-tuned weights keep the input statistics they were trained with: an imgcls
+    checkpoint's own mean/std, or a timm model's pretrained (ImageNet) values for RGB."""
+    path = config.transfer.pretrained
+    if not path:
+        return None
+    if str(path).endswith(".safetensors"):
+        try:
+            meta = ckpt.read_metadata(path)
+        except CheckpointError:
+            meta = None  # bare weights: not an imgcls checkpoint
+        if meta is not None:
+            pre = Preprocessing.from_dict(meta["preprocess"])
+            return (pre.mean, pre.std) if pre.channels == channels else None
+    if channels != 3:
+        return None
+    try:
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(resolve(config.model.name).name.removeprefix("timm:"))
+    except (RuntimeError, ValueError, AttributeError):
+        return None
+    if cfg is None or not getattr(cfg, "mean", None):
+        return None
+    return tuple(float(m) for m in cfg.mean), tuple(float(s) for s in cfg.std)
+
+
 def check_model_config(config: Config) -> None:
     """The model checks that need no data, so a typo fails before minutes of decoding."""
     entry = resolve(config.model.name)
@@ -136,9 +163,13 @@ def prepare(config: Config, device: torch.device) -> TrainingRun:
     log.info("data: %s; %d classes, %d train and %d val images", sources.layout, len(sources.classes),
              len(sources.train), len(sources.val))  # fmt: skip
     train, val = decode_sources(config, sources)
-    mean, std = channel_stats(train.images)
+    mean, std = pretrained_normalisation(config, train.channels) or channel_stats(train.images)
     pre = Preprocessing(data.img_size, train.channels, mean, std, data.resize, data.max_pixels)
     model = build_model(config, len(sources.classes), pre)
+    steps_per_pass = steps_per_epoch(len(train), tc.batch_size)
+    if steps_per_pass * tc.epochs < 100:
+        log.warning("only %d optimizer steps in all (%d per epoch): a smaller --batch-size or more --epochs "
+                    "will likely train better", steps_per_pass * tc.epochs // tc.accumulate, steps_per_pass)  # fmt: skip
     model = model.to(device, memory_format=torch.channels_last if tc.channels_last else torch.preserve_format)
     optimizer = build_optimizer(model, config.optim, batch_size=tc.batch_size * tc.accumulate,
                                 head=model.get_classifier(), head_lr_scale=config.transfer.head_lr_scale)  # fmt: skip
