@@ -166,10 +166,10 @@ def prepare(config: Config, device: torch.device) -> TrainingRun:
     mean, std = pretrained_normalisation(config, train.channels) or channel_stats(train.images)
     pre = Preprocessing(data.img_size, train.channels, mean, std, data.resize, data.max_pixels)
     model = build_model(config, len(sources.classes), pre)
-    steps_per_pass = steps_per_epoch(len(train), tc.batch_size)
-    if steps_per_pass * tc.epochs < 100:
-        log.warning("only %d optimizer steps in all (%d per epoch): a smaller --batch-size or more --epochs "
-                    "will likely train better", steps_per_pass * tc.epochs // tc.accumulate, steps_per_pass)  # fmt: skip
+    total_steps = steps_per_epoch(len(train), tc.batch_size) * tc.epochs // tc.accumulate
+    if total_steps < 100:
+        log.warning("only %d optimizer steps in the whole run: a smaller --batch-size or more --epochs "
+                    "will likely train better", total_steps)  # fmt: skip
     model = model.to(device, memory_format=torch.channels_last if tc.channels_last else torch.preserve_format)
     optimizer = build_optimizer(model, config.optim, batch_size=tc.batch_size * tc.accumulate,
                                 head=model.get_classifier(), head_lr_scale=config.transfer.head_lr_scale)  # fmt: skip
