@@ -1,0 +1,114 @@
+"""The compute ceiling: how fast this CPU can train keras-cnn at 28 px when data costs nothing.
+
+A synthetic loop over random uint8 batches already in memory (batch 128, 28x28x1, 10
+classes): normalise, forward, backward, AdamW step; in (i) NCHW float32 (PyTorch's
+default), (ii) channels_last float32, (iii) channels_last + bfloat16 autocast. Then the
+GFLOP/s of a 2048x2048 matmul in float32 and bfloat16. torch.get_num_threads() threads,
+warm-up steps excluded, median of 3 repeats, the
+settings interleaved within each repeat. Its (iii) row is the most any data pipeline
+can reach with this network here; train_speed.py's train-loop images/s compare with it.
+
+    .venv/bin/python benchmarks/compute_ceiling.py [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from imgcls.models import create_model
+
+BATCH, SIZE, CLASSES = 128, 28, 10
+MATMUL_N = 2048
+
+
+def make_train_step(channels_last: bool, dtype: torch.dtype | None) -> Callable[[int], None]:
+    """A closure doing one training step on batch i of random uint8 images already in memory."""
+    torch.manual_seed(0)
+    model = create_model("keras-cnn", num_classes=CLASSES, in_chans=1, img_size=SIZE)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    pool = 16  # distinct batches cycled through
+    images = torch.randint(0, 256, (pool, BATCH, SIZE, SIZE, 1), dtype=torch.uint8)
+    labels = torch.randint(0, CLASSES, (pool, BATCH))
+
+    def step(i: int) -> None:
+        x = (images[i % pool].float() * (1 / 255) - 0.5).div_(0.25).permute(0, 3, 1, 2)  # NHWC -> NCHW view
+        x = x if channels_last else x.contiguous()  # the view already has channels_last strides
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            loss = loss_fn(model(x).float(), labels[i % pool])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def make_matmul(dtype: torch.dtype) -> Callable[[int], None]:
+    a = torch.randn(MATMUL_N, MATMUL_N).to(dtype)
+    b = torch.randn(MATMUL_N, MATMUL_N).to(dtype)
+    return lambda i: a @ b
+
+
+def interleaved_rates(work: dict[str, tuple[Callable[[int], None], int]], warmup: int, repeats: int) -> dict:
+    """Median calls/s of each callable; every repeat times all of them in turn, so a burst of
+    load from other processes lands on all settings alike instead of on one row."""
+    for step, _ in work.values():
+        for i in range(warmup):
+            step(i)
+    rates: dict[str, list[float]] = {name: [] for name in work}
+    for _ in range(repeats):
+        for name, (step, calls) in work.items():
+            start = time.perf_counter()
+            for i in range(calls):
+                step(i)
+            rates[name].append(calls / (time.perf_counter() - start))
+    return {name: statistics.median(r) for name, r in rates.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=100, help="timed training steps per repeat")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"AVX512-BF16 {torch.cpu._is_avx512_bf16_supported()}, AMX {torch.cpu._is_amx_tile_supported()}")  # fmt: skip
+    print(f"keras-cnn, {SIZE}x{SIZE}x1, batch {BATCH}, AdamW; {args.steps} steps x {args.repeats} repeats, "
+          f"{args.warmup} warm-up steps; interleaved, median\n")  # fmt: skip
+    train = {
+        "NCHW fp32": (make_train_step(False, None), args.steps),
+        "channels_last fp32": (make_train_step(True, None), args.steps),
+        "channels_last + bf16 autocast": (make_train_step(True, torch.bfloat16), args.steps),
+    }
+    rates = {k: v * BATCH for k, v in interleaved_rates(train, args.warmup, args.repeats).items()}
+    print(f"{'training step':32s} {'img/s':>8s} {'vs NCHW fp32':>13s}")
+    for name, rate in rates.items():
+        print(f"{name:32s} {rate:8.0f} {rate / rates['NCHW fp32']:12.2f}x")
+
+    matmuls = {"fp32": (make_matmul(torch.float32), 10), "bf16": (make_matmul(torch.bfloat16), 40)}
+    flops = {k: v * 2 * MATMUL_N**3 / 1e9 for k, v in interleaved_rates(matmuls, 3, args.repeats).items()}
+    print(f"\n{'matmul ' + str(MATMUL_N) + 'x' + str(MATMUL_N):32s} {'GFLOP/s':>8s}")
+    for name, gflops in flops.items():
+        print(f"{name:32s} {gflops:8.0f}")
+
+    best = max(rates, key=rates.get)
+    print(f"\nsummary: compute_ceiling keras-cnn b{BATCH}: "
+          + ", ".join(f"{k} {v:.0f} img/s" for k, v in rates.items())
+          + f" (best: {best}); matmul fp32 {flops['fp32']:.0f}, bf16 {flops['bf16']:.0f} GFLOP/s")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
