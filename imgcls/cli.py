@@ -106,19 +106,53 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from imgcls.predict import Predictor, expand_paths
+    from imgcls.predict import PredictionSinks, Predictor, expand_paths
 
-    predictor = Predictor.from_checkpoint(args.checkpoint)
+    predictor = Predictor.from_file(args.checkpoint)
     items = expand_paths(args.paths)
     if not items:
         raise ImgclsError(f"no images found in {' '.join(args.paths)}.")
     failures = 0
-    for prediction in predictor.predict_paths(items, topk=args.topk):
-        failures += prediction.error is not None
-        _print(json.dumps(prediction.to_json(), ensure_ascii=False) if args.json else prediction.to_text())
+    with PredictionSinks(args.out, args.copy_to, topk=args.topk) as sinks:
+        for (_, path), prediction in zip(items, predictor.predict_paths(items, topk=args.topk), strict=True):
+            failures += prediction.error is not None
+            sinks.add(prediction, path)
+            _print(json.dumps(prediction.to_json(), ensure_ascii=False) if args.json else prediction.to_text())
     if failures:
         _print(f"imgcls: {failures} of {len(items)} file(s) could not be read", file=sys.stderr)
+    if args.out:
+        _print(f"predictions: {args.out}", file=sys.stderr)
+    if args.copy_to:
+        _print(f"copied {len(items) - failures} image(s) into class folders under {args.copy_to}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from imgcls.export import export_onnx
+
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
+    result = export_onnx(Path(args.checkpoint), out, pixels=args.with_preprocessing, check=args.check,
+                         int8=args.int8, calibration=args.calibration, keep_int8=args.keep_int8)  # fmt: skip
+    _print(f"exported {result.path}")
+    _print(
+        f"parity with PyTorch: largest probability difference {result.max_difference:.1e} "
+        f"on {result.check_images} images ({result.check_source})"
+    )
+    if result.int8 is not None:
+        q = result.int8
+        verdict = f"written to {q.path}" if q.path else "not kept (--keep-int8 keeps it anyway)"
+        _print(
+            f"int8: {q.speedup:.2f}x the float32 speed at batch 32, top-1 unchanged on {q.agreement:.1%} "
+            f"of the check images; {q.reason}; {verdict}"
+        )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from imgcls.serve.app import serve
+
+    serve(args.checkpoint, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, topk=args.topk)
+    return 0
 
 
 def cmd_data_get(args: argparse.Namespace) -> int:
@@ -221,11 +255,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", parents=[common], help="top-k labels of images, folders or globs")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint or an exported .onnx file")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--topk", type=int, default=3)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--out", help="also write path, top-k labels and scores to this CSV file")
+    p.add_argument("--copy-to", metavar="DIR", help="copy each image into DIR/<predicted class>/")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", parents=[common], help="export a checkpoint to ONNX, checked against PyTorch")
+    p.add_argument("checkpoint")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", help="output file (default: the checkpoint's name with .onnx)")
+    p.add_argument(
+        "--with-preprocessing", action="store_true", help="the graph takes uint8 pixels (N, H, W, C) and normalises"
+    )
+    p.add_argument("--check", nargs="+", metavar="PATH", help="images for the parity check (default: --calibration)")
+    p.add_argument("--int8", action="store_true", help="also make a static int8 copy, kept where faster and accurate")
+    p.add_argument("--calibration", nargs="+", metavar="PATH", help="training images to calibrate int8 on")
+    p.add_argument(
+        "--keep-int8", action="store_true", help="write the int8 copy even when it is slower or less accurate"
+    )
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", parents=[common], help="HTTP server with a web page: POST an image, get top-k")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint or an exported .onnx file")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted request body (10 MB)")
+    p.add_argument("--topk", type=int, default=5, help="labels answered when the request does not say (5)")
+    p.set_defaults(func=cmd_serve)
 
     data = sub.add_parser("data", help="built-in datasets and dataset checks").add_subparsers(
         dest="data_command", required=True, metavar="ACTION"

@@ -14,6 +14,14 @@ class DataError(ImgclsError):
     """A dataset, folder or image cannot be used."""
 
 
+class NotAnImageError(DataError):
+    """The bytes are not an image format imgcls can read."""
+
+
+class TooManyPixelsError(DataError):
+    """An image is over the pixel limit (a decompression-bomb guard)."""
+
+
 class ConfigError(ImgclsError):
     """A recipe, option or override is invalid."""
 
@@ -24,3 +32,7 @@ class ModelNotFoundError(ImgclsError):
 
 class CheckpointError(ImgclsError):
     """A checkpoint file is missing, damaged or from an incompatible version."""
+
+
+class ExportError(ImgclsError):
+    """A model cannot be exported, or its export disagrees with the original."""

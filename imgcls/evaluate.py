@@ -13,9 +13,11 @@ from imgcls.metrics import classification_metrics
 from imgcls.predict import Predictor
 
 
-def evaluate_checkpoint(checkpoint: Path, data: Path, out_dir: Path | None = None, *, batch_size: int = 512) -> dict:
+def evaluate_checkpoint(
+    checkpoint: Path, data: Path, out_dir: Path | None = None, *, batch_size: int | None = None
+) -> dict:
     """Metrics of a checkpoint on DATA's test/ (else val/, else all of it); written to out_dir."""
-    predictor = Predictor.from_checkpoint(checkpoint)
+    predictor = Predictor.from_file(checkpoint)
     samples, folder = resolve_evaluation_data(data, predictor.classes)
     pre = predictor.preprocessing
     cache = build_cache(

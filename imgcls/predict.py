@@ -2,22 +2,23 @@
 
 Predictor.from_checkpoint(path): read metadata -> create the model it names -> load the
 weights -> decode and normalise images exactly as in training -> probabilities -> top-k.
+Predictor.from_onnx(path) does the same through ONNX Runtime from an exported file.
 Never imports training code, so `imgcls predict` starts fast.
 """
 
 from __future__ import annotations
 
+import csv
 import glob
 import os
-from collections.abc import Iterator, Sequence
+import shutil
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch import nn
 
 from imgcls import checkpoint as ckpt
 from imgcls.data.decode import decode_image
@@ -26,9 +27,7 @@ from imgcls.data.sources import is_image_file, list_images
 from imgcls.errors import ImgclsError
 from imgcls.inference import batched_logits, prepare_for_inference
 from imgcls.models.registry import is_classic
-
-if TYPE_CHECKING:
-    from imgcls.models.classic import ClassicModel
+from imgcls.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -46,6 +45,47 @@ class Prediction:
         if self.error is not None:
             return f"{self.path}: error: {self.error}"
         return f"{self.path}: " + ", ".join(f"{lab} {score:.1%}" for lab, score in self.labels)
+
+
+class PredictionSinks:
+    """Where predictions go besides the terminal: a CSV file (path, top-k labels and scores,
+    error) and/or class folders that receive a copy of each image (sorting a photo folder)."""
+
+    def __init__(self, csv_path: str | None, copy_to: str | None, *, topk: int):
+        self.copy_to = Path(copy_to) if copy_to else None
+        self.csv_file = None
+        if csv_path:
+            self.csv_file = open(csv_path, "w", newline="", encoding="utf-8", errors="backslashreplace")
+        self.writer = None
+        if self.csv_file is not None:
+            self.writer = csv.writer(self.csv_file)
+            ranks = [f"{name}_{i}" for i in range(1, topk + 1) for name in ("label", "score")]
+            self.writer.writerow(["path", *ranks, "error"])
+
+    def add(self, prediction: Prediction, source: Path) -> None:
+        if self.writer is not None:
+            cells = [cell for label, score in prediction.labels for cell in (label, f"{score:.6f}")]
+            self.writer.writerow([prediction.path, *cells, prediction.error or ""])
+        if self.copy_to is not None and prediction.error is None:
+            folder = self.copy_to / prediction.labels[0][0]
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, _free_name(folder, source.name))
+
+    def __enter__(self) -> PredictionSinks:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.csv_file is not None:
+            self.csv_file.close()
+
+
+def _free_name(folder: Path, name: str) -> Path:
+    """folder/name, or folder/stem-2.ext, ... when images from different folders share a name."""
+    target, stem, suffix, n = folder / name, Path(name).stem, Path(name).suffix, 1
+    while target.exists():
+        n += 1
+        target = folder / f"{stem}-{n}{suffix}"
+    return target
 
 
 def expand_paths(arguments: Sequence[str]) -> list[tuple[str, Path]]:
@@ -70,10 +110,18 @@ def expand_paths(arguments: Sequence[str]) -> list[tuple[str, Path]]:
 
 @dataclass
 class Predictor:
-    model: nn.Module | ClassicModel  # a network, or the classic baseline
+    """A model behind one function: (N, H, W, C) uint8 images -> (N, K) probabilities."""
+
+    run: Callable[[np.ndarray], np.ndarray]
     classes: tuple[str, ...]
     preprocessing: Preprocessing
     metadata: dict
+    batch_size: int = 256  # images per call of `run`
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Predictor:
+        """A checkpoint (.safetensors) or an exported model (.onnx), told apart by its suffix."""
+        return cls.from_onnx(path) if str(path).lower().endswith(".onnx") else cls.from_checkpoint(path)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> Predictor:
@@ -83,9 +131,24 @@ class Predictor:
 
             tensors, _ = ckpt.load_checkpoint(Path(path))
             model = ClassicModel.from_tensors(meta["model"]["name"], meta["model"].get("kwargs", {}), tensors)
-            return cls(model, tuple(meta["classes"]), Preprocessing.from_dict(meta["preprocess"]), meta)
-        model, pre, meta = ckpt.load_model(path)
-        return cls(prepare_for_inference(model), tuple(meta["classes"]), pre, meta)
+            # The classic baseline works on pixels itself; large calls let it spread HOG over processes.
+            pre = Preprocessing.from_dict(meta["preprocess"])
+            return cls(model.predict_proba, tuple(meta["classes"]), pre, meta, batch_size=8192)
+        network, pre, meta = ckpt.load_model(path)
+        network = prepare_for_inference(network)
+
+        def run(images: np.ndarray) -> np.ndarray:
+            pixels = torch.from_numpy(np.ascontiguousarray(images))
+            return batched_logits(network, pixels, pre, batch_size=len(images)).softmax(1).numpy()
+
+        return cls(run, tuple(meta["classes"]), pre, meta)
+
+    @classmethod
+    def from_onnx(cls, path: str | Path, threads: int = 0) -> Predictor:
+        from imgcls.onnx_model import load_onnx
+
+        run, meta = load_onnx(path, threads)
+        return cls(run, tuple(meta["classes"]), Preprocessing.from_dict(meta["preprocess"]), meta)
 
     def decode(self, source: Path | bytes, name: str | None = None) -> np.ndarray:
         pre = self.preprocessing
@@ -93,14 +156,12 @@ class Predictor:
             source, size=pre.img_size, resize=pre.resize, channels=pre.channels, max_pixels=pre.max_pixels, name=name
         )
 
-    def probabilities(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    def probabilities(self, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """(N, K) class probabilities of (N, H, W, C) uint8 images already decoded by `decode`."""
-        if not isinstance(self.model, nn.Module):  # the classic baseline works on pixels itself
-            return self.model.predict_proba(images)
-        logits = batched_logits(
-            self.model, torch.from_numpy(np.ascontiguousarray(images)), self.preprocessing, batch_size=batch_size
-        )
-        return logits.softmax(1).numpy()
+        step = batch_size or self.batch_size
+        if len(images) == 0:
+            return np.empty((0, len(self.classes)), dtype=np.float32)
+        return np.concatenate([self.run(images[i : i + step]) for i in range(0, len(images), step)])
 
     def top_k(self, probs: np.ndarray, k: int) -> tuple[tuple[str, float], ...]:
         order = np.argsort(-probs, kind="stable")[: max(1, min(k, len(self.classes)))]
@@ -123,7 +184,8 @@ class Predictor:
                 return str(err)
 
         # Pillow releases the GIL while decoding, so threads overlap decoding with inference.
-        with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+        bar = progress_bar(total=len(paths), desc="predict", unit="img")
+        with bar, ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
             for start in range(0, len(paths), batch_size):
                 chunk = paths[start : start + batch_size]
                 decoded = list(pool.map(load, chunk))
@@ -135,6 +197,7 @@ class Predictor:
                         yield Prediction(shown, self.top_k(probs[row[i]], topk))
                     else:
                         yield Prediction(shown, error=_strip_name(decoded[i], shown))
+                bar.update(len(chunk))
 
 
 def _strip_name(message: str, name: str) -> str:

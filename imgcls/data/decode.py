@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from imgcls.errors import DataError
+from imgcls.errors import DataError, NotAnImageError, TooManyPixelsError
 
 GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 RESIZE_POLICIES = ("crop", "squash", "pad")
@@ -91,7 +91,7 @@ def _open(source: Path | bytes, name: str, max_pixels: int, size: int | None) ->
         if width <= 0 or height <= 0:
             raise DataError(f"{name}: image has zero size ({width}x{height}).")
         if width * height > max_pixels:
-            raise DataError(
+            raise TooManyPixelsError(
                 f"{name}: {width}x{height} pixels is over the limit of {max_pixels:,} "
                 "(data.max_pixels); shrink the image or raise the limit."
             )
@@ -138,9 +138,9 @@ def decode_image(
     except DataError:
         raise
     except Image.UnidentifiedImageError:
-        raise DataError(f"{name}: not an image Pillow can read.") from None
+        raise NotAnImageError(f"{name}: not an image Pillow can read.") from None
     except Image.DecompressionBombError:
-        raise DataError(f"{name}: too many pixels (Pillow refused it as a decompression bomb).") from None
+        raise TooManyPixelsError(f"{name}: too many pixels (Pillow refused it as a decompression bomb).") from None
     except PermissionError as err:
         raise DataError(f"{name}: cannot read ({err.strerror}).") from None
     except OSError as err:

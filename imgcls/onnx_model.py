@@ -1,0 +1,82 @@
+"""Running an exported .onnx classifier through ONNX Runtime, and the metadata it carries.
+
+An imgcls ONNX file stands alone: its metadata holds the checkpoint's JSON (classes,
+preprocessing, model), so a predictor needs nothing but the file. It takes either
+normalised float input (N, C, H, W) named "input", or raw uint8 pixels (N, H, W, C) named
+"pixels" when exported with the preprocessing inside; both give "logits" and
+"probabilities".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from imgcls.data.preprocess import Preprocessing
+from imgcls.errors import CheckpointError
+
+METADATA_KEY = "imgcls"  # the checkpoint's metadata JSON
+FLOAT_INPUT = "input"
+PIXEL_INPUT = "pixels"
+OUTPUTS = ("logits", "probabilities")
+
+
+def normalise(images: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    """(N, H, W, C) uint8 -> (N, C, H, W) float32, the same arithmetic as to_model_input."""
+    scale = np.array([1.0 / (255.0 * s) for s in pre.std], dtype=np.float32)
+    shift = np.array([m / s for m, s in zip(pre.mean, pre.std, strict=True)], dtype=np.float32)
+    x = images.astype(np.float32) * scale - shift
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def session(path: Path | str | bytes, threads: int = 0):
+    """An ONNX Runtime CPU session; `path` may also be the serialized model."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    options.log_severity_level = 3  # warnings about unused initialisers are noise to users
+    source = path if isinstance(path, bytes) else str(path)
+    try:
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # ORT raises its own untyped errors (InvalidGraph, NoSuchFile, Fail, ...)
+        shown = "the exported model" if isinstance(path, bytes) else path
+        raise CheckpointError(f"{shown}: ONNX Runtime cannot load it ({err}).") from None
+
+
+def read_metadata(sess, path: Path | str) -> dict:
+    raw = sess.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    if raw is None:
+        raise CheckpointError(f"{path} is an ONNX file without imgcls metadata; export it with `imgcls export`.")
+    try:
+        meta = json.loads(raw)
+        Preprocessing.from_dict(meta["preprocess"])
+        if not isinstance(meta["classes"], list):
+            raise TypeError("classes is not a list")
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its imgcls metadata is damaged ({err}).") from None
+    return meta
+
+
+def probability_function(sess, pre: Preprocessing) -> Callable[[np.ndarray], np.ndarray]:
+    """(N, H, W, C) uint8 images -> (N, K) float32 probabilities through the session."""
+    name = sess.get_inputs()[0].name
+
+    def run(images: np.ndarray) -> np.ndarray:
+        feed = np.ascontiguousarray(images, dtype=np.uint8) if name == PIXEL_INPUT else normalise(images, pre)
+        return sess.run(["probabilities"], {name: feed})[0]
+
+    return run
+
+
+def load_onnx(path: Path | str, threads: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
+    """The probability function of an imgcls ONNX file and its metadata."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"model file {path} does not exist.")
+    sess = session(path, threads)
+    meta = read_metadata(sess, path)
+    return probability_function(sess, Preprocessing.from_dict(meta["preprocess"])), meta
