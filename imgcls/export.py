@@ -17,6 +17,7 @@ import json
 import logging
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,8 +120,11 @@ def to_onnx_bytes(model: nn.Module, pre: Preprocessing, meta: dict, *, pixels: b
     buffer = io.BytesIO()
     dynamic = {key: {0: "batch"} for key in (name, *OUTPUTS)}
     try:
-        torch.onnx.export(wrapper, (example,), buffer, input_names=[name], output_names=list(OUTPUTS),
-                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)  # fmt: skip
+        with warnings.catch_warnings():
+            # torch calls its TorchScript exporter legacy; it is the one that needs no onnxscript.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(wrapper, (example,), buffer, input_names=[name], output_names=list(OUTPUTS),
+                              dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)  # fmt: skip
     except Exception as err:  # the exporter raises many kinds for operators ONNX lacks
         raise ExportError(f"model {meta['model']['name']!r} cannot be exported to ONNX: {err}") from None
     proto = onnx.load_from_string(buffer.getvalue())

@@ -53,6 +53,7 @@ class PredictionSinks:
 
     def __init__(self, csv_path: str | None, copy_to: str | None, *, topk: int):
         self.copy_to = Path(copy_to) if copy_to else None
+        self.topk = topk
         self.csv_file = None
         if csv_path:
             self.csv_file = open(csv_path, "w", newline="", encoding="utf-8", errors="backslashreplace")
@@ -65,6 +66,7 @@ class PredictionSinks:
     def add(self, prediction: Prediction, source: Path) -> None:
         if self.writer is not None:
             cells = [cell for label, score in prediction.labels for cell in (label, f"{score:.6f}")]
+            cells += [""] * (2 * self.topk - len(cells))  # errors and models with fewer classes than k
             self.writer.writerow([prediction.path, *cells, prediction.error or ""])
         if self.copy_to is not None and prediction.error is None:
             folder = self.copy_to / prediction.labels[0][0]

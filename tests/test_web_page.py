@@ -1,0 +1,90 @@
+"""The server's web page in a real headless Chromium: choose an image, see its predicted label.
+
+Needs Debian's chromium and chromium-driver (`.ci/run` installs them and sets
+IMGCLS_REQUIRE_BROWSER=1, so in CI a missing browser fails instead of skipping).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from imgcls.cli import main
+from imgcls.serve.app import create_app
+from tests.conftest import CLASS_COLOURS, make_class_folders
+from tests.test_serve import png
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+if not (CHROMIUM and CHROMEDRIVER):
+    if os.environ.get("IMGCLS_REQUIRE_BROWSER") == "1":
+        raise RuntimeError("IMGCLS_REQUIRE_BROWSER=1 but chromium or chromedriver is not installed")
+    pytest.skip("Debian's chromium and chromium-driver are not installed", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory):
+    data = make_class_folders(tmp_path_factory.mktemp("web") / "data", per_class=16, junk=False)
+    run = data.parent / "run"
+    args = ["-q", "train", str(data), "--out", str(run), "--img-size", "32", "--batch-size", "16", "--epochs", "2"]
+    assert main(args) == 0
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(run / "best.safetensors"), port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+@pytest.mark.parametrize("name", sorted(CLASS_COLOURS))
+def test_upload_shows_the_predicted_label(server_url, browser, tmp_path: Path, name):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    image = tmp_path / "photo.png"
+    image.write_bytes(png(CLASS_COLOURS[name]))
+    browser.get(server_url)
+    wait = WebDriverWait(browser, 20)
+    wait.until(ec.text_to_be_present_in_element((By.ID, "model"), "3 classes"))
+    browser.find_element(By.ID, "file").send_keys(str(image))
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#results .prediction")))
+    rows = browser.find_elements(By.CSS_SELECTOR, "#results .prediction")
+    assert len(rows) == 3
+    assert rows[0].find_element(By.CLASS_NAME, "label").text == name
+    assert rows[0].find_element(By.CLASS_NAME, "pct").text.endswith("%")
+    assert browser.find_element(By.ID, "preview").get_attribute("hidden") is None
+    assert browser.find_element(By.ID, "error").text == ""
