@@ -108,7 +108,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from imgcls.predict import PredictionSinks, Predictor, expand_paths
 
-    predictor = Predictor.from_file(args.checkpoint)
+    predictor = Predictor.from_file(args.checkpoint, runtime=args.runtime)
     items = expand_paths(args.paths)
     if not items:
         raise ImgclsError(f"no images found in {' '.join(args.paths)}.")
@@ -151,7 +151,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from imgcls.serve.app import serve
 
-    serve(args.checkpoint, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, topk=args.topk)
+    serve(args.checkpoint, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, topk=args.topk,
+          runtime=args.runtime)  # fmt: skip
     return 0
 
 
@@ -261,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--out", help="also write path, top-k labels and scores to this CSV file")
     p.add_argument("--copy-to", metavar="DIR", help="copy each image into DIR/<predicted class>/")
+    p.add_argument(
+        "--runtime", choices=["torch", "onnx"], default="torch", help="run a checkpoint on PyTorch or ONNX Runtime"
+    )
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", parents=[common], help="export a checkpoint to ONNX, checked against PyTorch")
@@ -284,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted request body (10 MB)")
     p.add_argument("--topk", type=int, default=5, help="labels answered when the request does not say (5)")
+    p.add_argument("--runtime", choices=["onnx", "torch"], default="onnx",
+                   help="run a checkpoint on ONNX Runtime (default: faster here) or PyTorch")  # fmt: skip
     p.set_defaults(func=cmd_serve)
 
     data = sub.add_parser("data", help="built-in datasets and dataset checks").add_subparsers(

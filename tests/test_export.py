@@ -94,6 +94,21 @@ def test_onnx_predictor_equals_checkpoint_predictor_on_a_folder(trained, tmp_pat
         assert max(abs(p["score"] - q["score"]) for p, q in zip(a["predictions"], b["predictions"], strict=True)) < 1e-4
 
 
+def test_predict_runtime_onnx_matches_torch(trained, capsys):
+    data, checkpoint = trained
+    outputs = {}
+    for runtime in ("torch", "onnx"):
+        capsys.readouterr()
+        assert main(["-q", "predict", str(checkpoint), str(data), "--json", "--runtime", runtime]) == 1
+        outputs[runtime] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    for a, b in zip(outputs["torch"], outputs["onnx"], strict=True):
+        assert a.keys() == b.keys() and a["path"] == b["path"]
+        if "predictions" in a:
+            assert [p["label"] for p in a["predictions"]] == [p["label"] for p in b["predictions"]]
+            assert abs(a["predictions"][0]["score"] - b["predictions"][0]["score"]) < 1e-4
+    assert Predictor.from_checkpoint(checkpoint, runtime="onnx").runtime == "onnxruntime"
+
+
 def test_evaluate_reads_an_onnx_file(trained, tmp_path, capsys):
     data, checkpoint = trained
     out = tmp_path / "model.onnx"

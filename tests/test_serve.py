@@ -43,6 +43,7 @@ def test_health_info_and_page(client):
     assert client.get("/health").json() == {"status": "ok"}
     info = client.get("/info").json()
     assert info["classes"] == sorted(CLASS_COLOURS) and info["input_size"] == 32 and info["format"] == "checkpoint"
+    assert info["runtime"] == "onnxruntime"  # a checkpoint is served through ONNX Runtime by default
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert 'type="file"' in page.text and "predict" in page.text
@@ -159,3 +160,18 @@ def test_serves_an_onnx_export_the_same_way(checkpoint, tmp_path, client):
     want = client.post("/predict", content=image, headers={"content-type": "image/png"}).json()["predictions"]
     assert [p["label"] for p in got] == [p["label"] for p in want]
     assert max(abs(p["score"] - q["score"]) for p, q in zip(got, want, strict=True)) < 1e-4
+
+
+def test_a_network_onnx_cannot_take_is_served_by_pytorch(checkpoint, monkeypatch, caplog):
+    import imgcls.onnx_graph
+    from imgcls.errors import ExportError
+
+    def refuse(*args, **kwargs):
+        raise ExportError("model 'keras-cnn' cannot be exported to ONNX: unsupported operator")
+
+    monkeypatch.setattr(imgcls.onnx_graph, "to_onnx_bytes", refuse)
+    with TestClient(create_app(checkpoint)) as c:
+        assert c.get("/info").json()["runtime"] == "torch"
+        response = c.post("/predict", content=png(CLASS_COLOURS["bird"]), headers={"content-type": "image/png"})
+        assert response.status_code == 200 and response.json()["predictions"][0]["label"] == "bird"
+    assert "running on PyTorch" in caplog.text and "unsupported operator" in caplog.text

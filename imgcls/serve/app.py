@@ -133,9 +133,10 @@ def create_app(
     topk: int = 5,
     max_pixels: int | None = None,
     predictor: Predictor | None = None,
+    runtime: str = "onnx",
 ) -> FastAPI:
-    """The FastAPI app serving one checkpoint or ONNX file."""
-    predictor = predictor or Predictor.from_file(model_path)
+    """The FastAPI app serving one checkpoint or ONNX file (a checkpoint on `runtime`)."""
+    predictor = predictor or Predictor.from_file(model_path, runtime=runtime)
     pre = predictor.preprocessing
     pixel_limit = min(max_pixels or pre.max_pixels, pre.max_pixels)
     batcher = MicroBatcher(predictor)
@@ -152,6 +153,7 @@ def create_app(
         "model": predictor.metadata["model"]["name"],
         "file": Path(model_path).name,
         "format": "onnx" if str(model_path).lower().endswith(".onnx") else "checkpoint",
+        "runtime": predictor.runtime,
         "classes": list(predictor.classes),
         "input_size": pre.img_size,
         "channels": pre.channels,
@@ -212,9 +214,9 @@ def _decode(predictor: Predictor, data: bytes, name: str, max_pixels: int) -> np
                         name=name)  # fmt: skip
 
 
-def serve(model_path: str, *, host: str, port: int, max_upload_mb: float, topk: int) -> None:
+def serve(model_path: str, *, host: str, port: int, max_upload_mb: float, topk: int, runtime: str = "onnx") -> None:
     import uvicorn
 
-    app = create_app(model_path, max_upload_mb=max_upload_mb, topk=topk)
+    app = create_app(model_path, max_upload_mb=max_upload_mb, topk=topk, runtime=runtime)
     log.info("serving %s on http://%s:%d (web page at /, API docs at /docs)", model_path, host, port)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,80 @@
+"""A PyTorch classifier as an ONNX graph, in memory: used by `imgcls export` and by
+predictors that run checkpoints through ONNX Runtime.
+
+The graph has a dynamic batch size and outputs "logits" and "probabilities"; the
+checkpoint's metadata JSON rides in the file's metadata, so the file stands alone. The
+exporter is torch's TorchScript one (`dynamo=False`): it needs only the `onnx` package,
+where torch's default dynamo exporter also needs `onnxscript`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+
+import torch
+from torch import nn
+
+from imgcls.data.preprocess import Preprocessing
+from imgcls.errors import ExportError
+from imgcls.onnx_model import FLOAT_INPUT, METADATA_KEY, OUTPUTS, PIXEL_INPUT
+
+OPSET = 17
+
+
+class ExportableModel(nn.Module):
+    """The classifier with softmax attached and, with `pixels`, its preprocessing inside:
+    (N, H, W, C) uint8 in, so a caller in any language cannot normalise wrongly."""
+
+    def __init__(self, model: nn.Module, pre: Preprocessing, pixels: bool):
+        super().__init__()
+        self.model = model
+        self.pixels = pixels
+        scale = [1.0 / (255.0 * s) for s in pre.std]
+        shift = [m / s for m, s in zip(pre.mean, pre.std, strict=True)]
+        self.register_buffer("scale", torch.tensor(scale).view(1, -1, 1, 1))
+        self.register_buffer("shift", torch.tensor(shift).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pixels:
+            x = x.permute(0, 3, 1, 2).float() * self.scale - self.shift
+        logits = self.model(x)
+        return logits, logits.softmax(1)
+
+
+def to_onnx_bytes(model: nn.Module, pre: Preprocessing, meta: dict, *, pixels: bool) -> bytes:
+    """The serialized ONNX model with imgcls's metadata."""
+    import onnx
+
+    wrapper = ExportableModel(model.float().eval().to(memory_format=torch.contiguous_format), pre, pixels).eval()
+    size, channels = pre.img_size, pre.channels
+    if pixels:
+        name, example = PIXEL_INPUT, torch.zeros(2, size, size, channels, dtype=torch.uint8)
+    else:
+        name, example = FLOAT_INPUT, torch.zeros(2, channels, size, size)
+    buffer = io.BytesIO()
+    dynamic = {key: {0: "batch"} for key in (name, *OUTPUTS)}
+    try:
+        with warnings.catch_warnings():
+            # torch calls its TorchScript exporter legacy; it is the one that needs no onnxscript.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(wrapper, (example,), buffer, input_names=[name], output_names=list(OUTPUTS),
+                              dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)  # fmt: skip
+    except Exception as err:  # the exporter raises many kinds for operators ONNX lacks
+        raise ExportError(f"model {meta['model']['name']!r} cannot be exported to ONNX: {err}") from None
+    proto = onnx.load_from_string(buffer.getvalue())
+    input_format = "uint8 pixels (N, H, W, C), 0-255" if pixels else "normalised float32 (N, C, H, W)"
+    props = {
+        METADATA_KEY: json.dumps(meta, ensure_ascii=False),
+        "classes": json.dumps(meta["classes"], ensure_ascii=False),
+        "input_format": input_format,
+        "mean": json.dumps(pre.mean),
+        "std": json.dumps(pre.std),
+    }
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "imgcls"
+    proto.doc_string = f"imgcls classifier {meta['model']['name']}: {len(meta['classes'])} classes, {input_format}"
+    return proto.SerializeToString()
