@@ -3,7 +3,8 @@
 Over the first N images (default all 10,000) of the Fashion-MNIST test folder that
 train_speed.py writes, with one checkpoint (train_speed's run if present, else a 1-epoch
 `imgcls train` on its 20,000-image folder):
-  - Predictor: Predictor.from_checkpoint + predict_paths (threaded decoding, batches of 256);
+  - Predictor: Predictor.from_checkpoint + predict_paths (threaded decoding, batches of 256),
+    on PyTorch and again with runtime="onnx" (ONNX Runtime, conversion included);
   - naive: for each file, PIL open + transforms (Grayscale, ToTensor, Normalize with the
     checkpoint's mean/std) + the model on a batch of 1, under torch.no_grad;
   - the same naive loop with torch.set_num_threads(1): batch-1 forwards are too small to
@@ -48,9 +49,9 @@ def find_checkpoint(train: Path, val: Path) -> Path:
     return out / "best.safetensors"
 
 
-def run_predictor(checkpoint: Path, items: list) -> tuple[float, list[str]]:
+def run_predictor(checkpoint: Path, items: list, runtime: str = "torch") -> tuple[float, list[str]]:
     start = time.perf_counter()
-    predictor = Predictor.from_checkpoint(checkpoint)
+    predictor = Predictor.from_checkpoint(checkpoint, runtime=runtime)
     labels = [p.labels[0][0] for p in predictor.predict_paths(items, topk=1)]
     return time.perf_counter() - start, labels
 
@@ -96,10 +97,13 @@ def main() -> None:
     print(f"{n} images, checkpoint {checkpoint.relative_to(DATA.parent)}, torch {torch.get_num_threads()} threads, "
           f"{args.repeats} interleaved repeats (median)")  # fmt: skip
     threads = torch.get_num_threads()
-    times: dict[str, list[float]] = {"Predictor": [], "naive": [], "naive, 1 thread": [], "imgcls predict (CLI)": []}
+    ways = ["Predictor", "Predictor, ONNX Runtime", "naive", "naive, 1 thread", "imgcls predict (CLI)"]
+    times: dict[str, list[float]] = {way: [] for way in ways}
     for _ in range(args.repeats):
         seconds, fast = run_predictor(checkpoint, items)
         times["Predictor"].append(seconds)
+        seconds, by_onnx = run_predictor(checkpoint, items, runtime="onnx")
+        times["Predictor, ONNX Runtime"].append(seconds)
         seconds, slow = run_naive(checkpoint, items)
         times["naive"].append(seconds)
         torch.set_num_threads(1)
@@ -112,13 +116,16 @@ def main() -> None:
     for name, seconds in medians.items():
         print(f"{name:24s} {seconds:8.2f} {n / seconds:8.0f}")
     agree = sum(a == b for a, b in zip(fast, slow, strict=True)) / n
+    onnx_agree = sum(a == b for a, b in zip(fast, by_onnx, strict=True)) / n
     ratio = medians["naive"] / medians["Predictor"]
-    print(f"\nPredictor is {ratio:.1f}x the naive loop's speed; top-1 agreement {agree:.2%} ({n} images)")
+    onnx_ratio = medians["naive"] / medians["Predictor, ONNX Runtime"]
+    print(f"\nPredictor is {ratio:.1f}x the naive loop's speed ({onnx_ratio:.1f}x on ONNX Runtime); "
+          f"top-1 agreement {agree:.2%} (ONNX Runtime vs PyTorch: {onnx_agree:.2%}; {n} images)")  # fmt: skip
     cli = medians.get("imgcls predict (CLI)")
     print(f"summary: predict_speed N={n}: Predictor {n / medians['Predictor']:.0f} img/s, naive "
-          f"{n / medians['naive']:.0f} img/s, {ratio:.1f}x"
+          f"{n / medians['naive']:.0f} img/s, {ratio:.1f}x; on ONNX Runtime {onnx_ratio:.1f}x"
           + (f"; CLI whole process {cli:.1f} s" if cli else "") + f"; top-1 agreement {agree:.2%}")  # fmt: skip
-    if agree < 0.99:
+    if min(agree, onnx_agree) < 0.99:
         sys.exit(f"predict_speed: top-1 agreement {agree:.2%} is below 99%")
 
 

@@ -40,6 +40,8 @@ def main() -> None:
         ("train_speed.py", ["--quick"] if args.quick else []),
         ("predict_speed.py", ["--n", "2000", "--repeats", "1"] if args.quick else []),
         ("compute_ceiling.py", []),
+        ("inference_speed.py", ["--repeats", "1"] if args.quick else []),
+        ("serve_load.py", ["--requests", "500"] if args.quick else []),
     ]
     results = [(script, *run(script, script_args)) for script, script_args in plan]
     print("\n=== summary")

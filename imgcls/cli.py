@@ -17,6 +17,9 @@ from imgcls import __version__
 from imgcls.errors import ImgclsError
 
 log = logging.getLogger("imgcls")
+# From this many images `predict --runtime auto` runs a checkpoint on ONNX Runtime: on 2,000
+# Fashion-MNIST PNGs it was 1.5x PyTorch's speed, conversion included (benchmarks/predict_speed.py).
+AUTO_ONNX_IMAGES = 512
 
 
 def _print(text: str = "", *, file=None) -> None:
@@ -108,10 +111,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from imgcls.predict import PredictionSinks, Predictor, expand_paths
 
-    predictor = Predictor.from_file(args.checkpoint, runtime=args.runtime)
     items = expand_paths(args.paths)
     if not items:
         raise ImgclsError(f"no images found in {' '.join(args.paths)}.")
+    runtime = args.runtime
+    if runtime == "auto":  # converting to ONNX takes 0.1-2 s; it pays back over many images
+        runtime = "onnx" if len(items) >= AUTO_ONNX_IMAGES else "torch"
+    predictor = Predictor.from_file(args.checkpoint, runtime=runtime)
     failures = 0
     with PredictionSinks(args.out, args.copy_to, topk=args.topk) as sinks:
         for (_, path), prediction in zip(items, predictor.predict_paths(items, topk=args.topk), strict=True):
@@ -262,9 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--out", help="also write path, top-k labels and scores to this CSV file")
     p.add_argument("--copy-to", metavar="DIR", help="copy each image into DIR/<predicted class>/")
-    p.add_argument(
-        "--runtime", choices=["torch", "onnx"], default="torch", help="run a checkpoint on PyTorch or ONNX Runtime"
-    )
+    runtime_help = f"run a checkpoint on PyTorch or ONNX Runtime (auto: ONNX from {AUTO_ONNX_IMAGES} images on)"
+    p.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto", help=runtime_help)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", parents=[common], help="export a checkpoint to ONNX, checked against PyTorch")

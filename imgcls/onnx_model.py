@@ -40,6 +40,9 @@ def session(path: Path | str | bytes, threads: int = 0):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or (os.cpu_count() or 1)
     options.log_severity_level = 3  # warnings about unused initialisers are noise to users
+    # Idle ORT threads spin by default, taking the cores that decoding and HTTP threads need:
+    # in `imgcls serve` (benchmarks/serve_load.py) spinning cost about 20% of the requests/s.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = path if isinstance(path, bytes) else str(path)
     try:
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
