@@ -195,3 +195,21 @@ def test_predict_writes_csv_and_sorts_into_class_folders(trained, tmp_path, caps
     assert len(files) == 48  # every readable image, none lost to name collisions
     for label in {r["label_1"] for r in good}:  # each image went to the folder of its top label
         assert len(list((sorted_dir / label).iterdir())) == sum(r["label_1"] == label for r in good)
+
+
+def test_predicting_from_onnx_never_imports_training_code(trained, tmp_path):
+    import subprocess
+    import sys
+
+    data, checkpoint = trained
+    out = tmp_path / "model.onnx"
+    export_onnx(checkpoint, out)
+    code = (
+        "import sys; from imgcls.cli import main; "
+        f"status = main(['-q', 'predict', {str(out)!r}, {str(data / 'bird')!r}]); "
+        "loaded = [m for m in ('imgcls.train', 'imgcls.optim', 'imgcls.data.loader', 'imgcls.prepare') "
+        "if m in sys.modules]; print('LOADED', loaded, status)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "LOADED [] 0" in result.stdout
+    assert result.stdout.count(": bird") == 16  # and it predicted the folder right
