@@ -1,14 +1,17 @@
-"""The compute ceiling: how fast this CPU can train keras-cnn at 28 px when data costs nothing.
+"""The compute ceiling: how fast this CPU can train a model at 28 px when data costs nothing.
 
-A synthetic loop over random uint8 batches already in memory (batch 128, 28x28x1, 10
-classes): normalise, forward, backward, AdamW step; in (i) NCHW float32 (PyTorch's
+A synthetic loop over random uint8 batches already in memory (default keras-cnn, batch 128,
+28x28x1, 10 classes; `--model small-net --batch 256` for the fashion-mnist recipe's
+network): normalise, forward, backward, AdamW step; in (i) NCHW float32 (PyTorch's
 default), (ii) channels_last float32, (iii) channels_last + bfloat16 autocast. Then the
 GFLOP/s of a 2048x2048 matmul in float32 and bfloat16. torch.get_num_threads() threads,
 warm-up steps excluded, median of 3 repeats, the
 settings interleaved within each repeat. Its (iii) row is the most any data pipeline
 can reach with this network here; train_speed.py's train-loop images/s compare with it.
+The FLOPs of one training image (forward and backward, counted by torch's FlopCounterMode)
+turn each rate into achieved GFLOP/s, to set against the matmul peaks.
 
-    .venv/bin/python benchmarks/compute_ceiling.py [--threads 1]
+    .venv/bin/python benchmarks/compute_ceiling.py [--threads 1] [--model small-net --batch 256]
 """
 
 from __future__ import annotations
@@ -23,21 +26,27 @@ from torch import nn
 
 from imgcls.models import create_model
 
-BATCH, SIZE, CLASSES = 128, 28, 10
+SIZE, CLASSES = 28, 10
 MATMUL_N = 2048
 
 
-def make_train_step(channels_last: bool, dtype: torch.dtype | None) -> Callable[[int], None]:
+def make_train_step(
+    channels_last: bool, dtype: torch.dtype | None, name: str = "keras-cnn", batch: int = 128, **kwargs
+) -> Callable[[int], None]:
     """A closure doing one training step on batch i of random uint8 images already in memory."""
     torch.manual_seed(0)
-    model = create_model("keras-cnn", num_classes=CLASSES, in_chans=1, img_size=SIZE)
+    sgd = kwargs.pop("sgd", False)
+    model = create_model(name, num_classes=CLASSES, in_chans=1, img_size=SIZE, **kwargs)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    if sgd:
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     pool = 16  # distinct batches cycled through
-    images = torch.randint(0, 256, (pool, BATCH, SIZE, SIZE, 1), dtype=torch.uint8)
-    labels = torch.randint(0, CLASSES, (pool, BATCH))
+    images = torch.randint(0, 256, (pool, batch, SIZE, SIZE, 1), dtype=torch.uint8)
+    labels = torch.randint(0, CLASSES, (pool, batch))
 
     def step(i: int) -> None:
         x = (images[i % pool].float() * (1 / 255) - 0.5).div_(0.25).permute(0, 3, 1, 2)  # NHWC -> NCHW view
@@ -49,6 +58,17 @@ def make_train_step(channels_last: bool, dtype: torch.dtype | None) -> Callable[
         optimizer.step()
 
     return step
+
+
+def training_flops_per_image(name: str, **kwargs) -> float:
+    """FLOPs of one image's forward and backward pass, as torch's FlopCounterMode counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = create_model(name, num_classes=CLASSES, in_chans=1, img_size=SIZE, **kwargs)
+    x = torch.randn(8, 1, SIZE, SIZE)
+    with FlopCounterMode(display=False) as counter:
+        model(x).sum().backward()
+    return counter.get_total_flops() / 8
 
 
 def make_matmul(dtype: torch.dtype) -> Callable[[int], None]:
@@ -79,6 +99,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--model", default="keras-cnn")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--width", type=int, help="small-net's width (the fashion-mnist recipe: 48)")
+    parser.add_argument("--sgd", action="store_true", help="SGD with Nesterov momentum instead of AdamW")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -86,17 +110,25 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"AVX512-BF16 {torch.cpu._is_avx512_bf16_supported()}, AMX {torch.cpu._is_amx_tile_supported()}")  # fmt: skip
-    print(f"keras-cnn, {SIZE}x{SIZE}x1, batch {BATCH}, AdamW; {args.steps} steps x {args.repeats} repeats, "
-          f"{args.warmup} warm-up steps; interleaved, median\n")  # fmt: skip
+    batch, model = args.batch, args.model
+    kwargs = {"width": args.width} if args.width else {}
+    flops_per_image = training_flops_per_image(model, **kwargs)
+    optimizer = "SGD" if args.sgd else "AdamW"
+    print(f"{model} {kwargs or ''}, {SIZE}x{SIZE}x1, batch {batch}, {optimizer}, "
+          f"{flops_per_image / 1e6:.0f} MFLOP per training image; {args.steps} steps x {args.repeats} repeats, "
+          f"{args.warmup} warm-up; interleaved, median\n")  # fmt: skip
     train = {
-        "NCHW fp32": (make_train_step(False, None), args.steps),
-        "channels_last fp32": (make_train_step(True, None), args.steps),
-        "channels_last + bf16 autocast": (make_train_step(True, torch.bfloat16), args.steps),
+        "NCHW fp32": (make_train_step(False, None, model, batch, sgd=args.sgd, **kwargs), args.steps),
+        "channels_last fp32": (make_train_step(True, None, model, batch, sgd=args.sgd, **kwargs), args.steps),
+        "channels_last + bf16 autocast": (
+            make_train_step(True, torch.bfloat16, model, batch, sgd=args.sgd, **kwargs),
+            args.steps,
+        ),
     }
-    rates = {k: v * BATCH for k, v in interleaved_rates(train, args.warmup, args.repeats).items()}
-    print(f"{'training step':32s} {'img/s':>8s} {'vs NCHW fp32':>13s}")
+    rates = {k: v * batch for k, v in interleaved_rates(train, args.warmup, args.repeats).items()}
+    print(f"{'training step':32s} {'img/s':>8s} {'vs NCHW fp32':>13s} {'GFLOP/s':>8s}")
     for name, rate in rates.items():
-        print(f"{name:32s} {rate:8.0f} {rate / rates['NCHW fp32']:12.2f}x")
+        print(f"{name:32s} {rate:8.0f} {rate / rates['NCHW fp32']:12.2f}x {rate * flops_per_image / 1e9:8.0f}")
 
     matmuls = {"fp32": (make_matmul(torch.float32), 10), "bf16": (make_matmul(torch.bfloat16), 40)}
     flops = {k: v * 2 * MATMUL_N**3 / 1e9 for k, v in interleaved_rates(matmuls, 3, args.repeats).items()}
@@ -105,7 +137,7 @@ def main() -> None:
         print(f"{name:32s} {gflops:8.0f}")
 
     best = max(rates, key=rates.get)
-    print(f"\nsummary: compute_ceiling keras-cnn b{BATCH}: "
+    print(f"\nsummary: compute_ceiling {model} b{batch}: "
           + ", ".join(f"{k} {v:.0f} img/s" for k, v in rates.items())
           + f" (best: {best}); matmul fp32 {flops['fp32']:.0f}, bf16 {flops['bf16']:.0f} GFLOP/s")  # fmt: skip
 

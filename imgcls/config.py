@@ -43,6 +43,7 @@ class AugmentConfig:
     vflip: bool = False  # random vertical flip
     translate: float = 0.0625  # random shift up to this fraction of the size
     fill: Literal["reflect", "constant"] = "reflect"  # what shifted-in pixels show (constant: black)
+    cutout: float = 0.0  # side of a zeroed square at a random centre, as a fraction of the size; 0 = off
     # Per-image torchvision.transforms.v2 ops (each 0 / "none" = off; slower, a loop over images):
     rotation: float = 0.0  # degrees, +-
     shear: float = 0.0  # degrees, +-
@@ -52,7 +53,10 @@ class AugmentConfig:
     saturation: float = 0.0
     random_resized_crop: float = 0.0  # smallest kept area fraction (e.g. 0.35); 0 = off
     auto_augment: Literal["none", "randaugment", "trivialaugment", "autoaugment"] = "none"
-    random_erasing: float = 0.0  # probability of erasing a random rectangle (Cutout)
+    random_erasing: float = 0.0  # probability of erasing a random rectangle (torchvision's, per image)
+    # Test-time augmentation, stored with the model: predict from the mean logits of the
+    # image and its mirror image (twice the inference cost; for classes a mirror keeps).
+    test_flip: bool = False
     # Batch-level label mixing (soft targets):
     mixup: float = 0.0  # Beta(alpha, alpha) of Mixup; 0 = off
     cutmix: float = 0.0  # Beta(alpha, alpha) of CutMix; 0 = off
@@ -89,7 +93,9 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
-    eval_batch_size: int = 1024
+    # Evaluation batches: on a 2-core CPU with 1 MB of L2 per core, 256 evaluated 10,000
+    # images 2-3.5x faster than 1,024 (keras-cnn and small-net at 28 px).
+    eval_batch_size: int = 256
     seed: int = 0
     label_smoothing: float = 0.0
     class_weights: Literal["none", "balanced"] = "none"  # balanced: weight ~ 1 / class frequency
@@ -280,6 +286,7 @@ def validate(config: Config) -> None:
         (0.0 < config.data.val_fraction < 1.0, "data.val_fraction must be between 0 and 1"),
         (config.data.max_pixels > 0, "data.max_pixels must be positive"),
         (0.0 <= config.augment.translate < 0.5, "augment.translate must be in [0, 0.5)"),
+        (0.0 <= config.augment.cutout <= 1.0, "augment.cutout must be in [0, 1]"),
         (config.train.epochs >= 1, "train.epochs must be at least 1"),
         (config.train.batch_size >= 1, "train.batch_size must be at least 1"),
         (config.train.eval_batch_size >= 1, "train.eval_batch_size must be at least 1"),

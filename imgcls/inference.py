@@ -49,5 +49,11 @@ def batched_logits(
         batch = images[start : start + batch_size].to(device)
         x = to_model_input(batch, preprocessing, channels_last=channels_last)
         with autocast(autocast_dtype, device):
-            outputs.append(model(x).float().cpu())
+            logits = model(x).float()
+            if preprocessing.test_flip:
+                mirrored = x.flip(3)
+                if channels_last:
+                    mirrored = mirrored.contiguous(memory_format=torch.channels_last)
+                logits = (logits + model(mirrored).float()) / 2
+            outputs.append(logits.cpu())
     return torch.cat(outputs) if outputs else torch.empty(0)

@@ -31,6 +31,7 @@ class ExportableModel(nn.Module):
         super().__init__()
         self.model = model
         self.pixels = pixels
+        self.test_flip = pre.test_flip
         scale = [1.0 / (255.0 * s) for s in pre.std]
         shift = [m / s for m, s in zip(pre.mean, pre.std, strict=True)]
         self.register_buffer("scale", torch.tensor(scale).view(1, -1, 1, 1))
@@ -40,6 +41,8 @@ class ExportableModel(nn.Module):
         if self.pixels:
             x = x.permute(0, 3, 1, 2).float() * self.scale - self.shift
         logits = self.model(x)
+        if self.test_flip:
+            logits = (logits + self.model(x.flip(3))) / 2
         return logits, logits.softmax(1)
 
 

@@ -164,7 +164,8 @@ def prepare(config: Config, device: torch.device) -> TrainingRun:
              len(sources.train), len(sources.val))  # fmt: skip
     train, val = decode_sources(config, sources)
     mean, std = pretrained_normalisation(config, train.channels) or channel_stats(train.images)
-    pre = Preprocessing(data.img_size, train.channels, mean, std, data.resize, data.max_pixels)
+    pre = Preprocessing(data.img_size, train.channels, mean, std, data.resize, data.max_pixels,
+                        test_flip=config.augment.test_flip)  # fmt: skip
     model = build_model(config, len(sources.classes), pre)
     total_steps = steps_per_epoch(len(train), tc.batch_size) * tc.epochs // tc.accumulate
     if total_steps < 100:

@@ -128,7 +128,7 @@ def evaluate(
     labels: torch.Tensor,
     preprocessing: Preprocessing,
     *,
-    batch_size: int = 1024,
+    batch_size: int = 256,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = True,
 ) -> tuple[float, float, torch.Tensor]:

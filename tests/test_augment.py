@@ -52,6 +52,25 @@ def test_augment_batch_keeps_shape_and_dtype(config, channels):
     assert not torch.equal(out, images)
 
 
+def test_cutout_zeroes_one_square_per_image_and_keeps_the_rest():
+    images = random_images(64, size=20, low=1)  # no zero pixel in the input
+    out = augment_batch(images, off(cutout=0.3), gen(5))  # a 6 x 6 square, possibly cut by the border
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    centre_hit = 0
+    for before, after in zip(images, out, strict=True):
+        zero = (after == 0).all(-1)
+        rows, cols = zero.any(1).nonzero().flatten(), zero.any(0).nonzero().flatten()
+        assert 0 < len(rows) <= 6 and 0 < len(cols) <= 6
+        # Exactly one axis-aligned block is zero; every other pixel is untouched.
+        block = torch.zeros_like(zero)
+        block[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1] = True
+        assert torch.equal(zero, block)
+        assert torch.equal(after[~zero], before[~zero])
+        centre_hit += int(len(rows) == 6 and len(cols) == 6)
+    assert 0 < centre_hit < 64  # whole squares inside the image, others cut by the border
+    assert torch.equal(augment_batch(images, off(cutout=0.3), gen(5)), out)  # the generator decides
+
+
 def test_vflip_gives_the_image_or_its_upside_down_mirror():
     images = random_images(64, size=7)
     out = augment_batch(images, off(vflip=True), gen(2))

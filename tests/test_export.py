@@ -213,3 +213,28 @@ def test_predicting_from_onnx_never_imports_training_code(trained, tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "LOADED [] 0" in result.stdout
     assert result.stdout.count(": bird") == 16  # and it predicted the folder right
+
+
+def test_test_time_flip_travels_with_the_model(tmp_path):
+    """augment.test_flip: logits are the mean over the image and its mirror, in PyTorch and
+    in the exported graph alike, and the checkpoint says so."""
+    data = make_class_folders(tmp_path / "data", per_class=8, junk=False)
+    run = tmp_path / "run"
+    args = ["-q", "train", str(data), "--out", str(run), "--img-size", "16", "--batch-size", "8", "--epochs", "1"]
+    assert main([*args, "--set", "augment.test_flip=true"]) == 0
+    model, pre, meta = load_model(run / "best.safetensors")
+    assert pre.test_flip and meta["preprocess"]["test_flip"] is True
+    images = np.random.default_rng(1).integers(0, 256, (6, 16, 16, 3), np.uint8)
+    from imgcls.data.preprocess import to_model_input
+    from imgcls.inference import batched_logits
+
+    x = to_model_input(torch.from_numpy(images), pre, channels_last=False)
+    with torch.inference_mode():
+        plain, mirrored = model(x), model(x.flip(3))
+    got = batched_logits(model, torch.from_numpy(images), pre)
+    assert torch.allclose(got, (plain + mirrored) / 2, atol=1e-5)
+    assert not torch.allclose(got, plain, atol=1e-3)  # the mirror changed something
+    result = export_onnx(run / "best.safetensors", tmp_path / "flip.onnx", pixels=True)
+    assert result.max_difference < 1e-4
+    onnx_probs = Predictor.from_onnx(tmp_path / "flip.onnx").probabilities(images)
+    assert np.abs(onnx_probs - got.softmax(1).numpy()).max() < 1e-4

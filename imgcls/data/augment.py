@@ -40,12 +40,14 @@ def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.
 
     Shifts go up to `translate * min(H, W)` pixels each way; shifted-in pixels mirror the
     image (`fill="reflect"`) or are 0 (`fill="constant"`). Flips happen with probability 1/2
-    per image and direction. Every draw comes from `generator`, in the order shifts, hflip, vflip.
+    per image and direction. Cutout then zeroes a square of side `cutout * min(H, W)` at a
+    random centre (it may hang over the border). Every draw comes from `generator`, in the
+    order shifts, hflip, vflip, cutout.
     """
     n, height, width, _ = images.shape
     max_shift = round(config.translate * min(height, width))
     if max_shift == 0 and not config.hflip and not config.vflip:
-        return images
+        return cutout(images, config.cutout, generator)
     rows = torch.arange(height).expand(n, height)
     cols = torch.arange(width).expand(n, width)
     inside = None  # (N, H, W, 1) mask of pixels that come from inside the image (constant fill)
@@ -67,7 +69,24 @@ def augment_batch(images: torch.Tensor, config: AugmentConfig, generator: torch.
         rows = torch.where(flip, height - 1 - rows, rows)
     batch_index = torch.arange(n)[:, None, None]
     out = images[batch_index, rows[:, :, None], cols[:, None, :]]
-    return out if inside is None else out * inside.to(out.dtype)
+    return cutout(out if inside is None else out * inside.to(out.dtype), config.cutout, generator)
+
+
+def cutout(images: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """Cutout (DeVries & Taylor 2017) on a whole (N, H, W, C) batch: one zeroed square per
+    image, centre drawn uniformly over the image. Written as a batch op because torchvision's
+    RandomErasing draws one rectangle per call, i.e. a Python loop over images."""
+    n, height, width, _ = images.shape
+    side = round(fraction * min(height, width))
+    if side == 0:
+        return images
+    centre = torch.stack([torch.randint(0, height, (n,), generator=generator),
+                          torch.randint(0, width, (n,), generator=generator)], 1)  # fmt: skip
+    top, left = centre[:, :1] - side // 2, centre[:, 1:] - side // 2
+    row_in = (torch.arange(height) >= top) & (torch.arange(height) < top + side)  # (N, H)
+    col_in = (torch.arange(width) >= left) & (torch.arange(width) < left + side)  # (N, W)
+    keep = ~(row_in[:, :, None] & col_in[:, None, :])
+    return images * keep[..., None].to(images.dtype)
 
 
 # --- 2. per-image torchvision transforms ----------------------------------------------------

@@ -20,6 +20,10 @@ class Preprocessing:
     std: tuple[float, ...]
     resize: str = "crop"  # see imgcls.data.decode.resize_square
     max_pixels: int = 64_000_000
+    # Test-time augmentation: logits are the mean of the image's and its mirror image's
+    # (twice the inference cost). Part of the model's preprocessing, so predict, evaluate,
+    # serve and the ONNX graph all apply it.
+    test_flip: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -62,6 +62,7 @@ def _timm_builder(timm_name: str) -> Callable[..., nn.Module]:
 register("softmax", seed.softmax_regression, "softmax regression: flatten + linear", config_defaults=NO_AUGMENTATION)
 register("lenet", seed.lenet, "LeNet-5 with ReLU and max pooling", min_size=12)
 register("keras-cnn", seed.keras_cnn, "two conv 32 + max-pool blocks, dense 128", min_size=10)
+register("small-net", seed.small_net, "airbench-style conv/pool net for 28-64 px (width 64)", min_size=8)
 register("alexnet", seed.alexnet, "AlexNet, five convolutions and two 4096 dense layers", min_size=65)
 
 

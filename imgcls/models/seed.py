@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from imgcls.errors import ConfigError
+
 
 class SeedNet(nn.Module):
     """features -> pre_logits (the embedding) -> fc (the classifier)."""
@@ -99,3 +101,38 @@ def kaiming_init(model: nn.Module) -> None:
             continue
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
+
+
+def _conv_bn(in_chans: int, out_chans: int, act: str) -> list[nn.Module]:
+    conv = nn.Conv2d(in_chans, out_chans, 3, padding=1, bias=False)
+    return [conv, nn.BatchNorm2d(out_chans), ACTIVATIONS[act]()]
+
+
+def _pooled_block(in_chans: int, out_chans: int, act: str) -> nn.Sequential:
+    """conv -> max-pool 2 -> BN -> act -> conv -> BN -> act: airbench's block, which pools
+    right after the first convolution so the second one runs at a quarter of the pixels."""
+    first = nn.Conv2d(in_chans, out_chans, 3, padding=1, bias=False)
+    pooled = [first, nn.MaxPool2d(2), nn.BatchNorm2d(out_chans), ACTIVATIONS[act]()]
+    return nn.Sequential(*pooled, *_conv_bn(out_chans, out_chans, act))
+
+
+def small_net(num_classes: int, in_chans: int, img_size: int, width: int = 64, act: str = "gelu") -> SeedNet:
+    """A small all-convolutional net for 28-64 px images, shaped after Keller Jordan's airbench
+    (the fastest known CIFAR-10 trainer): a stem convolution, three pooled blocks of widths
+    w, 2w, 4w, global max pooling, a linear classifier. At 28 px, width 64 has 1.17 M
+    parameters and 63 M multiply-adds per image; width 48 (the fashion-mnist recipe) 0.66 M
+    and 36 M, and trains 1.5x as fast on a 2-core CPU. act "gelu" is airbench's choice;
+    "relu" made a bfloat16 training step 1.36x faster on that CPU."""
+    if act not in ACTIVATIONS:
+        raise ConfigError(f"small-net: act must be one of {', '.join(ACTIVATIONS)}, not {act!r}.")
+    features = nn.Sequential(
+        *_conv_bn(in_chans, width // 2, act),
+        _pooled_block(width // 2, width, act),
+        _pooled_block(width, 2 * width, act),
+        _pooled_block(2 * width, 4 * width, act),
+    )
+    pre_logits = nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten())
+    return SeedNet(features, pre_logits, 4 * width, num_classes)
