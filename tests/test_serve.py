@@ -175,3 +175,21 @@ def test_a_network_onnx_cannot_take_is_served_by_pytorch(checkpoint, monkeypatch
         response = c.post("/predict", content=png(CLASS_COLOURS["bird"]), headers={"content-type": "image/png"})
         assert response.status_code == 200 and response.json()["predictions"][0]["label"] == "bird"
     assert "running on PyTorch" in caplog.text and "unsupported operator" in caplog.text
+
+
+def test_a_failing_model_answers_500_and_the_server_goes_on(checkpoint):
+    predictor = Predictor.from_checkpoint(checkpoint)
+    run, calls = predictor.run, []
+
+    def flaky(images):
+        calls.append(len(images))
+        if len(calls) == 1:
+            raise RuntimeError("out of memory")
+        return run(images)
+
+    predictor.run = flaky
+    with TestClient(create_app(checkpoint, predictor=predictor)) as c:
+        first = c.post("/predict", content=png(), headers={"content-type": "image/png"})
+        assert first.status_code == 500 and "RuntimeError" in first.json()["error"]
+        second = c.post("/predict", content=png(CLASS_COLOURS["bird"]), headers={"content-type": "image/png"})
+        assert second.status_code == 200 and second.json()["predictions"][0]["label"] == "bird"

@@ -7,8 +7,8 @@ instead of fighting over them with one model call each.
 
 Limits: a request body over --max-upload-mb is answered 413 from its Content-Length, or as
 soon as the streamed bytes pass the limit, before the body is read whole; an image over the
-pixel limit is 413; a body that is not an image 415; a broken image 400. Every error is
-JSON: {"error": "..."}.
+pixel limit is 413; a body that is not an image 415; a broken image 400; a model that fails
+500 (and the next request is served). Every error is JSON: {"error": "..."}.
 """
 
 from __future__ import annotations
@@ -199,7 +199,11 @@ def create_app(
             return error(413, str(err))
         except DataError as err:
             return error(400, str(err))
-        probs = await batcher.probabilities(image)
+        try:
+            probs = await batcher.probabilities(image)
+        except Exception as err:  # noqa: BLE001 - a server answers every request; the log keeps the trace
+            log.exception("model failed on %s", name)
+            return error(500, f"the model failed on this image ({type(err).__name__}); see the server log.")
         labels = predictor.top_k(probs, topk)
         return {"predictions": [{"label": label, "score": score} for label, score in labels]}
 
