@@ -221,7 +221,12 @@ def _merge(base: dict, updates: dict, where: str) -> dict:
             values = {}
         if not isinstance(values, dict):
             raise ConfigError(f"{where}: section '{section}' must be a mapping of keys to values.")
-        merged.setdefault(section, {}).update(values)
+        target = merged.setdefault(section, {})
+        for key, value in values.items():
+            # Mappings (model.kwargs) merge entry by entry, so a flag can change one argument.
+            if isinstance(value, dict) and isinstance(target.get(key), dict):
+                value = {**target[key], **value}
+            target[key] = value
     return merged
 
 
@@ -249,14 +254,20 @@ def read_recipe(recipe: str | Path | None) -> dict:
 
 
 def parse_overrides(pairs: list[str]) -> dict:
-    """'train.epochs=5' strings (from --set) into nested dicts."""
+    """'train.epochs=5' strings (from --set) into nested dicts; 'model.kwargs.width=48' sets
+    one entry of a mapping-valued key."""
     nested: dict[str, dict] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         section, dot, name = key.strip().partition(".")
         if not sep or not dot or not name:
             raise ConfigError(f"--set {pair!r}: expected SECTION.KEY=VALUE, e.g. train.epochs=5.")
-        nested.setdefault(section, {})[name] = yaml.safe_load(value) if value else value
+        parsed = yaml.safe_load(value) if value else value
+        name, dot, entry = name.partition(".")
+        if dot and entry:
+            nested.setdefault(section, {}).setdefault(name, {})[entry] = parsed
+        else:
+            nested.setdefault(section, {})[name] = parsed
     return nested
 
 

@@ -169,3 +169,17 @@ def test_config_is_frozen():
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(section, dataclasses.fields(section)[0].name, None)
     assert config == build_config()  # nothing above changed it
+
+
+def test_set_changes_one_entry_of_model_kwargs():
+    from imgcls.models.registry import config_defaults
+
+    config = build_config("fashion-mnist", parse_overrides(["model.kwargs.act=relu"]), config_defaults)
+    assert config.model.kwargs == {"width": 48, "act": "relu"}  # the recipe's width survives
+    assert parse_overrides(["model.kwargs.width=32", "model.kwargs.act=gelu"]) == {
+        "model": {"kwargs": {"width": 32, "act": "gelu"}}
+    }
+    with pytest.raises(ConfigError, match="small-net: act"):
+        from imgcls.models import create_model
+
+        create_model("small-net", num_classes=3, in_chans=1, img_size=28, act="tanh")
