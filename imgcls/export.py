@@ -15,22 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
 from imgcls import checkpoint as ckpt
 from imgcls.data.decode import decode_image
 from imgcls.data.preprocess import Preprocessing
 from imgcls.errors import ConfigError, ExportError, ImgclsError
-from imgcls.inference import batched_logits
 from imgcls.models.registry import is_classic
-from imgcls.onnx_graph import to_onnx_bytes
+from imgcls.onnx_graph import PARITY_TOLERANCE, max_difference, random_images, to_onnx_bytes
 from imgcls.onnx_model import PIXEL_INPUT, normalise, probability_function, session
 from imgcls.predict import expand_paths
 
 log = logging.getLogger(__name__)
 
-PARITY_TOLERANCE = 1e-4  # largest allowed |probability(ONNX) - probability(PyTorch)|
 INT8_MIN_AGREEMENT = 0.99  # top-1 agreement with float32 that an int8 copy must keep
 INT8_MIN_SPEEDUP = 1.05  # below this the gain is within the noise of a shared machine
 
@@ -68,17 +64,6 @@ def sample_images(paths: list[str], pre: Preprocessing, limit: int) -> np.ndarra
     return np.stack(images)
 
 
-def random_images(pre: Preprocessing, count: int = 64, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (count, pre.img_size, pre.img_size, pre.channels), np.uint8)
-
-
-def parity(model: nn.Module, pre: Preprocessing, onnx_bytes: bytes, images: np.ndarray) -> float:
-    """Largest probability difference between PyTorch (float32) and ONNX Runtime on `images`."""
-    expected = batched_logits(model, torch.from_numpy(images), pre, channels_last=False).softmax(1).numpy()
-    got = probability_function(session(onnx_bytes), pre)(images)
-    return float(np.abs(expected - got).max())
-
-
 def export_onnx(
     checkpoint: Path,
     out: Path,
@@ -103,7 +88,7 @@ def export_onnx(
         source = " ".join(check or calibration)
     else:
         images, source = random_images(pre), "random pixels (give --check DATA for real images)"
-    difference = parity(model, pre, data, images)
+    difference = max_difference(model, pre, probability_function(session(data), pre), images)
     if not difference < PARITY_TOLERANCE:
         raise ExportError(
             f"the ONNX model disagrees with PyTorch: largest probability difference {difference:.2e} "

@@ -13,14 +13,17 @@ import io
 import json
 import warnings
 
+import numpy as np
 import torch
 from torch import nn
 
 from imgcls.data.preprocess import Preprocessing
 from imgcls.errors import ExportError
+from imgcls.inference import batched_logits
 from imgcls.onnx_model import FLOAT_INPUT, METADATA_KEY, OUTPUTS, PIXEL_INPUT
 
 OPSET = 17
+PARITY_TOLERANCE = 1e-4  # largest allowed |probability(ONNX) - probability(PyTorch)|
 
 
 class ExportableModel(nn.Module):
@@ -32,8 +35,7 @@ class ExportableModel(nn.Module):
         self.model = model
         self.pixels = pixels
         self.test_flip = pre.test_flip
-        scale = [1.0 / (255.0 * s) for s in pre.std]
-        shift = [m / s for m, s in zip(pre.mean, pre.std, strict=True)]
+        scale, shift = pre.scale_shift()
         self.register_buffer("scale", torch.tensor(scale).view(1, -1, 1, 1))
         self.register_buffer("shift", torch.tensor(shift).view(1, -1, 1, 1))
 
@@ -81,3 +83,14 @@ def to_onnx_bytes(model: nn.Module, pre: Preprocessing, meta: dict, *, pixels: b
     proto.producer_name = "imgcls"
     proto.doc_string = f"imgcls classifier {meta['model']['name']}: {len(meta['classes'])} classes, {input_format}"
     return proto.SerializeToString()
+
+
+def random_images(pre: Preprocessing, count: int = 64, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, pre.img_size, pre.img_size, pre.channels), np.uint8)
+
+
+def max_difference(model: nn.Module, pre: Preprocessing, run, images: np.ndarray) -> float:
+    """Largest probability difference between PyTorch (float32) and `run` (ONNX Runtime's
+    probability function of the same model) on `images`."""
+    expected = batched_logits(model, torch.from_numpy(images), pre, channels_last=False).softmax(1).numpy()
+    return float(np.abs(expected - run(images)).max())

@@ -27,8 +27,7 @@ OUTPUTS = ("logits", "probabilities")
 
 def normalise(images: np.ndarray, pre: Preprocessing) -> np.ndarray:
     """(N, H, W, C) uint8 -> (N, C, H, W) float32, the same arithmetic as to_model_input."""
-    scale = np.array([1.0 / (255.0 * s) for s in pre.std], dtype=np.float32)
-    shift = np.array([m / s for m, s in zip(pre.mean, pre.std, strict=True)], dtype=np.float32)
+    scale, shift = (np.array(v, dtype=np.float32) for v in pre.scale_shift())
     x = images.astype(np.float32) * scale - shift
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
@@ -57,7 +56,7 @@ def read_metadata(sess, path: Path | str) -> dict:
         raise CheckpointError(f"{path} is an ONNX file without imgcls metadata; export it with `imgcls export`.")
     try:
         meta = json.loads(raw)
-        Preprocessing.from_dict(meta["preprocess"])
+        Preprocessing.from_dict(meta["preprocess"])  # checked here, so damage is reported as such
         if not isinstance(meta["classes"], list):
             raise TypeError("classes is not a list")
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
@@ -76,10 +75,11 @@ def probability_function(sess, pre: Preprocessing) -> Callable[[np.ndarray], np.
     return run
 
 
-def load_onnx(path: Path | str, threads: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], dict]:
-    """The probability function of an imgcls ONNX file and its metadata."""
+def load_onnx(path: Path | str, threads: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], Preprocessing, dict]:
+    """The probability function of an imgcls ONNX file, its preprocessing and its metadata."""
     if not Path(path).is_file():
         raise CheckpointError(f"model file {path} does not exist.")
     sess = session(path, threads)
     meta = read_metadata(sess, path)
-    return probability_function(sess, Preprocessing.from_dict(meta["preprocess"])), meta
+    pre = Preprocessing.from_dict(meta["preprocess"])
+    return probability_function(sess, pre), pre, meta

@@ -58,11 +58,9 @@ class PredictionSinks:
     def __init__(self, csv_path: str | None, copy_to: str | None, *, topk: int):
         self.copy_to = Path(copy_to) if copy_to else None
         self.topk = topk
-        self.csv_file = None
+        self.csv_file = self.writer = None
         if csv_path:
             self.csv_file = open(csv_path, "w", newline="", encoding="utf-8", errors="backslashreplace")
-        self.writer = None
-        if self.csv_file is not None:
             self.writer = csv.writer(self.csv_file)
             ranks = [f"{name}_{i}" for i in range(1, topk + 1) for name in ("label", "score")]
             self.writer.writerow(["path", *ranks, "error"])
@@ -163,15 +161,15 @@ class Predictor:
     def from_onnx(cls, path: str | Path, threads: int = 0) -> Predictor:
         from imgcls.onnx_model import load_onnx
 
-        run, meta = load_onnx(path, threads)
-        return cls(
-            run, tuple(meta["classes"]), Preprocessing.from_dict(meta["preprocess"]), meta, runtime="onnxruntime"
-        )
+        run, pre, meta = load_onnx(path, threads)
+        return cls(run, tuple(meta["classes"]), pre, meta, runtime="onnxruntime")
 
-    def decode(self, source: Path | bytes, name: str | None = None) -> np.ndarray:
+    def decode(self, source: Path | bytes, name: str | None = None, max_pixels: int | None = None) -> np.ndarray:
+        """Pixels as the model takes them; `max_pixels` may only lower the model's own limit."""
         pre = self.preprocessing
+        limit = min(max_pixels or pre.max_pixels, pre.max_pixels)
         return decode_image(
-            source, size=pre.img_size, resize=pre.resize, channels=pre.channels, max_pixels=pre.max_pixels, name=name
+            source, size=pre.img_size, resize=pre.resize, channels=pre.channels, max_pixels=limit, name=name
         )
 
     def probabilities(self, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
@@ -220,7 +218,7 @@ class Predictor:
 
 def _onnx_run(network: nn.Module, pre: Preprocessing, meta: dict, path: str | Path) -> Callable | None:
     """ONNX Runtime's probability function for `network`, or None (logged) where it cannot be."""
-    from imgcls.onnx_graph import to_onnx_bytes
+    from imgcls.onnx_graph import PARITY_TOLERANCE, max_difference, random_images, to_onnx_bytes
     from imgcls.onnx_model import probability_function, session
 
     try:
@@ -228,10 +226,8 @@ def _onnx_run(network: nn.Module, pre: Preprocessing, meta: dict, path: str | Pa
     except ImgclsError as err:
         log.warning("%s: running on PyTorch (%s)", path, err)
         return None
-    images = np.random.default_rng(0).integers(0, 256, (8, pre.img_size, pre.img_size, pre.channels), np.uint8)
-    expected = batched_logits(network, torch.from_numpy(images), pre, channels_last=False).softmax(1).numpy()
-    difference = float(np.abs(run(images) - expected).max())
-    if not difference < 1e-4:
+    difference = max_difference(network, pre, run, random_images(pre, count=8))
+    if not difference < PARITY_TOLERANCE:
         log.warning("%s: running on PyTorch (ONNX Runtime differs by %.1e)", path, difference)
         return None
     return run

@@ -15,7 +15,9 @@ import torch
 from imgcls.checkpoint import load_model
 from imgcls.cli import main
 from imgcls.errors import ConfigError, ExportError
-from imgcls.export import export_onnx, parity, to_onnx_bytes
+from imgcls.export import export_onnx
+from imgcls.onnx_graph import max_difference, to_onnx_bytes
+from imgcls.onnx_model import probability_function, session
 from imgcls.predict import Predictor, expand_paths
 from tests.conftest import make_class_folders
 
@@ -150,7 +152,7 @@ def test_a_disagreeing_export_fails_and_writes_nothing(trained, tmp_path, monkey
     _, checkpoint = trained
     import imgcls.export as export
 
-    monkeypatch.setattr(export, "parity", lambda *args: 3e-3)  # as if an operator were exported wrongly
+    monkeypatch.setattr(export, "max_difference", lambda *args: 3e-3)  # as if an operator were exported wrongly
     out = tmp_path / "bad.onnx"
     with pytest.raises(ExportError, match="disagrees"):
         export_onnx(checkpoint, out)
@@ -164,7 +166,7 @@ def test_parity_detects_a_real_difference(trained):
     with torch.no_grad():
         model.fc.bias += 1.0 * torch.arange(3)  # PyTorch now differs from the exported graph
     images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), np.uint8)
-    assert parity(model, pre, data, images) > 1e-2
+    assert max_difference(model, pre, probability_function(session(data), pre), images) > 1e-2
 
 
 def test_an_onnx_file_without_imgcls_metadata_is_refused(tmp_path):

@@ -28,6 +28,12 @@ class Preprocessing:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def scale_shift(self) -> tuple[list[float], list[float]]:
+        """Per channel, model input = pixel * scale - shift, i.e. (pixel / 255 - mean) / std."""
+        scale = [1.0 / (255.0 * s) for s in self.std]
+        shift = [m / s for m, s in zip(self.mean, self.std, strict=True)]
+        return scale, shift
+
     @classmethod
     def from_dict(cls, values: dict) -> Preprocessing:
         values = dict(values)
@@ -64,8 +70,6 @@ def to_model_input(
 
     The permuted view already has channels_last strides, so that layout costs nothing.
     """
-    mean, std = preprocessing.mean, preprocessing.std
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=dtype, device=images.device)
-    shift = torch.tensor([m / s for m, s in zip(mean, std, strict=True)], dtype=dtype, device=images.device)
+    scale, shift = (torch.tensor(v, dtype=dtype, device=images.device) for v in preprocessing.scale_shift())
     x = (images.to(dtype) * scale - shift).permute(0, 3, 1, 2)
     return x if channels_last else x.contiguous()

@@ -192,7 +192,7 @@ def create_app(
         if not data:
             return error(400, "the request holds no image (0 bytes).")
         try:
-            image = await run_in_threadpool(_decode, predictor, data, name, pixel_limit)
+            image = await run_in_threadpool(predictor.decode, data, name, pixel_limit)
         except NotAnImageError as err:
             return error(415, str(err))
         except TooManyPixelsError as err:
@@ -208,14 +208,6 @@ def create_app(
         return {"predictions": [{"label": label, "score": score} for label, score in labels]}
 
     return app
-
-
-def _decode(predictor: Predictor, data: bytes, name: str, max_pixels: int) -> np.ndarray:
-    from imgcls.data.decode import decode_image
-
-    pre = predictor.preprocessing
-    return decode_image(data, size=pre.img_size, resize=pre.resize, channels=pre.channels, max_pixels=max_pixels,
-                        name=name)  # fmt: skip
 
 
 def serve(model_path: str, *, host: str, port: int, max_upload_mb: float, topk: int, runtime: str = "onnx") -> None:
