@@ -141,7 +141,7 @@ def test_parallel_path_equals_serial(tmp_path, monkeypatch):
     serial = build_cache(samples, size=SIZE, workers=1)
 
     pools = []
-    real_pool = cache_module._pool
+    real_pool = cache_module.process_pool
 
     def counting_pool(workers):
         pools.append(workers)
@@ -149,7 +149,7 @@ def test_parallel_path_equals_serial(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cache_module, "MIN_PARALLEL", 8)
     monkeypatch.setattr(cache_module, "CHUNK", 5)  # several chunks, so their order matters
-    monkeypatch.setattr(cache_module, "_pool", counting_pool)
+    monkeypatch.setattr(cache_module, "process_pool", counting_pool)
     parallel = build_cache(samples, size=SIZE, workers=2)
 
     assert pools == [2]  # the parallel path really ran

@@ -12,7 +12,7 @@ import pytest
 
 from imgcls import checkpoint as ckpt
 from imgcls.errors import CheckpointError, ConfigError, DataError
-from imgcls.models import classic
+from imgcls.models import classic, classic_features
 from imgcls.models.classic import CLASSIC_MODELS, ClassicModel, extract_features, fit_classic, is_classic
 
 SIZE = 28
@@ -46,7 +46,7 @@ def make_images(cue: str, per_class: int, channels: int, seed: int) -> tuple[np.
             rgb = COLOURS[label] + rng.integers(-60, 60, (SIZE, SIZE, 3))
         rgb = np.clip(rgb, 0, 255)
         images.append(
-            rgb.astype(np.uint8) if channels == 3 else (rgb @ classic.LUMA).round().astype(np.uint8)[..., None]
+            rgb.astype(np.uint8) if channels == 3 else (rgb @ classic_features.LUMA).round().astype(np.uint8)[..., None]
         )
     return np.stack(images), labels
 
@@ -156,8 +156,8 @@ def test_features_deterministic_and_pool_equals_serial(monkeypatch, name: str) -
     assert np.array_equal(extract_features(name, images, {}), first)
     if name == "hog-svm":
         assert first.shape[1] == 6 * 6 * 2 * 2 * 9  # 7x7 cells of 4 px -> 6x6 blocks of 2x2 cells x 9 bins
-        monkeypatch.setattr(classic, "MIN_PARALLEL", 8)
-        monkeypatch.setattr(classic, "CHUNK", 16)
+        monkeypatch.setattr(classic_features, "MIN_PARALLEL", 8)
+        monkeypatch.setattr(classic_features, "CHUNK", 16)
         assert np.array_equal(extract_features(name, images, {}), first)  # in 2 processes
     else:
         assert first.shape[1] == 3 * 16 + 4 * 4 * 3
@@ -166,7 +166,7 @@ def test_features_deterministic_and_pool_equals_serial(monkeypatch, name: str) -
 
 def test_hog_reads_itu_601_luma() -> None:
     images, _ = make_images("shape", 4, 3, seed=4)
-    grey = (images[..., :3] @ classic.LUMA).round().astype(np.uint8)[..., None]
+    grey = (images[..., :3] @ classic_features.LUMA).round().astype(np.uint8)[..., None]
     same = np.repeat(grey, 3, axis=3)  # R = G = B: the luma is the grey value itself
     np.testing.assert_allclose(extract_features("hog-svm", same, {}), extract_features("hog-svm", grey, {}), atol=1e-6)
 

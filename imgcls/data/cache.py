@@ -64,8 +64,9 @@ def _decode_chunk(
     return out
 
 
-def _pool(workers: int) -> ProcessPoolExecutor:
-    # fork starts workers in milliseconds; they only run Pillow and NumPy, never torch.
+def process_pool(workers: int) -> ProcessPoolExecutor:
+    """Worker processes for NumPy/Pillow/scikit-image work (decoding, HOG features)."""
+    # fork starts workers in milliseconds; they only run Pillow, NumPy or scikit-image, never torch.
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
 
@@ -95,7 +96,7 @@ def build_cache(
     bar = progress_bar(total=len(paths), desc=desc, unit="img")
     try:
         if workers > 1 and len(paths) >= MIN_PARALLEL:
-            with _pool(workers) as pool:
+            with process_pool(workers) as pool:
                 for chunk_result in pool.map(work, chunks):
                     results.extend(chunk_result)
                     bar.update(len(chunk_result))

@@ -21,27 +21,20 @@ from __future__ import annotations
 
 import difflib
 import logging
-import multiprocessing
-import os
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 
 import numpy as np
 import torch
 
 from imgcls.errors import CheckpointError, ConfigError, DataError
-from imgcls.progress import progress_bar
+from imgcls.models.classic_features import colour_features, hog_features
 
 log = logging.getLogger(__name__)
 
 CLASSIC_MODELS: tuple[str, ...] = ("hog-svm", "color-hist-logreg")
 TENSOR_PREFIX = "classic."
-LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, as Pillow's RGB -> L
-CHUNK = 500  # images per HOG task: large enough to hide inter-process overhead
-MIN_PARALLEL = 1024  # below this, starting processes costs more than it saves
 
 # None means "chosen from the data at fit time"; fitted models store the value chosen.
 DEFAULTS: dict[str, dict] = {
@@ -113,80 +106,6 @@ def _check_images(images: np.ndarray) -> np.ndarray:
     return images
 
 
-# ---- features -------------------------------------------------------------------------------
-
-
-def _luma(images: np.ndarray) -> np.ndarray:
-    """(N, H, W, C) uint8 -> (N, H, W) float64 in [0, 1]."""
-    return images[..., 0] / 255.0 if images.shape[-1] == 1 else images @ (LUMA / 255.0)
-
-
-def _hog_chunk(images: np.ndarray, kw: dict) -> np.ndarray:
-    from skimage.feature import hog
-
-    cell, block = kw["pixels_per_cell"], kw["cells_per_block"]
-    grey = _luma(images)
-    return np.stack([
-        hog(g, orientations=kw["orientations"], pixels_per_cell=(cell, cell), cells_per_block=(block, block),
-            block_norm=kw["block_norm"], feature_vector=True)
-        for g in grey
-    ]).astype(np.float32)  # fmt: skip
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _hog_features(images: np.ndarray, kw: dict) -> np.ndarray:
-    # Processes, not threads: skimage's hog normalises blocks in a Python loop that holds the
-    # GIL (measured: 2 threads 0.67 ms/img, no faster than 1; 2 processes 0.33 ms/img).
-    chunks = [images[i : i + CHUNK] for i in range(0, len(images), CHUNK)]
-    work = partial(_hog_chunk, kw=kw)
-    workers = min(_cpu_count(), len(chunks))
-    bar = progress_bar(total=len(images), desc="HOG features", unit="img")
-    out = []
-    try:
-        if workers > 1 and len(images) >= MIN_PARALLEL:
-            # fork starts workers in milliseconds; they run only NumPy and scikit-image.
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
-                for result in pool.map(work, chunks):
-                    out.append(result)
-                    bar.update(len(result))
-        else:
-            for chunk in chunks:
-                out.append(work(chunk))
-                bar.update(len(chunk))
-    finally:
-        bar.close()
-    return np.concatenate(out)
-
-
-def _colour_features(images: np.ndarray, kw: dict) -> np.ndarray:
-    """Per-channel histograms (fractions of the pixels) + grid x grid mean colours in [0, 1].
-    Vectorised over images (about 20 us per 28 px image), so no pool is needed."""
-    bins, grid = kw["bins"], kw["grid"]
-    n, h, w, c = images.shape
-    out = []
-    for start in range(0, n, 4096):
-        x = images[start : start + 4096]
-        m = len(x)
-        index = (x.astype(np.int64) * bins) >> 8  # bin of each value, 0..bins-1
-        index += (np.arange(m)[:, None, None, None] * c + np.arange(c)) * bins
-        hist = np.bincount(index.ravel(), minlength=m * c * bins).reshape(m, c * bins) / (h * w)
-        rows, cols = np.linspace(0, h, grid + 1).astype(int), np.linspace(0, w, grid + 1).astype(int)
-        means = [
-            x[:, rows[i] : rows[i + 1], cols[j] : cols[j + 1]].mean(axis=(1, 2)) / 255.0
-            for i in range(grid)
-            for j in range(grid)
-        ]
-        out.append(np.concatenate([hist, np.concatenate(means, axis=1)], axis=1).astype(np.float32))
-    return np.concatenate(out)
-
-
 def _resolve_size(name: str, kw: dict, height: int, width: int) -> dict:
     """Fill in the size-dependent defaults and check the images are large enough."""
     kw = dict(kw)
@@ -211,7 +130,7 @@ def extract_features(name: str, images: np.ndarray, kwargs: dict) -> np.ndarray:
     kw = _resolve_size(name, kw, images.shape[1], images.shape[2])
     if len(images) == 0:  # the width D still depends on the image size
         return extract_features(name, np.zeros((1, *images.shape[1:]), np.uint8), kw)[:0]
-    return _hog_features(images, kw) if name == "hog-svm" else _colour_features(images, kw)
+    return hog_features(images, kw) if name == "hog-svm" else colour_features(images, kw)
 
 
 # ---- the fitted model -----------------------------------------------------------------------
