@@ -1,26 +1,117 @@
 """Every number of an evaluation, from true labels and predicted probabilities.
 
-scikit-learn computes each metric it has; only the expected calibration error is written
-here, because scikit-learn offers the calibration curve but not ECE itself.
+scikit-learn computes each metric it has (accuracy, precision/recall/F1, top-k, log loss,
+ROC and precision-recall curves, AUC, AP, the confusion matrix); written here are only
+what it lacks: the expected calibration error with its reliability bins, and the
+accuracy-coverage curve of a model that may abstain below a confidence.
+
+`classification_metrics` gives the numbers of metrics.json; `roc_curves`, `pr_curves`,
+`reliability_bins` and `coverage_curve` give the curves the report draws, from the same
+inputs, so a plot and its number cannot disagree.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+CALIBRATION_BINS = 15
+# Confidence thresholds listed in metrics.json's "selective" table (the report draws them all).
+SELECTIVE_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 
-def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
-    """ECE (Guo et al. 2017): |accuracy - confidence| per confidence bin, weighted by bin size."""
+
+@dataclass(frozen=True)
+class Curve:
+    """One curve of one class: x, y and the area (AUC for ROC, AP for precision-recall)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    area: float
+
+
+def reliability_bins(labels: np.ndarray, probs: np.ndarray, bins: int = CALIBRATION_BINS) -> list[dict]:
+    """Equal-width confidence bins: mean confidence, accuracy and count of the samples in each."""
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
-    ece = 0.0
+    rows = []
     for b in range(bins):
         mask = which == b
-        if mask.any():
-            ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
-    return float(ece)
+        count = int(mask.sum())
+        rows.append({
+            "low": float(edges[b]), "high": float(edges[b + 1]), "count": count,
+            "confidence": float(confidence[mask].mean()) if count else None,
+            "accuracy": float(correct[mask].mean()) if count else None,
+        })  # fmt: skip
+    return rows
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
+    """ECE (Guo et al. 2017): |accuracy - confidence| per confidence bin, weighted by bin size."""
+    total = max(len(labels), 1)
+    return float(
+        sum(r["count"] / total * abs(r["accuracy"] - r["confidence"]) for r in reliability_bins(labels, probs, bins)
+            if r["count"])
+    )  # fmt: skip
+
+
+def coverage_curve(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(threshold, coverage, accuracy): answering only when the top probability is at least
+    the threshold, the fraction of samples answered and the accuracy on them. One point per
+    distinct confidence, from the most confident sample down to all of them."""
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    order = np.argsort(-confidence, kind="stable")
+    confidence, correct = confidence[order], correct[order]
+    answered = np.arange(1, len(labels) + 1)
+    accuracy = np.cumsum(correct) / answered
+    # Ties share one threshold: keep the last sample of each run of equal confidences.
+    last = np.r_[confidence[1:] != confidence[:-1], True] if len(labels) else np.zeros(0, bool)
+    return confidence[last], answered[last] / max(len(labels), 1), accuracy[last]
+
+
+def selective_table(labels: np.ndarray, probs: np.ndarray, thresholds=SELECTIVE_THRESHOLDS) -> list[dict]:
+    """Coverage and accuracy at a few confidence thresholds, for picking one."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    rows = []
+    for t in thresholds:
+        answered = confidence >= t
+        rows.append({
+            "threshold": t, "coverage": float(answered.mean()) if len(labels) else 0.0,
+            "accuracy": float(correct[answered].mean()) if answered.any() else None,
+        })  # fmt: skip
+    return rows
+
+
+def roc_curves(labels: np.ndarray, probs: np.ndarray) -> dict[int, Curve]:
+    """One-vs-rest ROC curve of each class that has both positives and negatives."""
+    from sklearn.metrics import auc, roc_curve
+
+    curves = {}
+    for c in _scorable(labels, probs.shape[1]):
+        fpr, tpr, _ = roc_curve(labels == c, probs[:, c])
+        curves[c] = Curve(fpr, tpr, float(auc(fpr, tpr)))
+    return curves
+
+
+def pr_curves(labels: np.ndarray, probs: np.ndarray) -> dict[int, Curve]:
+    """One-vs-rest precision-recall curve (x recall, y precision) and AP of each scorable class."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    curves = {}
+    for c in _scorable(labels, probs.shape[1]):
+        precision, recall, _ = precision_recall_curve(labels == c, probs[:, c])
+        curves[c] = Curve(recall, precision, float(average_precision_score(labels == c, probs[:, c])))
+    return curves
+
+
+def _scorable(labels: np.ndarray, num_classes: int) -> list[int]:
+    """Classes with at least one positive and one negative sample: the only ones with a curve."""
+    counts = np.bincount(labels, minlength=num_classes)
+    return [c for c in range(num_classes) if 0 < counts[c] < len(labels)]
 
 
 def _roc_auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
@@ -34,6 +125,23 @@ def _roc_auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
         return float(roc_auc_score(labels, probs[:, 1]))
     scores = [roc_auc_score(labels == c, probs[:, c]) for c in present]
     return float(np.mean(scores))
+
+
+def _per_class_areas(labels: np.ndarray, probs: np.ndarray) -> tuple[dict[int, float], dict[int, float]]:
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    classes = _scorable(labels, probs.shape[1])
+    auc = {c: float(roc_auc_score(labels == c, probs[:, c])) for c in classes}
+    ap = {c: float(average_precision_score(labels == c, probs[:, c])) for c in classes}
+    return auc, ap
+
+
+def binary_counts(matrix: np.ndarray, classes) -> dict | None:
+    """TP/FP/FN/TN with the second class as the positive one, for two-class tasks."""
+    if len(classes) != 2:
+        return None
+    (tn, fp), (fn, tp) = np.asarray(matrix).tolist()
+    return {"positive": classes[1], "negative": classes[0], "tp": tp, "fp": fp, "fn": fn, "tn": tn}
 
 
 def classification_metrics(
@@ -61,6 +169,8 @@ def classification_metrics(
     present = np.unique(labels)
     macro = precision_recall_fscore_support(labels, predicted, labels=present, average="macro", zero_division=0)
     top5 = float(top_k_accuracy_score(labels, probs, k=5, labels=all_labels)) if n_classes >= 5 else None
+    matrix = confusion_matrix(labels, predicted, labels=all_labels)
+    auc, ap = _per_class_areas(labels, probs)
     return {
         "accuracy": float(accuracy_score(labels, predicted)),
         "top5_accuracy": top5,
@@ -68,17 +178,23 @@ def classification_metrics(
         "macro_recall": float(macro[1]),
         "macro_f1": float(macro[2]),
         "roc_auc_macro": _roc_auc(labels, probs),
+        "average_precision_macro": float(np.mean(list(ap.values()))) if ap else None,
         "log_loss": float(log_loss(labels, probs / probs.sum(axis=1, keepdims=True), labels=all_labels)),
         "ece": expected_calibration_error(labels, probs),
         "num_samples": int(len(labels)),
         "classes": list(classes),
-        "confusion_matrix": confusion_matrix(labels, predicted, labels=all_labels).tolist(),
+        "confusion_matrix": matrix.tolist(),
+        "binary": binary_counts(matrix, classes),
+        "selective": selective_table(labels, probs),
         "per_class": {
             name: {
                 "precision": float(precision[i]),
                 "recall": float(recall[i]),
                 "f1": float(f1[i]),
                 "support": int(support[i]),
+                "predicted": int(matrix[:, i].sum()),
+                "roc_auc": auc.get(i),
+                "average_precision": ap.get(i),
             }
             for i, name in enumerate(classes)
         },

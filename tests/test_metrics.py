@@ -8,18 +8,28 @@ import numpy as np
 import pytest
 from sklearn.metrics import (
     accuracy_score,
+    average_precision_score,
     log_loss,
     precision_recall_fscore_support,
     roc_auc_score,
     top_k_accuracy_score,
 )
 
-from imgcls.metrics import classification_metrics, expected_calibration_error
+from imgcls.metrics import (
+    classification_metrics,
+    coverage_curve,
+    expected_calibration_error,
+    pr_curves,
+    reliability_bins,
+    roc_curves,
+    selective_table,
+)
 
 CONTRACT_KEYS = {
     "accuracy", "top5_accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc_macro", "log_loss",
     "ece", "num_samples", "classes", "confusion_matrix", "per_class", "skipped_files",
 }  # fmt: skip
+ADDED_KEYS = {"average_precision_macro", "binary", "selective"}
 
 
 def random_case(num_classes: int, n: int = 120, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -48,7 +58,7 @@ def test_metrics_match_sklearn(num_classes):
     m = classification_metrics(labels, probs, classes)
     predicted = probs.argmax(axis=1)
 
-    assert set(m) == CONTRACT_KEYS
+    assert set(m) == CONTRACT_KEYS | ADDED_KEYS
     assert m["accuracy"] == pytest.approx(accuracy_score(labels, predicted))
     assert 0.2 < m["accuracy"] < 1.0  # the case is not degenerate
     if num_classes >= 5:
@@ -79,6 +89,13 @@ def test_metrics_match_sklearn(num_classes):
         assert m["per_class"][name]["recall"] == pytest.approx(per_r[i])
         assert m["per_class"][name]["f1"] == pytest.approx(per_f[i])
         assert m["per_class"][name]["support"] == per_s[i] == np.sum(labels == i)
+        assert m["per_class"][name]["roc_auc"] == pytest.approx(roc_auc_score(labels == i, probs[:, i]))
+        assert m["per_class"][name]["average_precision"] == pytest.approx(
+            average_precision_score(labels == i, probs[:, i])
+        )
+    expected_ap = np.mean([average_precision_score(labels == i, probs[:, i]) for i in range(num_classes)])
+    assert m["average_precision_macro"] == pytest.approx(expected_ap)
+    assert (m["binary"] is not None) == (num_classes == 2)
     assert sum(c["support"] for c in m["per_class"].values()) == m["num_samples"]
     json.loads(json.dumps(m, allow_nan=False))  # strict JSON: no NaN or numpy types
 
@@ -88,7 +105,9 @@ def test_confusion_matrix_rows_are_true_labels():
     probs = np.array([[0.2, 0.8], [0.3, 0.7], [0.9, 0.1], [0.4, 0.6]])  # predicted 1, 1, 0, 1
     m = classification_metrics(labels, probs, ["cat", "dog"])
     assert m["confusion_matrix"] == [[1, 2], [0, 1]]
-    assert m["per_class"]["cat"] == {"precision": 1.0, "recall": pytest.approx(1 / 3), "f1": 0.5, "support": 3}
+    cat = {k: m["per_class"]["cat"][k] for k in ("precision", "recall", "f1", "support", "predicted")}
+    assert cat == {"precision": 1.0, "recall": pytest.approx(1 / 3), "f1": 0.5, "support": 3, "predicted": 1}
+    assert m["binary"] == {"positive": "dog", "negative": "cat", "tp": 1, "fp": 2, "fn": 0, "tn": 1}
     assert m["per_class"]["dog"]["precision"] == pytest.approx(1 / 3)
     assert m["accuracy"] == 0.5
 
@@ -148,3 +167,67 @@ def test_ece_weights_bins_by_size():
     # Overconfident in one bin, underconfident in another: gaps must not cancel.
     labels = np.array([1] * 4 + [0] * 12)  # high bin all wrong (gap 0.9), low bin all right (gap 0.4)
     assert expected_calibration_error(labels, probs) == pytest.approx(0.25 * 0.9 + 0.75 * 0.4)
+
+
+def test_class_never_predicted_has_defined_zero_precision():
+    labels = np.array([0, 1, 2, 2, 1, 0])
+    probs = np.array(
+        [[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.8, 0.1], [0.3, 0.6, 0.1], [0.9, 0.05, 0.05]]
+    )
+    m = classification_metrics(labels, probs, ["a", "b", "c"])  # class c is never predicted
+    c = m["per_class"]["c"]
+    assert c["predicted"] == 0 and c["precision"] == 0.0 and c["recall"] == 0.0 and c["f1"] == 0.0
+    assert m["per_class"]["c"]["support"] == 2
+    json.loads(json.dumps(m, allow_nan=False))
+
+
+def test_perfectly_separated_data():
+    labels = np.repeat(np.arange(4), 5)
+    probs = np.full((20, 4), 0.02)
+    probs[np.arange(20), labels] = 0.94
+    m = classification_metrics(labels, probs, list("abcd"))
+    assert m["accuracy"] == 1.0 and m["macro_f1"] == 1.0
+    assert m["roc_auc_macro"] == 1.0 and m["average_precision_macro"] == 1.0
+    assert m["ece"] == pytest.approx(0.06)  # always right at confidence 0.94
+    assert all(row["accuracy"] in (None, 1.0) for row in m["selective"])
+    assert all(curve.area == 1.0 for curve in roc_curves(labels, probs).values())
+
+
+def test_curves_match_the_areas_in_metrics():
+    labels, probs = random_case(5, n=300, seed=3)
+    m = classification_metrics(labels, probs, list("abcde"))
+    roc, pr = roc_curves(labels, probs), pr_curves(labels, probs)
+    for i, name in enumerate("abcde"):
+        assert roc[i].area == pytest.approx(m["per_class"][name]["roc_auc"])
+        assert pr[i].area == pytest.approx(m["per_class"][name]["average_precision"])
+        assert roc[i].x[0] == 0.0 and roc[i].x[-1] == 1.0 and np.all(np.diff(roc[i].x) >= 0)
+    assert np.mean([c.area for c in roc.values()]) == pytest.approx(m["roc_auc_macro"])
+
+
+def test_curves_leave_out_a_class_without_positives():
+    labels, probs = random_case(4, seed=5)
+    labels[labels == 3] = 0
+    assert sorted(roc_curves(labels, probs)) == [0, 1, 2]
+    assert sorted(pr_curves(labels, probs)) == [0, 1, 2]
+
+
+def test_coverage_curve_by_hand():
+    # Confidences 0.9 (right), 0.8 (wrong), 0.8 (right), 0.6 (wrong).
+    labels = np.array([0, 1, 1, 0])
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.2, 0.8], [0.4, 0.6]])
+    threshold, coverage, accuracy = coverage_curve(labels, probs)
+    assert threshold.tolist() == [0.9, 0.8, 0.6]
+    assert coverage.tolist() == [0.25, 0.75, 1.0]
+    assert accuracy.tolist() == pytest.approx([1.0, 2 / 3, 0.5])
+    rows = {r["threshold"]: r for r in selective_table(labels, probs)}
+    assert rows[0.7] == {"threshold": 0.7, "coverage": 0.75, "accuracy": pytest.approx(2 / 3)}
+    assert rows[0.95] == {"threshold": 0.95, "coverage": 0.0, "accuracy": None}
+
+
+def test_reliability_bins_count_every_sample():
+    labels, probs = random_case(3, n=200, seed=7)
+    bins = reliability_bins(labels, probs)
+    assert sum(b["count"] for b in bins) == 200
+    for b in bins:
+        if b["count"]:
+            assert b["low"] <= b["confidence"] <= b["high"]
