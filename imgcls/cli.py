@@ -158,7 +158,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from imgcls.serve.app import serve
 
     serve(args.checkpoint, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, topk=args.topk,
-          runtime=args.runtime)  # fmt: skip
+          runtime=args.runtime, gallery=args.gallery, admin_token=args.admin_token)  # fmt: skip
     return 0
 
 
@@ -382,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=5, help="labels answered when the request does not say (5)")
     p.add_argument("--runtime", choices=["onnx", "torch"], default="onnx",
                    help="run a checkpoint on ONNX Runtime (default: faster here) or PyTorch")  # fmt: skip
+    p.add_argument("--gallery", help="also answer POST /recognize and /search from this gallery folder")
+    p.add_argument("--admin-token", default=os.environ.get("IMGCLS_ADMIN_TOKEN"),
+                   help="allow enrolment (POST /gallery/LABEL) with this bearer token (or $IMGCLS_ADMIN_TOKEN); "
+                   "without it the gallery is read-only")  # fmt: skip
     p.set_defaults(func=cmd_serve)
 
     data = sub.add_parser("data", help="built-in datasets and dataset checks").add_subparsers(

@@ -134,6 +134,8 @@ def create_app(
     max_pixels: int | None = None,
     predictor: Predictor | None = None,
     runtime: str = "onnx",
+    gallery: str | Path | None = None,
+    admin_token: str | None = None,
 ) -> FastAPI:
     """The FastAPI app serving one checkpoint or ONNX file (a checkpoint on `runtime`)."""
     predictor = predictor or Predictor.from_file(model_path, runtime=runtime)
@@ -207,12 +209,20 @@ def create_app(
         labels = predictor.top_k(probs, topk)
         return {"predictions": [{"label": label, "score": score} for label, score in labels]}
 
+    if gallery is not None:  # recognition and search by embeddings (imgcls.retrieval)
+        from imgcls.serve.retrieval_routes import retrieval_router
+
+        checkpoint = None if info["format"] == "onnx" else model_path  # an ONNX file cannot embed: the gallery's own
+        app.include_router(retrieval_router(gallery, checkpoint=checkpoint, admin_token=admin_token,
+                                            max_pixels=pixel_limit))  # fmt: skip
     return app
 
 
-def serve(model_path: str, *, host: str, port: int, max_upload_mb: float, topk: int, runtime: str = "onnx") -> None:
+def serve(model_path: str, *, host: str, port: int, max_upload_mb: float, topk: int, runtime: str = "onnx",
+          gallery: str | None = None, admin_token: str | None = None) -> None:  # fmt: skip
     import uvicorn
 
-    app = create_app(model_path, max_upload_mb=max_upload_mb, topk=topk, runtime=runtime)
+    app = create_app(model_path, max_upload_mb=max_upload_mb, topk=topk, runtime=runtime, gallery=gallery,
+                     admin_token=admin_token)  # fmt: skip
     log.info("serving %s on http://%s:%d (web page at /, API docs at /docs)", model_path, host, port)
     uvicorn.run(app, host=host, port=port, log_level="warning")
