@@ -1,9 +1,12 @@
-"""Evaluate a checkpoint on a labelled folder: metrics.json and a report."""
+"""Evaluate a checkpoint (or an exported ONNX model) on a labelled folder: metrics.json,
+predictions.npz, summary.json and report.html."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from imgcls.checkpoint import write_json
@@ -12,32 +15,67 @@ from imgcls.data.sources import resolve_evaluation_data
 from imgcls.metrics import classification_metrics
 from imgcls.predict import Predictor
 
+SUMMARY_FILE = "summary.json"
+
+
+def flip_tta_probabilities(predictor: Predictor, images: np.ndarray, batch_size: int | None) -> np.ndarray:
+    """Mean probabilities of each image and its mirror image: test-time augmentation that works
+    for every runtime (PyTorch, ONNX Runtime, the classic baseline), as it only flips pixels."""
+    mirrored = np.ascontiguousarray(images[:, :, ::-1])
+    return (predictor.probabilities(images, batch_size) + predictor.probabilities(mirrored, batch_size)) / 2
+
 
 def evaluate_checkpoint(
-    checkpoint: Path, data: Path, out_dir: Path | None = None, *, batch_size: int | None = None
+    checkpoint: Path, data: Path, out_dir: Path | None = None, *, batch_size: int | None = None, tta: bool = False
 ) -> dict:
-    """Metrics of a checkpoint on DATA's test/ (else val/, else all of it); written to out_dir."""
+    """Metrics of a model on DATA's test/ (else val/, else all of it); written to out_dir.
+
+    With tta, the metrics are those of flip test-time augmentation, and metrics["tta"] gives
+    accuracy and macro-F1 without and with it."""
+    started = time.perf_counter()
     predictor = Predictor.from_file(checkpoint)
     samples, folder = resolve_evaluation_data(data, predictor.classes)
     pre = predictor.preprocessing
     cache = build_cache(
         samples, size=pre.img_size, resize=pre.resize, channels=pre.channels, max_pixels=pre.max_pixels, desc="decode"
     )
-    probs = predictor.probabilities(cache.images, batch_size=batch_size)
+    images = np.asarray(cache.images)
+    probs = predictor.probabilities(images, batch_size=batch_size)
     metrics = classification_metrics(cache.labels, probs, predictor.classes, cache.skipped)
+    if tta:
+        plain = metrics
+        probs = flip_tta_probabilities(predictor, images, batch_size)
+        metrics = classification_metrics(cache.labels, probs, predictor.classes, cache.skipped)
+        metrics["tta"] = {
+            "transforms": ["identity", "horizontal flip"],
+            "accuracy_without": plain["accuracy"],
+            "accuracy_with": metrics["accuracy"],
+            "macro_f1_without": plain["macro_f1"],
+            "macro_f1_with": metrics["macro_f1"],
+        }
     metrics["data"] = str(folder)
     if out_dir is not None:
-        from imgcls.report import write_report
+        from imgcls.report import Predictions, save_predictions, write_report
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "metrics.json", metrics)
+        labels = np.asarray(cache.labels, dtype=np.int64)
+        predictions = Predictions(labels, probs.astype(np.float32), tuple(cache.paths))
+        save_predictions(out_dir, predictions)
         summary = {
             "checkpoint": str(checkpoint),
             "data": str(folder),
             "model": predictor.metadata["model"]["name"],
-            "images": len(cache),
+            "runtime": predictor.runtime,
+            "test-time augmentation": "horizontal flip" if tta else ("flip (model)" if pre.test_flip else "none"),
+            "evaluation seconds": round(time.perf_counter() - started, 1),
             "threads": torch.get_num_threads(),
         }
-        write_report(out_dir / "report.html", metrics=metrics, summary=summary)
+        write_json(out_dir / SUMMARY_FILE, summary)
+        torch_checkpoint = None if str(checkpoint).lower().endswith(".onnx") else Path(checkpoint)
+        write_report(
+            out_dir / "report.html", metrics=metrics, summary=summary, predictions=predictions,
+            checkpoint=torch_checkpoint,
+        )  # fmt: skip
     return metrics

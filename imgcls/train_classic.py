@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from imgcls import checkpoint as ckpt
 from imgcls.config import Config
+from imgcls.data.cache import ImageCache
 from imgcls.data.preprocess import Preprocessing, channel_stats
 from imgcls.data.sources import resolve_training_data
 from imgcls.metrics import classification_metrics
@@ -18,8 +22,18 @@ from imgcls.prepare import decode_sources
 log = logging.getLogger(__name__)
 
 
-def fit_classic_run(config: Config, run_dir: Path) -> tuple[dict, list[dict], dict]:
-    """Fit once on the training images; returns (metrics, history, summary)."""
+@dataclass
+class ClassicRun:
+    metrics: dict
+    history: list[dict]
+    summary: dict
+    train: ImageCache
+    val: ImageCache
+    val_probs: np.ndarray
+
+
+def fit_classic_run(config: Config, run_dir: Path) -> ClassicRun:
+    """Fit once on the training images, save the checkpoints and metrics.json."""
     data, tc = config.data, config.train
     started = time.perf_counter()
     sources = resolve_training_data(data.train, data.val, val_fraction=data.val_fraction, seed=tc.seed)
@@ -51,7 +65,7 @@ def fit_classic_run(config: Config, run_dir: Path) -> tuple[dict, list[dict], di
     log.info("%s fitted in %.1f s: val accuracy %.4f", config.model.name, seconds, metrics["accuracy"])
     summary = {"model": config.model.name, "data": sources.layout, "classes": len(sources.classes),
                "train images": len(train), "val images": len(val), "fit seconds": round(seconds, 1)}  # fmt: skip
-    return metrics, history, summary
+    return ClassicRun(metrics, history, summary, train, val, val_probs)
 
 
 def _accuracy(labels, probs) -> float:

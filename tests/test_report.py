@@ -86,17 +86,18 @@ def test_embedded_image_is_png(report3):
 
 def test_most_confused_pair_is_named(report3):
     look = re.search(r'<p class="look">(.*?)</p>', report3).group(1)
-    assert "<strong>dog</strong> predicted as <strong>&lt;b&gt;&amp;</strong>: 7 times" in look
+    assert "<strong>dog</strong> predicted as <strong>&lt;b&gt;&amp;</strong> (7 times)" in look
     pairs = re.search(r"<h2>Most confused pairs</h2>\s*<ol>(.*?)</ol>", report3).group(1)
     assert re.findall(r"<li>(.*?)</li>", pairs) == [
         "dog predicted as &lt;b&gt;&amp;: 7 times",
         "&lt;b&gt;&amp; predicted as cat: 3 times",
         "cat predicted as &lt;b&gt;&amp;: 2 times",
+        "cat predicted as dog: 1 time",
     ]
 
 
 def test_per_class_table_worst_f1_first(report3):
-    table = report3.split("Per class (worst F1 first)")[1]
+    table = report3.split("Worst F1 first")[1]
     # f1: cat 0.769, <b>& 0.571, dog 0.5 -> dog, <b>&, cat
     assert table.index("dog") < table.index("&lt;b&gt;&amp;") < table.index("cat")
 
@@ -107,7 +108,7 @@ def test_without_history_has_no_curves_and_says_no_errors(tmp_path):
     path = write_report(tmp_path / "sub" / "report.html", metrics=metrics, history=None)
     text = path.read_text(encoding="utf-8")
     assert "Training curves" not in text
-    assert "No errors" in text
+    assert "No mistakes" in text
     assert len(PNG_URI.findall(text)) == 2
     assert [p.name for p in path.parent.iterdir()] == ["report.html"]  # no temp file left
 
@@ -120,7 +121,9 @@ def test_forty_classes_and_unicode_names(tmp_path):
     text = with_history.read_text(encoding="utf-8")
     assert "猫" in text and "$x$ math" in text
     assert "99.00%" in text  # top-5 shown with 5+ classes
-    assert len(PNG_URI.findall(text)) == 3
+    # curves, two full matrices, and the zoom on the classes with the most mistakes
+    assert len(PNG_URI.findall(text)) == 4
+    assert "classes involved in the most mistakes" in text
 
 
 def test_overwrites_existing_report(tmp_path):

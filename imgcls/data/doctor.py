@@ -1,98 +1,198 @@
-"""Dataset checks before training: inventory, unreadable files, exact duplicates, leakage, imbalance.
+"""The data doctor: what is in a dataset, and what is wrong with it, before it quietly ruins a model.
 
-Every file is read once: its bytes are hashed (exact duplicates and train/val/test
-leakage) and decoded at its own size (unreadable files, image sizes, grey or colour).
+One pass reads every file (doctor_scan); the checks then work on its records:
+  - inventory per split and class: counts, imbalance, sizes, modes, formats, tiny, grey/colour, EXIF-rotated
+  - unreadable files, with the decoder's reason
+  - exact duplicates (same bytes) and near-duplicates (doctor_near: perceptual hashes confirmed on pixels),
+    within and across splits; across splits they are train/val/test leakage
+  - conflicting labels: the same or a near-identical image under two classes
+  - likely label errors (doctor_labels: out-of-fold probabilities and confident learning)
+The report is a JSON-ready dict; `findings(report)` counts each kind of problem for --fail-on.
 """
 
 from __future__ import annotations
 
-import hashlib
+import logging
+import time
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
-from imgcls.data.decode import decode_image
-from imgcls.data.sources import find_split_folders, scan_class_folders
-from imgcls.errors import DataError
-from imgcls.progress import progress
+import numpy as np
+
+from imgcls.data.doctor_labels import MAX_IMAGES, find_label_errors
+from imgcls.data.doctor_near import NearThresholds, near_duplicate_pairs
+from imgcls.data.doctor_scan import FileRecord, list_dataset, scan_files
+from imgcls.errors import ConfigError
+
+log = logging.getLogger("imgcls")
 
 SMALL_SIDE = 16  # images smaller than this on either side are listed as tiny
+IMBALANCE_RATIO = 10  # a split whose largest class is this many times its smallest is a finding
+DEFAULT_NEAR = NearThresholds()
+KINDS = ("corrupt", "duplicate", "near-duplicate", "leakage", "conflict", "label-error", "imbalance", "tiny")
 
 
-def _inspect(path: Path, max_pixels: int) -> dict:
-    record = {"path": str(path), "sha256": None, "error": None}
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        record["error"] = f"cannot read ({err.strerror})"
-        return record
-    record["sha256"] = hashlib.sha256(data).hexdigest()
-    try:
-        pixels = decode_image(data, max_pixels=max_pixels, name=str(path))
-        record.update(height=pixels.shape[0], width=pixels.shape[1], channels=pixels.shape[2])
-    except DataError as err:
-        record["error"] = str(err).removeprefix(f"{path}: ")
-    return record
+def parse_kinds(text: str) -> tuple[str, ...]:
+    """'leakage,corrupt' -> ('leakage', 'corrupt'); 'all' -> every kind; unknown names are an error."""
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    if kinds == ("all",):
+        return KINDS
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise ConfigError(f"--fail-on: unknown kind(s) {', '.join(unknown)}; choose from {', '.join(KINDS)} or 'all'.")
+    return kinds
 
 
-def _splits(root: Path) -> dict[str, Path]:
-    layout = find_split_folders(root)
-    if layout is None:
-        return {"all": root}
-    return {name: folder for name, folder in layout.items() if folder is not None}
+def check_dataset(
+    data: str | Path,
+    *,
+    max_pixels: int = 64_000_000,
+    workers: int | None = None,
+    near: NearThresholds | None = DEFAULT_NEAR,
+    label_errors: bool = True,
+    max_label_images: int = MAX_IMAGES,
+    seed: int = 0,
+) -> dict:
+    """A JSON-ready report of what is in a dataset and what is wrong with it.
 
-
-def check_dataset(data: str | Path, *, max_pixels: int = 64_000_000, workers: int = 4) -> dict:
-    """A JSON-ready report of what is in a dataset and what is wrong with it."""
+    near=None skips near-duplicates; label_errors=False skips the label model (the slow part).
+    """
     root = Path(data)
-    if not root.is_dir():
-        raise DataError(f"{root} is not a folder.")
-    files = [
-        (split, label, path)
-        for split, folder in _splits(root).items()
-        for label, paths in scan_class_folders(folder).items()
-        for path in paths
-    ]
-    # Pillow releases the GIL while decoding, so threads overlap reading and decoding.
-    with ThreadPoolExecutor(workers) as pool:
-        records = list(
-            progress(pool.map(lambda f: _inspect(f[2], max_pixels), files), total=len(files), desc="check", unit="img")
-        )
-    for (split, label, _), record in zip(files, records, strict=True):
-        record.update(split=split, label=label)
-    return _summarise(root, records)
-
-
-def _summarise(root: Path, records: list[dict]) -> dict:
-    readable = [r for r in records if r["error"] is None]
-    counts: dict[str, Counter] = defaultdict(Counter)
-    for r in readable:
-        counts[r["split"]][r["label"]] += 1
-    by_hash: dict[str, list[dict]] = defaultdict(list)
-    for r in readable:
-        by_hash[r["sha256"]].append(r)
-    groups = [g for g in by_hash.values() if len(g) > 1]
-    duplicates = [[{"path": r["path"], "split": r["split"], "label": r["label"]} for r in g] for g in groups]
-    leakage = [d for d in duplicates if len({r["split"] for r in d}) > 1]
-    conflicts = [d for d in duplicates if len({r["label"] for r in d}) > 1]
-    per_split = {}
-    for split, counter in counts.items():
-        sizes = counter.values()
-        per_split[split] = {
-            "images": sum(sizes),
-            "classes": dict(sorted(counter.items())),
-            "imbalance_ratio": round(max(sizes) / min(sizes), 2) if sizes else None,
-        }
-    return {
+    timings = {}
+    start = time.perf_counter()
+    records = scan_files(list_dataset(root), max_pixels=max_pixels, workers=workers)
+    timings["scan"] = time.perf_counter() - start
+    readable = [r for r in records if r.error is None]
+    report = {
         "data": str(root),
         "files": len(records),
-        "splits": per_split,
-        "unreadable": [{"path": r["path"], "reason": r["error"]} for r in records if r["error"] is not None],
-        "exact_duplicates": duplicates,
-        "leakage": leakage,
-        "conflicting_labels": conflicts,
-        "tiny_images": [r["path"] for r in readable if min(r["height"], r["width"]) < SMALL_SIDE],
-        "channels": dict(Counter("grey" if r["channels"] == 1 else "colour" for r in readable)),
+        "splits": _inventory(readable),
+        "unreadable": [
+            {"path": r.path, "split": r.split, "label": r.label, "reason": r.error} for r in records if r.error
+        ],
+        "tiny_images": [r.path for r in readable if min(r.height, r.width) < SMALL_SIDE],
+        "exif_rotated": [r.path for r in readable if r.exif_rotated],
+        "channels": dict(Counter("grey" if r.channels == 1 else "colour" for r in readable)),
+    }
+    report.update(_exact_duplicates(readable))
+
+    start = time.perf_counter()
+    pairs = []
+    if near is not None and len(readable) > 1:
+        found = near_duplicate_pairs(
+            np.array([r.phash for r in readable], dtype=np.uint64),
+            np.array([r.dhash for r in readable], dtype=np.uint64),
+            np.stack([r.thumb for r in readable]),
+            near,
+        )
+        # Identical files are already exact duplicates; a near pair is a different file.
+        pairs = [p for p in found if readable[p[0]].sha256 != readable[p[1]].sha256]
+    timings["near_duplicates"] = time.perf_counter() - start
+    report.update(_near_duplicates(readable, pairs))
+    report["thresholds"] = {
+        "near_duplicates": asdict(near) if near is not None else None,
+        "tiny_side": SMALL_SIDE,
+        "imbalance_ratio": IMBALANCE_RATIO,
+    }
+
+    start = time.perf_counter()
+    report["label_errors"] = {"checked": 0, "issues": [], "skipped_reason": "not run (label_errors=False)"}
+    if label_errors and readable:
+        found = find_label_errors(
+            np.stack([r.features for r in readable]),
+            [r.label for r in readable],
+            max_images=max_label_images,
+            seed=seed,
+        )
+        for issue in found["issues"]:
+            r = readable[issue.pop("index")]
+            issue.update(path=r.path, split=r.split)
+        report["label_errors"] = found
+    timings["label_errors"] = time.perf_counter() - start
+    report["seconds"] = {k: round(v, 2) for k, v in timings.items()}
+    report["findings"] = findings(report)
+    return report
+
+
+def _inventory(readable: list[FileRecord]) -> dict:
+    """Per split: image count, class counts and imbalance, then per class the sizes, modes and formats."""
+    by_split: dict[str, dict[str, list[FileRecord]]] = defaultdict(lambda: defaultdict(list))
+    for r in readable:
+        by_split[r.split][r.label].append(r)
+    out = {}
+    for split, classes in by_split.items():
+        counts = {name: len(items) for name, items in sorted(classes.items())}
+        out[split] = {
+            "images": sum(counts.values()),
+            "classes": counts,
+            "imbalance_ratio": round(max(counts.values()) / min(counts.values()), 2),
+            **_describe([r for items in classes.values() for r in items]),
+            "by_class": {name: _describe(items) for name, items in sorted(classes.items())},
+        }
+    return out
+
+
+def _describe(items: list[FileRecord]) -> dict:
+    widths = np.array([r.width for r in items])
+    heights = np.array([r.height for r in items])
+    return {
+        "width": {"min": int(widths.min()), "median": float(np.median(widths)), "max": int(widths.max())},
+        "height": {"min": int(heights.min()), "median": float(np.median(heights)), "max": int(heights.max())},
+        "modes": dict(Counter(r.mode for r in items).most_common()),
+        "formats": dict(Counter(r.format for r in items).most_common()),
+        "grey": sum(r.channels == 1 for r in items),
+        "colour": sum(r.channels != 1 for r in items),
+        "tiny": sum(min(r.width, r.height) < SMALL_SIDE for r in items),
+        "exif_rotated": sum(r.exif_rotated for r in items),
+    }
+
+
+def _ref(r: FileRecord) -> dict:
+    return {"path": r.path, "split": r.split, "label": r.label}
+
+
+def _exact_duplicates(readable: list[FileRecord]) -> dict:
+    by_hash: dict[str, list[FileRecord]] = defaultdict(list)
+    for r in readable:
+        by_hash[r.sha256].append(r)
+    groups = [[_ref(r) for r in g] for g in by_hash.values() if len(g) > 1]
+    return {
+        "exact_duplicates": groups,
+        "leakage": [g for g in groups if len({r["split"] for r in g}) > 1],
+        "conflicting_labels": [g for g in groups if len({r["label"] for r in g}) > 1],
+    }
+
+
+def _near_duplicates(readable: list[FileRecord], pairs: list[tuple]) -> dict:
+    items = [
+        {"a": _ref(readable[i]), "b": _ref(readable[j]), "phash": pd, "dhash": dd, "pixels": px}
+        for i, j, pd, dd, px in pairs
+    ]
+    across = [p for p in items if p["a"]["split"] != p["b"]["split"]]
+    between: Counter = Counter()
+    for p in across:
+        between["/".join(sorted((p["a"]["split"], p["b"]["split"])))] += 1
+    return {
+        "near_duplicates": items,
+        "near_leakage": across,
+        "near_leakage_counts": dict(between),
+        "near_conflicts": [p for p in items if p["a"]["label"] != p["b"]["label"]],
+    }
+
+
+def findings(report: dict) -> dict[str, int]:
+    """How many of each kind of problem the report holds (the kinds --fail-on names)."""
+    imbalanced = [s for s, info in report["splits"].items() if info["imbalance_ratio"] >= IMBALANCE_RATIO]
+    return {
+        "corrupt": len(report["unreadable"]),
+        "duplicate": len(report["exact_duplicates"]),
+        "near-duplicate": len(report["near_duplicates"]),
+        "leakage": len(report["leakage"]) + len(report["near_leakage"]),
+        "conflict": len(report["conflicting_labels"]) + len(report["near_conflicts"]),
+        "label-error": len(report["label_errors"]["issues"]),
+        "imbalance": len(imbalanced),
+        "tiny": len(report["tiny_images"]),
     }
 
 
@@ -103,11 +203,21 @@ def problems(report: dict) -> list[str]:
         lines.append(f"{len(report['unreadable'])} unreadable file(s)")
     if report["exact_duplicates"]:
         lines.append(f"{len(report['exact_duplicates'])} group(s) of identical files")
+    if report["near_duplicates"]:
+        lines.append(f"{len(report['near_duplicates'])} near-duplicate pair(s)")
     if report["leakage"]:
         lines.append(f"{len(report['leakage'])} identical file group(s) shared between splits (leakage)")
+    if report["near_leakage"]:
+        counts = ", ".join(f"{k} {n}" for k, n in sorted(report["near_leakage_counts"].items()))
+        lines.append(f"{len(report['near_leakage'])} near-duplicate pair(s) across splits (leakage: {counts})")
     if report["conflicting_labels"]:
         lines.append(f"{len(report['conflicting_labels'])} identical file group(s) under different classes")
+    if report["near_conflicts"]:
+        lines.append(f"{len(report['near_conflicts'])} near-duplicate pair(s) under different classes")
+    labels = report["label_errors"]
+    if labels["issues"]:
+        lines.append(f"{len(labels['issues'])} likely label error(s) among {labels['checked']:,} images checked")
     for split, info in report["splits"].items():
-        if info["imbalance_ratio"] and info["imbalance_ratio"] >= 10:
+        if info["imbalance_ratio"] >= IMBALANCE_RATIO:
             lines.append(f"{split}: largest class is {info['imbalance_ratio']}x the smallest")
     return lines
