@@ -5,14 +5,16 @@ epoch, train one epoch and evaluate -> save last/best -> metrics.json and report
 from the best model.
 
 Every epoch seeds its own generators from (seed, epoch), so a resumed run replays exactly
-the shuffles and augmentations the uninterrupted run would have drawn.
+the shuffles and augmentations the uninterrupted run would have drawn. Ctrl-C stops after
+the current optimizer step and saves last.safetensors with the epoch's progress and both
+RNG states, so `--resume` finishes that epoch exactly as if it had never stopped.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,12 +33,18 @@ from imgcls.metrics import classification_metrics
 from imgcls.models.registry import is_classic
 from imgcls.prepare import TrainingRun, prepare
 from imgcls.progress import progress_bar
+from imgcls.train_state import (
+    EpochInterrupted,
+    EpochProgress,
+    clear_temporaries,
+    restore,
+    save_last,
+    stop_on_sigint,
+    write_history,
+)
 from imgcls.transfer import set_backbone_trainable
 
 log = logging.getLogger(__name__)
-
-HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
-EMA_PREFIX = "ema."
 
 
 @dataclass
@@ -69,9 +77,19 @@ def _teacher_input(x: torch.Tensor, student: Preprocessing, teacher: Preprocessi
 
 
 def train_one_epoch(
-    run: TrainingRun, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, desc: str = "train"
+    run: TrainingRun,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator,
+    desc: str = "train",
+    *,
+    progress: EpochProgress | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> EpochStats:
-    """One pass over (N, H, W, C) uint8 images with per-image random augmentation."""
+    """One pass over (N, H, W, C) uint8 images with per-image random augmentation.
+
+    `progress` of an interrupted epoch continues it after its last step; `stop()` true after
+    an optimizer step raises EpochInterrupted carrying the progress and RNG states."""
     config, model = run.config, run.model
     tc, augment = config.train, config.augment
     model.train()
@@ -79,11 +97,15 @@ def train_one_epoch(
         batches = list(balanced_batch_indices(labels, tc.batch_size, generator=generator))
     else:
         batches = list(batch_indices(len(labels), tc.batch_size, shuffle=True, generator=generator))
-    total_loss, correct, seen = 0.0, 0, 0
-    start = time.perf_counter()
+    done = progress or EpochProgress()
+    if done.generator_state is not None:  # the batch order is redrawn above; the draws go on from here
+        generator.set_state(done.generator_state)
+        torch.set_rng_state(done.torch_state)
+    start = time.perf_counter() - done.seconds
     bar = progress_bar(total=sum(len(b) for b in batches), desc=desc, unit="img")
+    bar.update(sum(len(b) for b in batches[: done.step]))
     try:
-        for i, index in enumerate(batches):
+        for i, index in enumerate(batches[done.step :], start=done.step):
             batch = augment_batch(apply_per_image(images[index], run.per_image), augment, generator)
             hard = labels[index]
             x = to_model_input(batch, run.preprocessing, channels_last=tc.channels_last)
@@ -100,16 +122,23 @@ def train_one_epoch(
                     loss = distillation_loss(logits, teacher_logits, loss, alpha=config.distill.alpha,
                                              temperature=config.distill.temperature)  # fmt: skip
             (loss / tc.accumulate).backward()
-            if (i + 1) % tc.accumulate == 0 or i + 1 == len(batches):
+            stepped = (i + 1) % tc.accumulate == 0 or i + 1 == len(batches)
+            if stepped:
                 _optimizer_step(run)
-            total_loss += loss.item() * len(hard)
-            correct += (logits.argmax(1) == hard).sum().item()  # against the unmixed labels
-            seen += len(hard)
+            done.loss_sum += loss.item() * len(hard)
+            done.correct += (logits.argmax(1) == hard).sum().item()  # against the unmixed labels
+            done.seen += len(hard)
+            done.step = i + 1
             bar.update(len(hard))
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
+            bar.set_postfix(loss=f"{done.loss_sum / done.seen:.4f}", refresh=False)
+            if stepped and done.step < len(batches) and stop is not None and stop():
+                done.seconds = time.perf_counter() - start
+                done.generator_state, done.torch_state = generator.get_state(), torch.get_rng_state()
+                raise EpochInterrupted(done, len(batches))
     finally:
         bar.close()
-    return EpochStats(total_loss / max(seen, 1), correct / max(seen, 1), seen, time.perf_counter() - start)
+    seen = done.seen
+    return EpochStats(done.loss_sum / max(seen, 1), done.correct / max(seen, 1), seen, time.perf_counter() - start)
 
 
 def _optimizer_step(run: TrainingRun) -> None:
@@ -141,29 +170,6 @@ def evaluate(
     return loss, accuracy, logits.softmax(1)
 
 
-def write_history(path: Path, history: list[dict]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
-        writer.writeheader()
-        writer.writerows(history)
-
-
-def restore(path: Path, run: TrainingRun) -> dict:
-    """Load model, EMA, optimizer and schedule state from a last.safetensors; return its resume state."""
-    tensors, meta = ckpt.load_checkpoint(path)
-    state = meta.get("resume")
-    if state is None:
-        raise CheckpointError(f"{path} holds no training state to resume from.")
-    run.model.load_state_dict(ckpt.split_prefix(tensors, ckpt.MODEL_PREFIX))
-    if run.ema is not None:
-        run.ema.module.load_state_dict(ckpt.split_prefix(tensors, EMA_PREFIX))
-    ckpt.optimizer_from_tensors(run.optimizer, tensors, state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
-    if run.plateau is not None:
-        run.plateau.load(state["plateau"])
-    return state
-
-
 def save_epoch(run_dir: Path, run: TrainingRun, history: list[dict], best_acc: float) -> float:
     """best.safetensors when validation accuracy improved, then last.safetensors (with the
     optimizer, schedule and EMA state) and history.csv; returns the best accuracy so far."""
@@ -173,15 +179,7 @@ def save_epoch(run_dir: Path, run: TrainingRun, history: list[dict], best_acc: f
     if row["val_acc"] > best_acc:
         best_acc = row["val_acc"]
         ckpt.save_checkpoint(run_dir / "best.safetensors", evaluated, meta)
-    tensors = {ckpt.MODEL_PREFIX + k: v for k, v in run.model.state_dict().items()}
-    if run.ema is not None:
-        tensors.update({EMA_PREFIX + k: v for k, v in run.ema.module.state_dict().items()})
-    optim_tensors, optim_state = ckpt.optimizer_to_tensors(run.optimizer)
-    resume = {"epoch": row["epoch"], "best_val_acc": best_acc, "history": history, "optimizer": optim_state,
-              "scheduler": run.scheduler.state_dict(),
-              "plateau": run.plateau.to_dict() if run.plateau is not None else None}  # fmt: skip
-    ckpt.save_checkpoint(run_dir / "last.safetensors", {**tensors, **optim_tensors}, {**meta, "resume": resume})
-    write_history(run_dir / "history.csv", history)
+    save_last(run_dir, run, history, best_acc, meta)
     return best_acc
 
 
@@ -203,13 +201,15 @@ def fit(config: Config | None, run_dir: Path, *, resume: bool = False) -> FitRes
         if not (run_dir / "last.safetensors").is_file():
             raise CheckpointError(f"nothing to resume: {run_dir / 'last.safetensors'} does not exist.")
         config = load_config(run_dir / "config.yaml")
+        clear_temporaries(run_dir)
         log.info("resuming %s with its saved config.yaml", run_dir)
     elif config is None:
         raise ConfigError("fit needs a config unless it resumes a run.")
     elif (run_dir / "last.safetensors").exists():
         raise ConfigError(f"{run_dir} already holds a run. Pass --resume to continue it, or choose another --out.")
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
+    if not resume:  # a resumed run keeps its file: rewriting it could only lose it to a kill
+        save_config(config, run_dir / "config.yaml")
     handler = _log_to_file(run_dir)
     logger = logging.getLogger("imgcls")
     level = logger.level
@@ -243,40 +243,72 @@ def _fit(config: Config, run_dir: Path, resume: bool) -> FitResult:
         return FitResult(run_dir, metrics, history, run_dir / "best.safetensors")
     run = prepare(config, torch.device("cpu"))
     history: list[dict] = []
-    start_epoch, best_acc = 1, -1.0
+    start_epoch, best_acc, partial = 1, -1.0, None
     if resume:
-        state = restore(run_dir / "last.safetensors", run)
+        state, partial = restore(run_dir / "last.safetensors", run)
         history, start_epoch, best_acc = state["history"], state["epoch"] + 1, state["best_val_acc"]
-        log.info("resumed after epoch %d", state["epoch"])
+        where = f"in epoch {start_epoch} after step {partial.step}" if partial else f"after epoch {state['epoch']}"
+        log.info("resumed %s", where)
 
     train_x, train_y = cache_tensors(run.train)
     val_x, val_y = cache_tensors(run.val)
-    for epoch in range(start_epoch, tc.epochs + 1):
-        if tc.early_stopping and history and _epochs_without_progress(history) >= tc.early_stopping:
-            log.info("early stopping: no validation progress in %d epochs", tc.early_stopping)
-            break
-        if config.transfer.freeze_backbone and config.transfer.unfreeze_after:
-            set_backbone_trainable(run.model, epoch > config.transfer.unfreeze_after)
-        torch.manual_seed(epoch_seed(tc.seed, epoch))  # dropout and torchvision's per-image draws
-        lr = run.optimizer.param_groups[0]["lr"]
-        generator = torch.Generator().manual_seed(epoch_seed(tc.seed, epoch))
-        stats = train_one_epoch(run, train_x, train_y, generator, desc=f"epoch {epoch}/{tc.epochs}")
-        val_loss, val_acc, _ = evaluate(run.eval_model, val_x, val_y, run.preprocessing, batch_size=tc.eval_batch_size,
-                                        autocast_dtype=run.autocast_dtype, channels_last=tc.channels_last)  # fmt: skip
-        if run.plateau is not None:
-            run.plateau.update(val_loss)
-        history.append({
-            "epoch": epoch, "train_loss": round(stats.loss, 6), "train_acc": round(stats.accuracy, 6),
-            "val_loss": round(val_loss, 6), "val_acc": round(val_acc, 6), "lr": lr, "seconds": round(stats.seconds, 3),
-        })  # fmt: skip
-        log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.1f s (%.0f img/s)",
-                 epoch, tc.epochs, stats.loss, stats.accuracy, val_loss, val_acc, stats.seconds,
-                 stats.images / stats.seconds)  # fmt: skip
-        best_acc = save_epoch(run_dir, run, history, best_acc)
+    with stop_on_sigint() as stop:
+        for epoch in range(start_epoch, tc.epochs + 1):
+            if tc.early_stopping and history and _epochs_without_progress(history) >= tc.early_stopping:
+                log.info("early stopping: no validation progress in %d epochs", tc.early_stopping)
+                break
+            data = (train_x, train_y, val_x, val_y)
+            best_acc = _train_epoch(run_dir, run, epoch, history, best_acc, partial, stop, data)
+            partial = None
+            if stop() and epoch < tc.epochs:
+                _stopped(run_dir, f"after epoch {epoch}")
 
     metrics = _final_metrics(run_dir, run, val_x, val_y)
     _write_report(run_dir, run, metrics, history, time.perf_counter() - started)
     return FitResult(run_dir, metrics, history, run_dir / "best.safetensors")
+
+
+def _stopped(run_dir: Path, where: str) -> None:
+    log.warning("interrupted %s; saved %s. Continue with: imgcls train --resume --out %s",
+                where, run_dir / "last.safetensors", run_dir)  # fmt: skip
+    raise KeyboardInterrupt
+
+
+def _train_epoch(
+    run_dir: Path, run: TrainingRun, epoch: int, history: list[dict], best_acc: float,
+    partial: EpochProgress | None, stop: Callable[[], bool], data: tuple[torch.Tensor, ...],
+) -> float:  # fmt: skip
+    """Train (or finish) one epoch, evaluate, save; returns the best accuracy so far. On a
+    stop request inside the epoch, saves last.safetensors with its progress and stops."""
+    config, tc = run.config, run.config.train
+    train_x, train_y, val_x, val_y = data
+    if config.transfer.freeze_backbone and config.transfer.unfreeze_after:
+        set_backbone_trainable(run.model, epoch > config.transfer.unfreeze_after)
+    if partial is None:
+        torch.manual_seed(epoch_seed(tc.seed, epoch))  # dropout and torchvision's per-image draws
+        partial = EpochProgress(lr=run.optimizer.param_groups[0]["lr"])
+    lr = partial.lr
+    generator = torch.Generator().manual_seed(epoch_seed(tc.seed, epoch))
+    try:
+        stats = train_one_epoch(run, train_x, train_y, generator, desc=f"epoch {epoch}/{tc.epochs}",
+                                progress=partial, stop=stop)  # fmt: skip
+    except EpochInterrupted as stopped:
+        last = history[-1] if history else {"epoch": 0, "val_acc": None}
+        meta = run.metadata(epoch=last["epoch"], val_accuracy=last["val_acc"], ema=run.ema is not None)
+        save_last(run_dir, run, history, best_acc, meta, partial=stopped.progress)
+        _stopped(run_dir, f"in epoch {epoch} after step {stopped.progress.step} of {stopped.total_steps}")
+    val_loss, val_acc, _ = evaluate(run.eval_model, val_x, val_y, run.preprocessing, batch_size=tc.eval_batch_size,
+                                    autocast_dtype=run.autocast_dtype, channels_last=tc.channels_last)  # fmt: skip
+    if run.plateau is not None:
+        run.plateau.update(val_loss)
+    history.append({
+        "epoch": epoch, "train_loss": round(stats.loss, 6), "train_acc": round(stats.accuracy, 6),
+        "val_loss": round(val_loss, 6), "val_acc": round(val_acc, 6), "lr": lr, "seconds": round(stats.seconds, 3),
+    })  # fmt: skip
+    log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.1f s (%.0f img/s)",
+             epoch, tc.epochs, stats.loss, stats.accuracy, val_loss, val_acc, stats.seconds,
+             stats.images / stats.seconds)  # fmt: skip
+    return save_epoch(run_dir, run, history, best_acc)
 
 
 def _final_metrics(run_dir: Path, run: TrainingRun, val_x: torch.Tensor, val_y: torch.Tensor) -> dict:

@@ -1,0 +1,143 @@
+"""What a training run keeps to survive an interruption: last.safetensors and history.csv.
+
+last.safetensors holds the model, EMA, optimizer and schedule state after the last finished
+epoch; when Ctrl-C stopped training inside an epoch, also that epoch's running sums and the
+states of both RNGs it draws from (the epoch's generator for shuffles, flips and mixing;
+torch's global RNG for dropout and torchvision's per-image draws). Every file is written
+atomically (temporary file, fsync, rename), so a kill at any moment leaves the previous one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from imgcls import checkpoint as ckpt
+from imgcls.errors import CheckpointError
+from imgcls.prepare import TrainingRun
+
+log = logging.getLogger(__name__)
+
+HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+EMA_PREFIX = "ema."
+RNG_GENERATOR, RNG_TORCH = "rng.generator", "rng.torch"  # tensors of an interrupted epoch's RNG states
+
+
+@dataclass
+class EpochProgress:
+    """How far an epoch got: its running sums and, when it was interrupted, the RNG states
+    after its last step, so that finishing it later draws exactly what it would have drawn."""
+
+    step: int = 0  # batches done
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+    lr: float | None = None  # the rate at the epoch's start, for its history row
+    generator_state: torch.Tensor | None = field(default=None, repr=False)
+    torch_state: torch.Tensor | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if not k.endswith("_state")}
+
+
+class EpochInterrupted(Exception):
+    """Training stopped on request between two optimizer steps of an epoch."""
+
+    def __init__(self, progress: EpochProgress, total_steps: int):
+        super().__init__(f"stopped after step {progress.step} of {total_steps}")
+        self.progress, self.total_steps = progress, total_steps
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=HISTORY_FIELDS)
+    writer.writeheader()
+    writer.writerows(history)
+    ckpt.atomic_write_bytes(path, text.getvalue().encode("utf-8"))  # a kill mid-write keeps the old file
+
+
+def clear_temporaries(run_dir: Path) -> None:
+    """Remove the temporary files of writes a kill interrupted (`.NAME.XXXX.tmp`, see
+    checkpoint.atomic_write_bytes): each may be as large as a checkpoint."""
+    for path in Path(run_dir).glob(".*.tmp"):
+        path.unlink(missing_ok=True)
+        log.info("removed %s, left by an interrupted write", path.name)
+
+
+def restore(path: Path, run: TrainingRun) -> tuple[dict, EpochProgress | None]:
+    """Load model, EMA, optimizer and schedule state from a last.safetensors; return its resume
+    state and, when it was saved inside an epoch, that epoch's progress."""
+    tensors, meta = ckpt.load_checkpoint(path)
+    state = meta.get("resume")
+    if state is None:
+        raise CheckpointError(f"{path} holds no training state to resume from.")
+    try:
+        run.model.load_state_dict(ckpt.split_prefix(tensors, ckpt.MODEL_PREFIX))
+        if run.ema is not None:
+            run.ema.module.load_state_dict(ckpt.split_prefix(tensors, EMA_PREFIX))
+        ckpt.optimizer_from_tensors(run.optimizer, tensors, state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        if run.plateau is not None:
+            run.plateau.load(state["plateau"])
+        partial = state.get("partial")
+        progress = None
+        if partial is not None:
+            progress = EpochProgress(**partial, generator_state=tensors[RNG_GENERATOR], torch_state=tensors[RNG_TORCH])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(
+            f"{path}: its training state does not fit this run ({type(err).__name__}: {err}); "
+            "was config.yaml edited? Restore it, or start a new run with another --out."
+        ) from None
+    return state, progress
+
+
+def save_last(
+    run_dir: Path, run: TrainingRun, history: list[dict], best_acc: float, meta: dict,
+    partial: EpochProgress | None = None,
+) -> None:  # fmt: skip
+    """last.safetensors: model, EMA, optimizer and schedule state after the last epoch of
+    `history`, or inside the next one (`partial`, with its RNG states); then history.csv."""
+    tensors = {ckpt.MODEL_PREFIX + k: v for k, v in run.model.state_dict().items()}
+    if run.ema is not None:
+        tensors.update({EMA_PREFIX + k: v for k, v in run.ema.module.state_dict().items()})
+    optim_tensors, optim_state = ckpt.optimizer_to_tensors(run.optimizer)
+    resume = {"epoch": history[-1]["epoch"] if history else 0, "best_val_acc": best_acc, "history": history,
+              "optimizer": optim_state, "scheduler": run.scheduler.state_dict(),
+              "plateau": run.plateau.to_dict() if run.plateau is not None else None}  # fmt: skip
+    if partial is not None:
+        resume["partial"] = partial.to_json()
+        tensors.update({RNG_GENERATOR: partial.generator_state, RNG_TORCH: partial.torch_state})
+    ckpt.save_checkpoint(run_dir / "last.safetensors", {**tensors, **optim_tensors}, {**meta, "resume": resume})
+    write_history(run_dir / "history.csv", history)
+
+
+@contextmanager
+def stop_on_sigint() -> Iterator[Callable[[], bool]]:
+    """While active, a first Ctrl-C (SIGINT) only asks training to stop after its current
+    step; a second one interrupts at once. Yields the `stop()` query. Signal handlers can only
+    be set from the main thread; elsewhere Ctrl-C keeps Python's default behaviour."""
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested.is_set
+        return
+
+    def handler(signum, frame):
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield requested.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
