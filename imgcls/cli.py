@@ -92,7 +92,8 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from imgcls.evaluate import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(Path(args.checkpoint), Path(args.data), Path(args.out) if args.out else None)
+    out = Path(args.out) if args.out else None
+    metrics = evaluate_checkpoint(Path(args.checkpoint), Path(args.data), out, tta=args.tta)
     if args.json:
         _print(json.dumps(metrics, ensure_ascii=False))
         return 0
@@ -101,10 +102,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}"
         + (f"  top-5 {metrics['top5_accuracy']:.4f}" if metrics["top5_accuracy"] is not None else "")
     )
+    if metrics.get("tta"):
+        tta = metrics["tta"]
+        gain = tta["accuracy_with"] - tta["accuracy_without"]
+        _print(f"flip test-time augmentation: accuracy {tta['accuracy_without']:.4f} -> {tta['accuracy_with']:.4f} "
+               f"({100 * gain:+.2f} points)")  # fmt: skip
     if metrics["skipped_files"]:
         _print(f"skipped {len(metrics['skipped_files'])} unreadable file(s)")
     if args.out:
         _print(f"metrics: {Path(args.out) / 'metrics.json'}\nreport: {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from imgcls.report.runs import rebuild_report
+
+    path = rebuild_report(Path(args.run_dir), Path(args.out) if args.out else None)
+    _print(f"report: {path}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from imgcls.report.runs import compare_rows, format_table, write_comparison
+
+    rows = compare_rows([Path(d) for d in args.run_dirs])
+    if args.json:
+        _print(json.dumps(rows, ensure_ascii=False))
+    else:
+        _print(format_table(rows))
+    _print(f"table: {write_comparison(rows, Path(args.out))}", file=sys.stderr)
     return 0
 
 
@@ -173,28 +199,51 @@ def cmd_data_get(args: argparse.Namespace) -> int:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from imgcls.data.doctor import check_dataset, problems
+    from imgcls.data.doctor import check_dataset, parse_kinds, summary_lines
 
-    report = check_dataset(Path(args.data))
+    fail_on = parse_kinds(args.fail_on) if args.fail_on else ()  # bad kinds are refused before the long scan
+    report = check_dataset(Path(args.data), label_errors=not args.no_label_errors, max_label_images=args.label_sample)
+    if args.html:
+        from imgcls.data.doctor_html import write_html
+
+        write_html(report, Path(args.html))
+    if args.fix_plan:
+        from imgcls.data.doctor_fix import plan_actions, write_plan
+
+        rows = plan_actions(report)
+        write_plan(rows, Path(args.fix_plan))
     if args.json:
         _print(json.dumps(report, ensure_ascii=False))
+    else:
+        for line in summary_lines(report):
+            _print(line)
+        if args.html:
+            _print(f"  report: {args.html}")
+        if args.fix_plan:
+            _print(f"  fix plan: {len(rows)} proposed action(s) in {args.fix_plan}; nothing was changed.")
+            _print(f"  review it, then: imgcls data apply {args.fix_plan}")
+    failed = [kind for kind in fail_on if report["findings"][kind]]
+    if failed:
+        log.warning("found %s (--fail-on)", ", ".join(f"{report['findings'][k]} {k}" for k in failed))
+        return 1
+    return 0
+
+
+def cmd_data_apply(args: argparse.Namespace) -> int:
+    from imgcls.data.doctor_fix import apply_plan, undo_apply
+
+    if args.undo:
+        _print(f"restored {undo_apply(Path(args.undo)):,} file(s) from {args.undo}")
         return 0
-    _print(f"{report['data']}: {report['files']} image file(s)")
-    for split, info in report["splits"].items():
-        classes = ", ".join(f"{name} {n:,}" for name, n in info["classes"].items())
-        _print(f"  {split}: {info['images']:,} readable in {len(info['classes'])} classes ({classes})")
-    found = problems(report)
-    for line in found:
-        _print(f"  problem: {line}")
-    for item in report["unreadable"][:20]:
-        _print(f"    unreadable {item['path']}: {item['reason']}")
-    for group in report["leakage"][:20]:
-        _print("    leak: " + " = ".join(f"{r['split']}/{r['label']}: {r['path']}" for r in group))
-    if report["tiny_images"]:
-        _print(f"  {len(report['tiny_images'])} tiny image(s) (a side under 16 px)")
-    _print("  modes: " + ", ".join(f"{n:,} {kind}" for kind, n in report["channels"].items()))
-    if not found:
-        _print("  no problems found")
+    if not args.plan:
+        raise ImgclsError("data apply needs a fix plan (from `imgcls data check --fix-plan FILE`), or --undo BACKUP.")
+    result = apply_plan(Path(args.plan), Path(args.backup) if args.backup else None)
+    if not result["applied"]:
+        _print("nothing to apply (every row is keep)")
+        return 0
+    done = ", ".join(f"{n:,} {action}" for action, n in sorted(result["applied"].items()))
+    _print(f"applied: {done}; originals and undo.csv in {result['backup']}")
+    _print(f"to undo: imgcls data apply --undo {result['backup']}")
     return 0
 
 
@@ -346,7 +395,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="class folders, or a root whose test/ (else val/) is used")
     p.add_argument("--out", help="folder for metrics.json and report.html")
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
+    p.add_argument("--tta", action="store_true", help="average each image with its mirror image; report the effect")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", parents=[common], help="draw the report of a run or evaluation folder again")
+    p.add_argument("run_dir", help="a folder from `imgcls train` or `imgcls evaluate --out`")
+    p.add_argument("--out", help="where to write it (RUN_DIR/report.html)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", parents=[common], help="runs side by side: metrics, time, model, recipe")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default="compare.csv", help="table file, CSV or .html (compare.csv)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("predict", parents=[common], help="top-k labels of images, folders or globs")
     p.add_argument("checkpoint", help="a .safetensors checkpoint or an exported .onnx file")
@@ -396,10 +457,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--download", action="store_true", help="allow a torchvision download when no local copy exists")
     p.set_defaults(func=cmd_data_get)
-    p = data.add_parser("check", parents=[common], help="inventory, unreadable files, duplicates, leakage, imbalance")
+    p = data.add_parser(
+        "check", parents=[common], help="inventory, unreadable files, duplicates, leakage, label problems, imbalance"
+    )
     p.add_argument("data", help="class folders, or a root with train/ val/ test/")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.add_argument("--html", metavar="FILE", help="write one self-contained HTML page with thumbnails of every finding")
+    p.add_argument("--fail-on", metavar="KINDS",
+                   help="exit 1 when any of these is found: corrupt, duplicate, near-duplicate, leakage, conflict, "
+                   "label-error, imbalance, tiny (comma-separated), or all")  # fmt: skip
+    p.add_argument("--fix-plan", metavar="FILE", help="write proposed actions (drop, move, relabel) as CSV to review")
+    p.add_argument("--no-label-errors", action="store_true", help="skip the label-error model (the slow part)")
+    p.add_argument("--label-sample", type=int, default=20_000, metavar="N",
+                   help="check the labels of at most N images, a stratified sample (20,000)")  # fmt: skip
     p.set_defaults(func=cmd_data_check)
+    p = data.add_parser("apply", parents=[common], help="carry out a reviewed fix plan, with a backup and undo log")
+    p.add_argument("plan", nargs="?", help="the CSV written by `imgcls data check --fix-plan`")
+    p.add_argument("--backup", metavar="DIR", help="where originals go (default: next to the data, timestamped)")
+    p.add_argument("--undo", metavar="BACKUP", help="put back the files of an earlier apply, from its backup folder")
+    p.set_defaults(func=cmd_data_apply)
 
     p = sub.add_parser("models", parents=[common], help="list model names with parameter counts")
     p.add_argument("pattern", nargs="?", help="glob or substring, searched in imgcls's and timm's models")

@@ -237,10 +237,12 @@ def _fit(config: Config, run_dir: Path, resume: bool) -> FitResult:
     if is_classic(config.model.name):
         from imgcls.train_classic import fit_classic_run
 
-        metrics, history, summary = fit_classic_run(config, run_dir)
-        write_history(run_dir / "history.csv", history)
-        _report(run_dir, metrics, history, {**summary, "run seconds": round(time.perf_counter() - started, 1)})
-        return FitResult(run_dir, metrics, history, run_dir / "best.safetensors")
+        fitted = fit_classic_run(config, run_dir)
+        write_history(run_dir / "history.csv", fitted.history)
+        summary = {**fitted.summary, "run seconds": round(time.perf_counter() - started, 1)}
+        _report(run_dir, fitted.metrics, fitted.history, summary, val=fitted.val, probs=fitted.val_probs,
+                train=fitted.train)  # fmt: skip
+        return FitResult(run_dir, fitted.metrics, fitted.history, run_dir / "best.safetensors")
     run = prepare(config, torch.device("cpu"))
     history: list[dict] = []
     start_epoch, best_acc, partial = 1, -1.0, None
@@ -263,8 +265,8 @@ def _fit(config: Config, run_dir: Path, resume: bool) -> FitResult:
             if stop() and epoch < tc.epochs:
                 _stopped(run_dir, f"after epoch {epoch}")
 
-    metrics = _final_metrics(run_dir, run, val_x, val_y)
-    _write_report(run_dir, run, metrics, history, time.perf_counter() - started)
+    metrics, probs = _final_metrics(run_dir, run, val_x, val_y)
+    _write_report(run_dir, run, metrics, history, time.perf_counter() - started, probs)
     return FitResult(run_dir, metrics, history, run_dir / "best.safetensors")
 
 
@@ -311,8 +313,11 @@ def _train_epoch(
     return save_epoch(run_dir, run, history, best_acc)
 
 
-def _final_metrics(run_dir: Path, run: TrainingRun, val_x: torch.Tensor, val_y: torch.Tensor) -> dict:
-    """Metrics of the best checkpoint on val, in float32, as `imgcls evaluate` computes them."""
+def _final_metrics(
+    run_dir: Path, run: TrainingRun, val_x: torch.Tensor, val_y: torch.Tensor
+) -> tuple[dict, torch.Tensor]:
+    """Metrics and probabilities of the best checkpoint on val, in float32, as `imgcls evaluate`
+    computes them."""
     tensors, _ = ckpt.load_checkpoint(run_dir / "best.safetensors")
     model = run.eval_model
     model.load_state_dict(ckpt.split_prefix(tensors, ckpt.MODEL_PREFIX))
@@ -323,19 +328,60 @@ def _final_metrics(run_dir: Path, run: TrainingRun, val_x: torch.Tensor, val_y: 
     skipped = run.train.skipped + run.val.skipped
     metrics = classification_metrics(val_y.numpy(), probs.numpy(), run.sources.classes, skipped)
     ckpt.write_json(run_dir / "metrics.json", metrics)
-    return metrics
+    return metrics, probs
 
 
-def _report(run_dir: Path, metrics: dict, history: list[dict], summary: dict) -> None:
-    from imgcls.report import write_report  # the one step right of training: the run's own report
+def _report(
+    run_dir: Path, metrics: dict, history: list[dict], summary: dict, *, val=None, probs=None, train=None
+) -> None:
+    """summary.json, predictions.npz and report.html: the one step right of training, so that
+    `imgcls report RUN_DIR` can draw the same report again."""
+    import numpy as np
 
-    write_report(run_dir / "report.html", metrics=metrics, history=history, summary=summary)
+    from imgcls.report import Predictions, save_predictions, write_report
+
+    classes = metrics["classes"]
+    train_counts = None
+    if train is not None:
+        counts = np.bincount(np.asarray(train.labels), minlength=len(classes))
+        train_counts = {name: int(n) for name, n in zip(classes, counts, strict=True)}
+    ckpt.write_json(run_dir / "summary.json", {**summary, "train_counts": train_counts})
+    predictions = None
+    if val is not None and probs is not None:
+        probs = np.asarray(probs, dtype=np.float32)
+        predictions = Predictions(np.asarray(val.labels, dtype=np.int64), probs, tuple(val.paths))
+        save_predictions(run_dir, predictions)
+    write_report(run_dir / "report.html", metrics=metrics, history=history, summary=summary, predictions=predictions,
+                 checkpoint=run_dir / "best.safetensors", train_counts=train_counts)  # fmt: skip
 
 
-def _write_report(run_dir: Path, run: TrainingRun, metrics: dict, history: list[dict], seconds: float) -> None:
+def describe_recipe(config: Config) -> str:
+    """The training choices that matter most, in one line (the full set is in config.yaml)."""
+    o, t, a = config.optim, config.train, config.augment
+    parts = [f"{o.name} lr {o.lr:g}", f"{o.schedule} schedule", f"batch {t.batch_size}"]
+    if o.weight_decay:
+        parts.append(f"weight decay {o.weight_decay:g}")
+    if t.label_smoothing:
+        parts.append(f"label smoothing {t.label_smoothing:g}")
+    if t.ema:
+        parts.append(f"EMA {t.ema_decay:g}")
+    augment = [name for name, on in (("flip", a.hflip), ("shift", a.translate), ("cutout", a.cutout),
+               ("mixup", a.mixup), ("cutmix", a.cutmix), ("randaugment", a.auto_augment != "none")) if on]  # fmt: skip
+    parts.append("augment: " + (", ".join(augment) if augment else "none"))
+    if config.transfer.pretrained:
+        parts.append("fine-tuned from pretrained weights")
+    if config.distill.teacher:
+        parts.append("distilled from a teacher")
+    return "; ".join(parts)
+
+
+def _write_report(
+    run_dir: Path, run: TrainingRun, metrics: dict, history: list[dict], seconds: float, probs: torch.Tensor
+) -> None:
     config = run.config
     summary = {
         "model": config.model.name,
+        "recipe": describe_recipe(config),
         "data": run.sources.layout,
         "classes": len(run.sources.classes),
         "train images": len(run.train),
@@ -345,4 +391,4 @@ def _write_report(run_dir: Path, run: TrainingRun, metrics: dict, history: list[
         "precision": "bfloat16 autocast" if run.autocast_dtype else "float32",
         "run seconds": round(seconds, 1),
     }
-    _report(run_dir, metrics, history, summary)
+    _report(run_dir, metrics, history, summary, val=run.val, probs=probs.numpy(), train=run.train)

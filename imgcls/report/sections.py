@@ -88,7 +88,7 @@ def roc(m: dict, predictions: Predictions | None) -> str:
     if len(classes) == 2:
         curves = {1: curves[1]}  # one curve says it all: the negative class's is its mirror
     fig = figures.curves_figure(curves, classes, kind="roc", macro=m.get("roc_auc_macro"))
-    return figures.figure_html(fig, "ROC curves") + _binary(m)
+    return _few_curves(len(curves), "AUC") + figures.figure_html(fig, "ROC curves") + _binary(m)
 
 
 def _binary(m: dict) -> str:
@@ -113,7 +113,16 @@ def pr(m: dict, predictions: Predictions | None) -> str:
     if not curves:
         return "<p>Undefined: the evaluated images hold a single class.</p>"
     fig = figures.curves_figure(curves, classes, kind="pr", macro=m.get("average_precision_macro"))
-    return figures.figure_html(fig, "precision-recall curves")
+    return _few_curves(len(curves), "AP") + figures.figure_html(fig, "precision-recall curves")
+
+
+def _few_curves(count: int, area: str) -> str:
+    if count <= figures.CURVES_MAX_CLASSES:
+        return ""
+    return (
+        f'<p class="small">{count} classes: the plot shows the {figures.CURVES_MAX_CLASSES} classes with the '
+        f"lowest {area}; the per-class table lists every one.</p>"
+    )
 
 
 def calibration(m: dict, predictions: Predictions | None) -> str:
@@ -275,7 +284,9 @@ def num_cell(value: float | None, digits: int = 4) -> str:
 
 
 def plain(value: object) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Number):
+        return str(value)
+    return f"{value:,}" if isinstance(value, numbers.Integral) else f"{value:.4g}"
 
 
 def _sort_key(value: float | None) -> float:
