@@ -9,6 +9,8 @@ pixels for the same file. Rules:
   to 0..255. CMYK, YCbCr, LAB, HSV and palette images are converted by Pillow.
 - Images larger than `max_pixels` are refused before their pixels are read (decompression
   bombs); zero-size and undecodable files raise DataError naming the file.
+- Only the formats imgcls supports are even tried (SUPPORTED_FORMATS): Pillow would otherwise
+  probe some forty plugins on untrusted bytes, among them EPS, which runs Ghostscript.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from imgcls.errors import DataError, NotAnImageError, TooManyPixelsError
 
 GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 RESIZE_POLICIES = ("crop", "squash", "pad")
+# Pillow's opener names (the JPEG opener also reads the multi-picture JPEGs cameras write).
+SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "DIB", "TIFF", "GIF")
 
 
 def _over_white(img: Image.Image, mode: str) -> Image.Image:
@@ -86,7 +90,8 @@ def _open(source: Path | bytes, name: str, max_pixels: int, size: int | None) ->
     with warnings.catch_warnings():
         # Our own limit is checked below; Pillow's warning would only repeat it.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        img = Image.open(stream)
+        Image.init()  # registers every plugin (once), so that each supported format has its opener
+        img = Image.open(stream, formats=SUPPORTED_FORMATS)
         width, height = img.size
         if width <= 0 or height <= 0:
             raise DataError(f"{name}: image has zero size ({width}x{height}).")
@@ -138,9 +143,9 @@ def decode_image(
     except DataError:
         raise
     except Image.UnidentifiedImageError:
-        raise NotAnImageError(f"{name}: not an image Pillow can read.") from None
-    except Image.DecompressionBombError:
-        raise TooManyPixelsError(f"{name}: too many pixels (Pillow refused it as a decompression bomb).") from None
+        raise NotAnImageError(f"{name}: not an image imgcls can read (JPEG, PNG, WebP, BMP, TIFF or GIF).") from None
+    except Image.DecompressionBombError as err:
+        raise TooManyPixelsError(f"{name}: too many pixels, refused as a possible decompression bomb ({err})") from None
     except PermissionError as err:
         raise DataError(f"{name}: cannot read ({err.strerror}).") from None
     except OSError as err:
