@@ -22,7 +22,7 @@ import numpy as np
 
 from imgcls.data.doctor_labels import MAX_IMAGES, find_label_errors
 from imgcls.data.doctor_near import NearThresholds, near_duplicate_pairs
-from imgcls.data.doctor_scan import FileRecord, list_dataset, scan_files
+from imgcls.data.doctor_scan import FileRecord, dataset_splits, list_dataset, scan_files
 from imgcls.errors import ConfigError
 
 log = logging.getLogger("imgcls")
@@ -66,6 +66,7 @@ def check_dataset(
     readable = [r for r in records if r.error is None]
     report = {
         "data": str(root),
+        "split_folders": {split: str(folder) for split, folder in dataset_splits(root).items()},
         "files": len(records),
         "splits": _inventory(readable),
         "unreadable": [
@@ -220,4 +221,42 @@ def problems(report: dict) -> list[str]:
     for split, info in report["splits"].items():
         if info["imbalance_ratio"] >= IMBALANCE_RATIO:
             lines.append(f"{split}: largest class is {info['imbalance_ratio']}x the smallest")
+    return lines
+
+
+def summary_lines(report: dict, *, examples: int = 10) -> list[str]:
+    """The readable summary `imgcls data check` prints: inventory, then each problem with a few examples."""
+    lines = [f"{report['data']}: {report['files']:,} image file(s)"]
+    for split, info in report["splits"].items():
+        classes = ", ".join(f"{name} {n:,}" for name, n in info["classes"].items())
+        lines.append(f"  {split}: {info['images']:,} readable in {len(info['classes'])} classes ({classes})")
+        sizes = f"{info['width']['min']}-{info['width']['max']} x {info['height']['min']}-{info['height']['max']} px"
+        modes = ", ".join(f"{m} {n:,}" for m, n in info["modes"].items())
+        formats = ", ".join(f"{m} {n:,}" for m, n in info["formats"].items())
+        lines.append(
+            f"    imbalance {info['imbalance_ratio']}x; sizes {sizes}; modes {modes}; formats {formats}; "
+            f"grey {info['grey']:,} / colour {info['colour']:,}; tiny {info['tiny']}; "
+            f"EXIF-rotated {info['exif_rotated']}"
+        )
+    found = problems(report)
+    lines += [f"  problem: {line}" for line in found]
+    for item in report["unreadable"][:examples]:
+        lines.append(f"    unreadable {item['path']}: {item['reason']}")
+    for group in report["leakage"][:examples]:
+        lines.append("    leak: " + " = ".join(f"{r['split']}/{r['label']}: {r['path']}" for r in group))
+    for group in report["conflicting_labels"][:examples]:
+        lines.append("    conflict: " + " = ".join(f"{r['split']}/{r['label']}: {r['path']}" for r in group))
+    for kind, pairs in (("near leak", report["near_leakage"]), ("near conflict", report["near_conflicts"])):
+        for p in pairs[:examples]:
+            a, b = p["a"], p["b"]
+            lines.append(f"    {kind}: {a['split']}/{a['label']}: {a['path']} ~ {b['split']}/{b['label']}: {b['path']}")
+    for issue in report["label_errors"]["issues"][:examples]:
+        lines.append(
+            f"    label? {issue['path']}: given {issue['given']} ({issue['given_probability']:.2f}), "
+            f"suggested {issue['suggested']} ({issue['suggested_probability']:.2f})"
+        )
+    if report["label_errors"].get("skipped_reason"):
+        lines.append(f"  label errors: {report['label_errors']['skipped_reason']}")
+    if not found:
+        lines.append("  no problems found")
     return lines
