@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -188,6 +189,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             raise ConfigError(f"{key}: expected a number, got {value!r}.") from None
         if annotation is int and float(value) != number:
             raise ConfigError(f"{key}: expected a whole number, got {value!r}.")
+        if not math.isfinite(number):  # YAML reads .nan and .inf; either would poison a whole run
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}.")
         return number
     if annotation is str:
         return str(value)
@@ -299,6 +302,7 @@ def validate(config: Config) -> None:
         (0.0 <= config.augment.translate < 0.5, "augment.translate must be in [0, 0.5)"),
         (0.0 <= config.augment.cutout <= 1.0, "augment.cutout must be in [0, 1]"),
         (config.train.epochs >= 1, "train.epochs must be at least 1"),
+        (0 <= config.train.seed < 2**32, "train.seed must be in [0, 2**32)"),
         (config.train.batch_size >= 1, "train.batch_size must be at least 1"),
         (config.train.eval_batch_size >= 1, "train.eval_batch_size must be at least 1"),
         (0.0 <= config.train.label_smoothing < 1.0, "train.label_smoothing must be in [0, 1)"),

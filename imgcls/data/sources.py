@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,8 +69,36 @@ def _log_walk_error(err: OSError) -> None:
     log.warning("cannot list %s: %s (skipped)", err.filename, err.strerror)
 
 
+def _children(folder: Path) -> list[Path]:
+    """The entries of a folder, sorted; a folder that cannot be listed is a DataError."""
+    try:
+        return sorted(folder.iterdir())
+    except OSError as err:
+        raise DataError(f"cannot list {folder}: {err.strerror or err}. Check that it exists and is readable.") from None
+
+
+def _is_folder(path: Path) -> bool:
+    """is_dir that says False, with a warning instead of an exception, for entries that
+    vanished since their folder was listed or cannot be looked at (no permission, loops)."""
+    try:
+        return stat.S_ISDIR(path.stat().st_mode)
+    except FileNotFoundError:
+        if not path.is_symlink():  # a dangling link is just not a folder
+            log.warning("%s disappeared while the data was scanned (skipped)", path)
+        return False
+    except OSError as err:
+        log.warning("cannot look at %s: %s (skipped)", path, err.strerror)
+        return False
+
+
 def class_name(folder: Path) -> str:
-    return unicodedata.normalize("NFC", folder.name)
+    """A folder's name as a class name: NFC, and bytes that are not UTF-8 written as \\xNN
+    (Python keeps them as lone surrogates, which JSON, plots and HTML cannot show)."""
+    name = folder.name
+    if any("\udc80" <= c <= "\udcff" for c in name):
+        name = os.fsencode(name).decode("utf-8", "backslashreplace")
+        log.warning("class folder %r is not named in UTF-8: its class is called %r", folder.name, name)
+    return unicodedata.normalize("NFC", name)
 
 
 def scan_class_folders(root: Path) -> dict[str, list[Path]]:
@@ -78,8 +107,8 @@ def scan_class_folders(root: Path) -> dict[str, list[Path]]:
     if not root.is_dir():
         raise DataError(f"{root} is not a folder. Give a folder with one sub-folder per class.")
     classes: dict[str, list[Path]] = {}
-    for child in sorted(root.iterdir()):
-        if child.is_dir() and not _ignored(child.name):
+    for child in _children(root):
+        if _is_folder(child) and not _ignored(child.name):
             name = class_name(child)
             if name in classes:  # the same name spelt in NFC and NFD: one class, both folders
                 log.warning("%s and another folder both spell class %r; their images are merged", child, name)
@@ -91,7 +120,7 @@ def find_split_folders(root: Path) -> dict[str, Path | None] | None:
     """{train, val, test} folders when root uses the train/ val/ test/ layout, else None."""
     train = root / "train"
     # A class folder that happens to be named "train" holds images, not class folders.
-    if not train.is_dir() or not any(c.is_dir() and not _ignored(c.name) for c in train.iterdir()):
+    if not _is_folder(train) or not any(_is_folder(c) and not _ignored(c.name) for c in _children(train)):
         return None
     val = next((root / n for n in VAL_FOLDER_NAMES if (root / n).is_dir()), None)
     test = root / "test" if (root / "test").is_dir() else None
