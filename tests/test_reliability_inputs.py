@@ -161,6 +161,12 @@ def test_folder_changing_during_the_scan(data, monkeypatch, caplog):
     assert "No such file" in reasons[str(vanished)]
 
 
+def test_a_healthy_folder_scans_without_warnings(data, caplog):
+    with caplog.at_level(logging.WARNING):
+        resolve_training_data(data)
+    assert not caplog.records
+
+
 # --- models: pickles are refused and never run -----------------------------------------------
 
 

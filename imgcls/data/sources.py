@@ -77,13 +77,13 @@ def _children(folder: Path) -> list[Path]:
         raise DataError(f"cannot list {folder}: {err.strerror or err}. Check that it exists and is readable.") from None
 
 
-def _is_folder(path: Path) -> bool:
+def _is_folder(path: Path, *, listed: bool = True) -> bool:
     """is_dir that says False, with a warning instead of an exception, for entries that
-    vanished since their folder was listed or cannot be looked at (no permission, loops)."""
+    vanished since their folder was `listed` or cannot be looked at (no permission, loops)."""
     try:
         return stat.S_ISDIR(path.stat().st_mode)
     except FileNotFoundError:
-        if not path.is_symlink():  # a dangling link is just not a folder
+        if listed and not path.is_symlink():  # a dangling link is just not a folder
             log.warning("%s disappeared while the data was scanned (skipped)", path)
         return False
     except OSError as err:
@@ -120,7 +120,7 @@ def find_split_folders(root: Path) -> dict[str, Path | None] | None:
     """{train, val, test} folders when root uses the train/ val/ test/ layout, else None."""
     train = root / "train"
     # A class folder that happens to be named "train" holds images, not class folders.
-    if not _is_folder(train) or not any(_is_folder(c) and not _ignored(c.name) for c in _children(train)):
+    if not _is_folder(train, listed=False) or not any(_is_folder(c) and not _ignored(c.name) for c in _children(train)):
         return None
     val = next((root / n for n in VAL_FOLDER_NAMES if (root / n).is_dir()), None)
     test = root / "test" if (root / "test").is_dir() else None
