@@ -63,12 +63,13 @@ def test_html_is_self_contained_and_escaped(tmp_path, messy):
     hostile = messy / "train" / "<script>alert(1)</script>"
     shutil.copytree(messy / "train" / "bird", hostile)
     page = tmp_path / "report.html"
-    assert main(["-q", "data", "check", str(messy), "--html", str(page), "--no-label-errors"]) == 0
+    assert main(["-q", "data", "check", str(messy), "--html", str(page)]) == 0
     text = page.read_text(encoding="utf-8")
     assert "<script>alert(1)</script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert len(re.findall(r'src="data:image/png;base64,', text)) >= 6  # leak and conflict groups, and more
     assert not re.search(r'(src|href)="(https?:)?//', text)  # nothing loaded from anywhere
     assert "broken.png" in text
+    assert "suggested <b>猫</b>" in text  # the red image filed as a dog, with its thumbnail
 
 
 def test_fix_plan_changes_nothing_until_apply_then_undo(tmp_path, messy, capsys):

@@ -108,7 +108,7 @@ def check_dataset(
         )
         for issue in found["issues"]:
             r = readable[issue.pop("index")]
-            issue.update(path=r.path, split=r.split)
+            issue.update(path=r.path, split=r.split, label=r.label)
         report["label_errors"] = found
     timings["label_errors"] = time.perf_counter() - start
     report["seconds"] = {k: round(v, 2) for k, v in timings.items()}

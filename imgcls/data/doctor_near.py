@@ -22,7 +22,7 @@ import numpy as np
 
 PHASH_MAX = 6  # bits of 64; resized and JPEG-re-encoded copies measured at <= 4
 DHASH_MAX = 10  # bits of 64; the same copies measured at <= 7
-PIXEL_MAX = 0.02  # mean |difference| of 32x32 grey thumbnails, on a 0-1 scale (~5 grey levels)
+PIXEL_MAX = 0.015  # mean |difference| of 32x32 grey thumbnails, on a 0-1 scale (~4 grey levels)
 
 
 @dataclass(frozen=True)
