@@ -468,8 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "label-error, imbalance, tiny (comma-separated), or all")  # fmt: skip
     p.add_argument("--fix-plan", metavar="FILE", help="write proposed actions (drop, move, relabel) as CSV to review")
     p.add_argument("--no-label-errors", action="store_true", help="skip the label-error model (the slow part)")
-    p.add_argument("--label-sample", type=int, default=20_000, metavar="N",
-                   help="check the labels of at most N images, a stratified sample (20,000)")  # fmt: skip
+    p.add_argument("--label-sample", type=int, default=100_000, metavar="N",
+                   help="check the labels of at most N images, a stratified sample (100,000)")  # fmt: skip
     p.set_defaults(func=cmd_data_check)
     p = data.add_parser("apply", parents=[common], help="carry out a reviewed fix plan, with a backup and undo log")
     p.add_argument("plan", nargs="?", help="the CSV written by `imgcls data check --fix-plan`")
