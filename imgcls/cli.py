@@ -39,6 +39,8 @@ def _overrides(args: argparse.Namespace) -> dict:
         ("data", "val"): str(Path(args.val).absolute()) if args.val else None,
         ("data", "img_size"): args.img_size,
         ("data", "val_fraction"): args.val_fraction,
+        ("data", "task"): args.task,
+        ("data", "allow_outside"): True if args.allow_outside else None,
         ("model", "name"): args.model,
         ("train", "epochs"): args.epochs,
         ("train", "batch_size"): args.batch_size,
@@ -55,12 +57,35 @@ def _overrides(args: argparse.Namespace) -> dict:
     return nested
 
 
+def _headline(m: dict) -> str:
+    """The metrics a user reads first, on one line."""
+    if m.get("task") == "multi-label":
+        return (f"mAP {m['mAP'] or 0:.4f}  micro-F1 {m['micro_f1']:.4f}  subset accuracy {m['subset_accuracy']:.4f}"
+                f"  on {m['num_samples']}")  # fmt: skip
+    top5 = f"  top-5 {m['top5_accuracy']:.4f}" if m.get("top5_accuracy") is not None else ""
+    return f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}{top5}  on {m['num_samples']}"
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a probability between 0 and 1")
+    return value
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from imgcls.config import build_config
     from imgcls.models.registry import config_defaults
     from imgcls.train import fit
 
     overrides = _overrides(args)
+    if args.clip_weights:
+        from imgcls.models.clip_backbone import clip_model_kwargs
+
+        overrides.setdefault("model", {}).setdefault("kwargs", {}).update(clip_model_kwargs(args.clip_weights))
+    for key, value in (("unlabeled", args.unlabeled and str(Path(args.unlabeled).absolute())), ("method", args.semi)):
+        if value:
+            overrides.setdefault("semi", {})[key] = value
     if args.resume and (overrides or args.recipe):
         given = ", ".join(f"{section}.{key}" for section, values in overrides.items() for key in values)
         raise ImgclsError(
@@ -68,8 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     config = None if args.resume else build_config(args.recipe, overrides, config_defaults)
     result = fit(config, Path(args.out), resume=args.resume)
-    m = result.metrics
-    _print(f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  on {m['num_samples']} validation images")
+    _print(_headline(result.metrics) + " validation images")
     _print(f"best checkpoint: {result.best_checkpoint}")
     _print(f"report: {result.run_dir / 'report.html'}")
     return 0
@@ -93,20 +117,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from imgcls.evaluate import evaluate_checkpoint
 
     out = Path(args.out) if args.out else None
-    metrics = evaluate_checkpoint(Path(args.checkpoint), Path(args.data), out, tta=args.tta)
+    metrics = evaluate_checkpoint(Path(args.checkpoint), Path(args.data), out, tta=args.tta,
+                                  allow_outside=args.allow_outside)  # fmt: skip
     if args.json:
         _print(json.dumps(metrics, ensure_ascii=False))
         return 0
-    _print(f"{metrics['data']}: {metrics['num_samples']} images")
-    _print(
-        f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}"
-        + (f"  top-5 {metrics['top5_accuracy']:.4f}" if metrics["top5_accuracy"] is not None else "")
-    )
+    _print(f"{metrics['data']}: " + _headline(metrics) + " images")
     if metrics.get("tta"):
         tta = metrics["tta"]
-        gain = tta["accuracy_with"] - tta["accuracy_without"]
-        _print(f"flip test-time augmentation: accuracy {tta['accuracy_without']:.4f} -> {tta['accuracy_with']:.4f} "
-               f"({100 * gain:+.2f} points)")  # fmt: skip
+        key = "mAP" if metrics.get("task") == "multi-label" else "accuracy"
+        before, after = tta[f"{key}_without"], tta[f"{key}_with"]
+        _print(f"flip test-time augmentation: {key} {before:.4f} -> {after:.4f} ({100 * (after - before):+.2f} points)")
     if metrics["skipped_files"]:
         _print(f"skipped {len(metrics['skipped_files'])} unreadable file(s)")
     if args.out:
@@ -146,7 +167,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = Predictor.from_file(args.checkpoint, runtime=runtime)
     failures = 0
     with PredictionSinks(args.out, args.copy_to, topk=args.topk) as sinks:
-        for (_, path), prediction in zip(items, predictor.predict_paths(items, topk=args.topk), strict=True):
+        predictions = predictor.predict_paths(items, topk=args.topk, threshold=args.threshold)
+        for (_, path), prediction in zip(items, predictions, strict=True):
             failures += prediction.error is not None
             sinks.add(prediction, path)
             _print(json.dumps(prediction.to_json(), ensure_ascii=False) if args.json else prediction.to_text())
@@ -157,6 +179,46 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.copy_to:
         _print(f"copied {len(items) - failures} image(s) into class folders under {args.copy_to}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def cmd_zeroshot(args: argparse.Namespace) -> int:
+    """`imgcls zeroshot IMAGE... --labels ...`, or `imgcls zeroshot evaluate DATA --labels-from-folders`."""
+    from imgcls.zeroshot import read_prompts
+
+    if args.paths[0] == "evaluate":
+        return cmd_zeroshot_evaluate(args, read_prompts(args.prompts_file))
+    from imgcls.predict import PredictionSinks, expand_paths
+    from imgcls.zeroshot import parse_labels, zeroshot_predictor
+
+    labels = parse_labels(args.labels, args.labels_file)
+    items = expand_paths(args.paths)
+    predictor = zeroshot_predictor(labels, clip_model=args.clip_model, clip_weights=args.clip_weights,
+                                   prompts=read_prompts(args.prompts_file))  # fmt: skip
+    failures = 0
+    with PredictionSinks(args.out, args.copy_to, topk=args.topk) as sinks:
+        for (_, path), prediction in zip(items, predictor.predict_paths(items, topk=args.topk), strict=True):
+            failures += prediction.error is not None
+            sinks.add(prediction, path)
+            _print(json.dumps(prediction.to_json(), ensure_ascii=False) if args.json else prediction.to_text())
+    if failures:
+        _print(f"imgcls: {failures} of {len(items)} file(s) could not be read", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def cmd_zeroshot_evaluate(args: argparse.Namespace, prompts: tuple[str, ...]) -> int:
+    from imgcls.zeroshot.evaluate import evaluate_zeroshot, summary_lines
+
+    if len(args.paths) != 2 or args.labels or args.labels_file:
+        raise ImgclsError("usage: imgcls zeroshot evaluate DATA --labels-from-folders [--out DIR] (folder names are "
+                          "the labels; --labels/--labels-file are for images).")  # fmt: skip
+    metrics = evaluate_zeroshot(Path(args.paths[1]), Path(args.out) if args.out else None, clip_model=args.clip_model,
+                                clip_weights=args.clip_weights, prompts=prompts)  # fmt: skip
+    if args.json:
+        _print(json.dumps(metrics, ensure_ascii=False))
+    else:
+        for line in summary_lines(metrics, args.out):
+            _print(line)
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -280,7 +342,7 @@ def cmd_gallery_build(args: argparse.Namespace) -> int:
     from imgcls.retrieval.gallery import build_gallery
 
     gallery = build_gallery(Embedder.from_checkpoint(args.checkpoint), Path(args.data), dtype=args.dtype,
-                            index=args.index)  # fmt: skip
+                            index=args.index, recognition=args.recognition)  # fmt: skip
     gallery.save(Path(args.out))
     _print(describe_gallery(gallery.info(), args.out))
     return 0
@@ -361,8 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Options shared by train and lr-find (lr-find takes the same data and recipe).
     training = argparse.ArgumentParser(add_help=False, parents=[common])
-    training.add_argument("data", nargs="?", help="class folders, or a root with train/ and val/ (test/)")
-    training.add_argument("--val", help="validation folder (no automatic split then)")
+    training.add_argument("data", nargs="?", help="class folders, a root with train/ and val/ (test/), or a CSV/JSONL "
+                          "manifest")  # fmt: skip
+    training.add_argument("--val", help="validation folder or manifest (no automatic split then)")
+    training.add_argument("--task", choices=["auto", "single-label", "multi-label"],
+                          help="auto: multi-label when a manifest has rows with no label or several")  # fmt: skip
+    training.add_argument("--allow-outside", action="store_true", help="let a manifest name files outside its folder")
     training.add_argument("--model", help="model name (see `imgcls models`)")
     training.add_argument("--img-size", type=int, help="square input size in pixels")
     training.add_argument("--epochs", type=int)
@@ -381,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", metavar="SECTION.KEY=VALUE", help="any config value, e.g. optim.lr=0.01"
     )
     p = sub.add_parser("train", parents=[training], help="train a model on a folder of class folders")
+    p.add_argument("--clip-weights", help="with --model clip:ARCH: local open_clip weights (hash kept, not copied)")
+    p.add_argument("--unlabeled", metavar="DIR", help="semi-supervised: also learn from these unlabeled images")
+    p.add_argument("--semi", choices=["fixmatch", "pseudo"], help="with --unlabeled: FixMatch (default) or pseudo")
     p.add_argument("--out", default="runs/train", help="run directory (default: runs/train)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.safetensors")
     p.set_defaults(func=cmd_train)
@@ -396,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for metrics.json and report.html")
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
     p.add_argument("--tta", action="store_true", help="average each image with its mirror image; report the effect")
+    p.add_argument("--allow-outside", action="store_true", help="let a manifest name files outside its folder")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", parents=[common], help="draw the report of a run or evaluation folder again")
@@ -418,7 +488,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--copy-to", metavar="DIR", help="copy each image into DIR/<predicted class>/")
     runtime_help = f"run a checkpoint on PyTorch or ONNX Runtime (auto: ONNX from {AUTO_ONNX_IMAGES} images on)"
     p.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto", help=runtime_help)
+    p.add_argument("--threshold", type=_probability, help="multi-label: one threshold for every label "
+                   "(default: each label's own, chosen on validation)")  # fmt: skip
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("zeroshot", parents=[common], help="label images by label names alone (local CLIP weights)")
+    p.add_argument("paths", nargs="+", metavar="IMAGE", help="images, folders or globs; or: evaluate DATA")
+    p.add_argument("--labels", help='comma-separated labels, e.g. "cat,dog,eagle"')
+    p.add_argument("--labels-file", help="one label per line")
+    p.add_argument("--labels-from-folders", action="store_true", help="evaluate: class folder names are the labels")
+    p.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture, or a model config .json")
+    p.add_argument("--clip-weights", help="local weights file, or a pretrained tag in the local Hugging Face cache")
+    p.add_argument("--prompts-file", help="prompt templates, one per line, with {} for the label")
+    p.add_argument("--topk", type=int, default=3)
+    p.add_argument("--json", action="store_true", help="one JSON object per line (evaluate: the metrics)")
+    p.add_argument("--out", help="images: CSV of predictions; evaluate: folder for metrics.json and report.html")
+    p.add_argument("--copy-to", metavar="DIR", help="copy each image into DIR/<predicted label>/")
+    p.set_defaults(func=cmd_zeroshot)
 
     p = sub.add_parser("export", parents=[common], help="export a checkpoint to ONNX, checked against PyTorch")
     p.add_argument("checkpoint")
@@ -506,6 +592,8 @@ def _add_retrieval_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="the gallery folder")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="stored embeddings")
     p.add_argument("--index", choices=kinds, default="auto", help=index_help)
+    p.add_argument("--recognition", choices=["prototype", "nearest"], default="prototype",
+                   help="score a label by its mean embedding (default) or by its nearest image")  # fmt: skip
     p.set_defaults(func=cmd_gallery_build)
     p = gallery.add_parser("add", parents=[common], help="enrol images under a label, without retraining")
     p.add_argument("gallery")

@@ -35,6 +35,10 @@ class DataConfig:
     val_fraction: float = 0.2  # share of each class held out when no val set exists
     max_pixels: int = 64_000_000  # larger images are refused (decompression bombs)
     decode_workers: int = 0  # processes decoding images; 0 = one per CPU core
+    # single-label (one class per image) or multi-label (any number, from a manifest); auto:
+    # multi-label when a manifest has a row with no label or several.
+    task: Literal["auto", "single-label", "multi-label"] = "auto"
+    allow_outside: bool = False  # let a manifest name files outside its own folder
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     class_weights: Literal["none", "balanced"] = "none"  # balanced: weight ~ 1 / class frequency
     balanced_sampling: bool = False  # draw batches so every class is seen equally often
+    multilabel_loss: Literal["bce", "asl"] = "bce"  # multi-label: binary cross-entropy or Asymmetric Loss
     accumulate: int = 1  # gradient accumulation: optimizer step every N batches
     ema: bool = False  # keep an exponential moving average of the weights; evaluated and saved
     ema_decay: float = 0.999
@@ -127,6 +132,18 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
+class SemiConfig:
+    """Semi-supervised training (imgcls.train_semi): labelled DATA plus a folder of unlabeled images."""
+
+    unlabeled: str | None = None  # folder of images without labels, searched recursively; None = supervised
+    method: Literal["fixmatch", "pseudo"] = "fixmatch"  # pseudo: plain pseudo-labelling (Lee 2013)
+    threshold: float = 0.95  # confidence a prediction needs to become a pseudo-label (FixMatch's tau)
+    mu: int = 7  # unlabeled images per labelled image in a step (FixMatch's mu)
+    weight: float = 1.0  # weight of the unlabeled loss (FixMatch's lambda_u)
+    max_unlabeled: int = 0  # use a seeded random subset of this many unlabeled images; 0 = all
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -135,6 +152,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    semi: SemiConfig = field(default_factory=SemiConfig)
 
 
 _SECTION_TYPES = {
@@ -145,6 +163,7 @@ _SECTION_TYPES = {
     "train": TrainConfig,
     "transfer": TransferConfig,
     "distill": DistillConfig,
+    "semi": SemiConfig,
 }
 
 
@@ -351,6 +370,8 @@ def validate(config: Config) -> None:
             "distill.alpha must be in [0, 1] and temperature positive",
         ),
         (config.optim.weight_decay >= 0, "optim.weight_decay must not be negative"),
+        (0 < config.semi.threshold <= 1 and config.semi.mu >= 1, "semi.threshold must be in (0, 1] and mu at least 1"),
+        (config.semi.weight >= 0 and config.semi.max_unlabeled >= 0, "semi.weight and max_unlabeled must be >= 0"),
         (config.optim.warmup_epochs >= 0, "optim.warmup_epochs must not be negative"),
     ]
     for ok, message in checks:

@@ -19,6 +19,7 @@ from imgcls.errors import ConfigError, ModelNotFoundError
 from imgcls.models import seed
 
 TIMM_PREFIX = "timm:"
+CLIP_PREFIX = "clip:"  # clip:ARCH, an open_clip image tower + linear head (models/clip_backbone.py)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,15 @@ register("vgg11", _timm_builder("vgg11_bn"), "VGG-11 with batch norm (timm)", mi
 register("vgg16", _timm_builder("vgg16_bn"), "VGG-16 with batch norm (timm)", min_size=32)
 
 
+def _clip_builder(clip_model: str) -> Callable[..., nn.Module]:
+    def build(**kwargs) -> nn.Module:
+        from imgcls.models.clip_backbone import build_clip_backbone  # open_clip loads in seconds: only when asked
+
+        return build_clip_backbone(clip_model, **kwargs)
+
+    return build
+
+
 @functools.cache
 def timm_model_names() -> tuple[str, ...]:
     import timm
@@ -110,6 +120,8 @@ def resolve(name: str) -> ModelEntry:
     """The registry entry for a name: imgcls's own, else timm's (optionally 'timm:NAME')."""
     if name in _REGISTRY:
         return _REGISTRY[name]
+    if name.startswith(CLIP_PREFIX):
+        return ModelEntry(name, _clip_builder(name.removeprefix(CLIP_PREFIX)), "CLIP image tower + linear head", 16)
     timm_name = name.removeprefix(TIMM_PREFIX)
     if timm_name in timm_model_names():
         return ModelEntry(name, _timm_builder(timm_name), f"timm model {timm_name}")
