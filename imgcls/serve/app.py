@@ -5,10 +5,12 @@ micro-batcher gathers the decoded images of concurrent requests into one model c
 (up to 32 images, waiting at most 5 ms for company), so many clients share the cores
 instead of fighting over them with one model call each.
 
-Limits: a request body over --max-upload-mb is answered 413 from its Content-Length, or as
-soon as the streamed bytes pass the limit, before the body is read whole; an image over the
-pixel limit is 413; a body that is not an image 415; a broken image 400; a model that fails
-500 (and the next request is served). Every error is JSON: {"error": "..."}.
+Limits (imgcls.serve.limits): a request body over --max-upload-mb is answered 413 from its
+Content-Length, or as soon as the streamed bytes pass the limit, before the body is read
+whole; a body still arriving after 60 s is 408; request headers not complete after 10 s
+close the connection; a 64th concurrent connection gets 503. An image over the pixel limit
+is 413; a body that is not an image 415; a broken image or malformed multipart 400; a model
+that fails 500 (and the next request is served). Every error is JSON: {"error": "..."}.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from imgcls.errors import DataError, NotAnImageError, TooManyPixelsError
 from imgcls.predict import Predictor
+from imgcls.serve.limits import BODY_TIMEOUT_SECONDS, SERVER_LIMITS, BodyLimit, header_timeout_protocol
 
 log = logging.getLogger(__name__)
 
@@ -37,50 +42,6 @@ MAX_WAIT_SECONDS = 0.005
 
 def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-class BodyLimit:
-    """ASGI middleware refusing request bodies over `limit` bytes, before they are read whole."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._refuse(scope, receive, send)
-        seen, started = 0, False
-
-        async def counting_receive():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise BodyTooLarge
-            return message
-
-        async def tracking_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLarge:
-            if started:
-                raise
-            await self._refuse(scope, receive, send)
-
-    async def _refuse(self, scope, receive, send):
-        megabytes = self.limit / 1e6
-        await error(413, f"request body over the limit of {megabytes:g} MB (--max-upload-mb).")(scope, receive, send)
 
 
 @dataclass
@@ -126,6 +87,23 @@ class MicroBatcher:
             self.worker.cancel()
 
 
+async def _read_image(request: Request) -> tuple[bytes, str] | JSONResponse:
+    """(bytes, file name) of the one image a request carries, or the error response to send."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        try:  # one file and a few fields: a form of thousands of parts costs memory for nothing
+            form = await request.form(max_files=1, max_fields=16)
+        except HTTPException as err:  # Starlette's answer to malformed multipart
+            return error(400, f"malformed multipart body: {err.detail}")
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            return error(400, "send the image as the multipart form field 'file'.")
+        return await upload.read(), upload.filename or "upload"
+    if content_type.startswith("image/") or content_type == "application/octet-stream":
+        return await request.body(), "upload"
+    return error(415, f"content type {content_type or 'none'!r}: send an image/* body or a multipart 'file'.")
+
+
 def create_app(
     model_path: str | Path,
     *,
@@ -134,6 +112,7 @@ def create_app(
     max_pixels: int | None = None,
     predictor: Predictor | None = None,
     runtime: str = "onnx",
+    body_timeout: float | None = BODY_TIMEOUT_SECONDS,
     gallery: str | Path | None = None,
     admin_token: str | None = None,
 ) -> FastAPI:
@@ -150,7 +129,7 @@ def create_app(
 
     app = FastAPI(title="imgcls", lifespan=lifespan, version=predictor.metadata.get("imgcls_version", ""),
                   description=f"Image classifier {predictor.metadata['model']['name']} served by imgcls.")  # fmt: skip
-    app.add_middleware(BodyLimit, limit=int(max_upload_mb * 1e6))
+    app.add_middleware(BodyLimit, limit=int(max_upload_mb * 1e6), timeout=body_timeout)
     info = {
         "model": predictor.metadata["model"]["name"],
         "file": Path(model_path).name,
@@ -180,17 +159,13 @@ def create_app(
     @app.post("/predict")
     async def predict(request: Request, topk: int = Query(topk, ge=1, le=1000)):
         """One image as multipart field `file`, or as the raw body with an image/* content type."""
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type == "multipart/form-data":
-            form = await request.form()
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
-                return error(400, "send the image as the multipart form field 'file'.")
-            data, name = await upload.read(), upload.filename or "upload"
-        elif content_type.startswith("image/") or content_type == "application/octet-stream":
-            data, name = await request.body(), "upload"
-        else:
-            return error(415, f"content type {content_type or 'none'!r}: send an image/* body or a multipart 'file'.")
+        try:
+            received = await _read_image(request)
+        except ClientDisconnect:  # nobody is left to answer
+            return error(400, "the client went away before sending the whole body.")
+        if isinstance(received, JSONResponse):
+            return received
+        data, name = received
         if not data:
             return error(400, "the request holds no image (0 bytes).")
         try:
@@ -206,8 +181,7 @@ def create_app(
         except Exception as err:  # noqa: BLE001 - a server answers every request; the log keeps the trace
             log.exception("model failed on %s", name)
             return error(500, f"the model failed on this image ({type(err).__name__}); see the server log.")
-        labels = predictor.top_k(probs, topk)
-        return {"predictions": [{"label": label, "score": score} for label, score in labels]}
+        return {"predictions": predictor.prediction(name, probs, topk).to_json()["predictions"]}
 
     if gallery is not None:  # recognition and search by embeddings (imgcls.retrieval)
         from imgcls.serve.retrieval_routes import retrieval_router
@@ -225,4 +199,4 @@ def serve(model_path: str, *, host: str, port: int, max_upload_mb: float, topk: 
     app = create_app(model_path, max_upload_mb=max_upload_mb, topk=topk, runtime=runtime, gallery=gallery,
                      admin_token=admin_token)  # fmt: skip
     log.info("serving %s on http://%s:%d (web page at /, API docs at /docs)", model_path, host, port)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.run(app, host=host, port=port, log_level="warning", http=header_timeout_protocol(), **SERVER_LIMITS)
