@@ -12,7 +12,7 @@ import torch
 from imgcls.checkpoint import write_json
 from imgcls.data.cache import build_cache
 from imgcls.data.sources import resolve_evaluation_data
-from imgcls.metrics import classification_metrics
+from imgcls.metrics import classification_metrics, multilabel_metrics
 from imgcls.predict import Predictor
 
 SUMMARY_FILE = "summary.json"
@@ -25,8 +25,24 @@ def flip_tta_probabilities(predictor: Predictor, images: np.ndarray, batch_size:
     return (predictor.probabilities(images, batch_size) + predictor.probabilities(mirrored, batch_size)) / 2
 
 
+def task_metrics(predictor: Predictor, labels: np.ndarray, probs: np.ndarray, skipped: list[dict]) -> dict:
+    """classification_metrics, or for a multi-label model the multi-label metrics at the
+    thresholds stored in its checkpoint."""
+    if predictor.multilabel:
+        stored = predictor.metadata.get("thresholds") or {}
+        thresholds = predictor.thresholds()
+        return multilabel_metrics(labels, probs, predictor.classes, thresholds, stored.get("default", 0.5), skipped)
+    return classification_metrics(labels, probs, predictor.classes, skipped)
+
+
 def evaluate_checkpoint(
-    checkpoint: Path, data: Path, out_dir: Path | None = None, *, batch_size: int | None = None, tta: bool = False
+    checkpoint: Path,
+    data: Path,
+    out_dir: Path | None = None,
+    *,
+    batch_size: int | None = None,
+    tta: bool = False,
+    allow_outside: bool = False,
 ) -> dict:
     """Metrics of a model on DATA's test/ (else val/, else all of it); written to out_dir.
 
@@ -34,22 +50,25 @@ def evaluate_checkpoint(
     accuracy and macro-F1 without and with it."""
     started = time.perf_counter()
     predictor = Predictor.from_file(checkpoint)
-    samples, folder = resolve_evaluation_data(data, predictor.classes)
+    samples, folder = resolve_evaluation_data(
+        data, predictor.classes, multilabel=predictor.multilabel, allow_outside=allow_outside
+    )
     pre = predictor.preprocessing
     cache = build_cache(
         samples, size=pre.img_size, resize=pre.resize, channels=pre.channels, max_pixels=pre.max_pixels, desc="decode"
     )
     images = np.asarray(cache.images)
     probs = predictor.probabilities(images, batch_size=batch_size)
-    metrics = classification_metrics(cache.labels, probs, predictor.classes, cache.skipped)
+    metrics = task_metrics(predictor, cache.labels, probs, cache.skipped)
     if tta:
         plain = metrics
         probs = flip_tta_probabilities(predictor, images, batch_size)
-        metrics = classification_metrics(cache.labels, probs, predictor.classes, cache.skipped)
+        metrics = task_metrics(predictor, cache.labels, probs, cache.skipped)
+        key = "mAP" if predictor.multilabel else "accuracy"
         metrics["tta"] = {
             "transforms": ["identity", "horizontal flip"],
-            "accuracy_without": plain["accuracy"],
-            "accuracy_with": metrics["accuracy"],
+            f"{key}_without": plain[key],
+            f"{key}_with": metrics[key],
             "macro_f1_without": plain["macro_f1"],
             "macro_f1_with": metrics["macro_f1"],
         }
@@ -60,7 +79,7 @@ def evaluate_checkpoint(
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "metrics.json", metrics)
-        labels = np.asarray(cache.labels, dtype=np.int64)
+        labels = np.asarray(cache.labels)  # (N,) classes, or (N, K) 0/1 targets for multi-label
         predictions = Predictions(labels, probs.astype(np.float32), tuple(cache.paths))
         save_predictions(out_dir, predictions)
         summary = {

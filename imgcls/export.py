@@ -20,6 +20,7 @@ from imgcls import checkpoint as ckpt
 from imgcls.data.decode import decode_image
 from imgcls.data.preprocess import Preprocessing
 from imgcls.errors import ConfigError, ExportError, ImgclsError
+from imgcls.inference import is_multilabel
 from imgcls.models.registry import is_classic
 from imgcls.onnx_graph import PARITY_TOLERANCE, max_difference, random_images, to_onnx_bytes
 from imgcls.onnx_model import PIXEL_INPUT, normalise, probability_function, session
@@ -88,7 +89,8 @@ def export_onnx(
         source = " ".join(check or calibration)
     else:
         images, source = random_images(pre), "random pixels (give --check DATA for real images)"
-    difference = max_difference(model, pre, probability_function(session(data), pre), images)
+    run = probability_function(session(data), pre)
+    difference = max_difference(model, pre, run, images, multilabel=is_multilabel(meta))
     if not difference < PARITY_TOLERANCE:
         raise ExportError(
             f"the ONNX model disagrees with PyTorch: largest probability difference {difference:.2e} "

@@ -26,6 +26,15 @@ def cpu_has_bf16() -> bool:
     return any(check is not None and check() for check in checks)
 
 
+def to_probabilities(logits: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    """Softmax over the classes; independent sigmoids for multi-label models."""
+    return logits.sigmoid() if multilabel else logits.softmax(1)
+
+
+def is_multilabel(meta: dict) -> bool:
+    return meta.get("task") == "multi-label"
+
+
 def prepare_for_inference(model: nn.Module, channels_last: bool = True) -> nn.Module:
     model.eval()
     return model.to(memory_format=torch.channels_last) if channels_last else model

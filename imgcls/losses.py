@@ -1,4 +1,5 @@
-"""Loss functions: cross-entropy (label smoothing, class weights, soft targets) and distillation."""
+"""Loss functions: cross-entropy (label smoothing, class weights, soft targets), distillation, and
+the multi-label losses (binary cross-entropy, timm's Asymmetric Loss)."""
 
 from __future__ import annotations
 
@@ -69,3 +70,34 @@ def distillation_loss(
 
 def build_loss(label_smoothing: float = 0.0, class_weights: torch.Tensor | None = None) -> ClassificationLoss:
     return ClassificationLoss(label_smoothing, class_weights)
+
+
+# Positive weights are capped: a class seen once in 10,000 images would otherwise dominate.
+MAX_POSITIVE_WEIGHT = 10.0
+
+
+def positive_weights(targets: np.ndarray) -> torch.Tensor:
+    """Per class, negatives / positives in the training targets (N, K), between 1 and 10: a rare
+    label's few positives weigh as much as its many negatives, as in BCEWithLogitsLoss's pos_weight."""
+    positives = targets.sum(axis=0)
+    negatives = len(targets) - positives
+    ratio = np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0)
+    return torch.tensor(np.clip(ratio, 1.0, MAX_POSITIVE_WEIGHT), dtype=torch.float32)
+
+
+def build_multilabel_loss(kind: str, pos_weight: torch.Tensor | None) -> nn.Module:
+    """Binary cross-entropy per class ("bce"), or Asymmetric Loss ("asl", Ridnik et al. 2021),
+    which down-weights the many easy negatives of multi-label data; both averaged per element."""
+    if kind == "asl":
+        from timm.loss import AsymmetricLossMultiLabel
+
+        return AsymmetricLossMultiLabel(reduction="mean", pos_weight=pos_weight)
+    return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+
+
+def correct_predictions(logits: torch.Tensor, target: torch.Tensor) -> int:
+    """Correct answers in a batch: the top class for labels (N,); for multi-label targets (N, K)
+    images whose every class is right at probability 0.5 (subset accuracy)."""
+    if target.ndim == 1:
+        return int((logits.argmax(1) == target).sum())
+    return int(((logits > 0) == (target > 0.5)).all(dim=1).sum())

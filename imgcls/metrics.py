@@ -200,3 +200,100 @@ def classification_metrics(
         },
         "skipped_files": list(skipped_files or []),
     }
+
+
+# ---------------------------------------------------------------- multi-label
+
+# Global thresholds tried for classes whose own threshold cannot be chosen (no positives in val).
+THRESHOLD_GRID = np.round(np.linspace(0.05, 0.95, 19), 2)
+
+
+def choose_thresholds(targets: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, float]:
+    """Per class, the probability threshold with the best F1 on these (validation) targets; and
+    the global threshold with the best micro-F1, used for classes with no positives here."""
+    from sklearn.metrics import f1_score, precision_recall_curve
+
+    targets = np.asarray(targets) > 0.5
+    scores = [f1_score(targets, probs >= t, average="micro", zero_division=0) for t in THRESHOLD_GRID]
+    fallback = float(THRESHOLD_GRID[int(np.argmax(scores))])
+    thresholds = np.full(targets.shape[1], fallback)
+    for k in range(targets.shape[1]):
+        if not targets[:, k].any() or targets[:, k].all():
+            continue
+        precision, recall, cut = precision_recall_curve(targets[:, k], probs[:, k])
+        f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+        thresholds[k] = float(cut[int(np.argmax(f1))])
+    return thresholds, fallback
+
+
+def mean_average_precision(targets: np.ndarray, probs: np.ndarray) -> float | None:
+    """Macro AP over the classes with at least one positive (the usual multi-label mAP)."""
+    from sklearn.metrics import average_precision_score
+
+    targets = np.asarray(targets) > 0.5
+    present = [k for k in range(targets.shape[1]) if targets[:, k].any()]
+    if not present:
+        return None
+    return float(np.mean([average_precision_score(targets[:, k], probs[:, k]) for k in present]))
+
+
+def multilabel_metrics(
+    targets: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str] | tuple[str, ...],
+    thresholds: np.ndarray,
+    threshold: float,
+    skipped_files: list[dict] | None = None,
+) -> dict:
+    """metrics.json of a multi-label task: targets (N, K) 0/1, probs (N, K) independent sigmoids."""
+    from sklearn.metrics import (
+        accuracy_score,
+        average_precision_score,
+        f1_score,
+        hamming_loss,
+        precision_recall_fscore_support,
+    )
+
+    truth = np.asarray(targets) > 0.5
+    probs = np.asarray(probs, dtype=np.float64)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    chosen = probs >= thresholds[None, :]
+    precision, recall, f1, support = precision_recall_fscore_support(truth, chosen, zero_division=0)
+    return {
+        "task": "multi-label",
+        "mAP": mean_average_precision(truth, probs),
+        "micro_f1": float(f1_score(truth, chosen, average="micro", zero_division=0)),
+        "macro_f1": float(f1_score(truth, chosen, average="macro", zero_division=0)),
+        "hamming_loss": float(hamming_loss(truth, chosen)),
+        "subset_accuracy": float(accuracy_score(truth, chosen)),
+        "threshold": float(threshold),
+        "num_samples": int(len(truth)),
+        "classes": list(classes),
+        "per_class": {
+            name: {
+                "average_precision": float(average_precision_score(truth[:, k], probs[:, k]))
+                if truth[:, k].any()
+                else None,
+                "precision": float(precision[k]),
+                "recall": float(recall[k]),
+                "f1": float(f1[k]),
+                "support": int(support[k]),
+                "threshold": float(thresholds[k]),
+            }
+            for k, name in enumerate(classes)
+        },  # fmt: skip
+        "skipped_files": list(skipped_files or []),
+    }
+
+
+def multilabel_pr_curves(targets: np.ndarray, probs: np.ndarray) -> dict[int, Curve]:
+    """Precision-recall curve (x recall, y precision) and AP of each class with a positive."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    truth = np.asarray(targets) > 0.5
+    curves = {}
+    for k in range(truth.shape[1]):
+        if truth[:, k].any():
+            precision, recall, _ = precision_recall_curve(truth[:, k], probs[:, k])
+            curves[k] = Curve(recall, precision, float(average_precision_score(truth[:, k], probs[:, k])))
+    return curves

@@ -19,7 +19,7 @@ from torch import nn
 
 from imgcls.data.preprocess import Preprocessing
 from imgcls.errors import ExportError
-from imgcls.inference import batched_logits
+from imgcls.inference import batched_logits, is_multilabel, to_probabilities
 from imgcls.onnx_model import FLOAT_INPUT, METADATA_KEY, OUTPUTS, PIXEL_INPUT
 
 OPSET = 17
@@ -30,10 +30,11 @@ class ExportableModel(nn.Module):
     """The classifier with softmax attached and, with `pixels`, its preprocessing inside:
     (N, H, W, C) uint8 in, so a caller in any language cannot normalise wrongly."""
 
-    def __init__(self, model: nn.Module, pre: Preprocessing, pixels: bool):
+    def __init__(self, model: nn.Module, pre: Preprocessing, pixels: bool, multilabel: bool = False):
         super().__init__()
         self.model = model
         self.pixels = pixels
+        self.multilabel = multilabel
         self.test_flip = pre.test_flip
         scale, shift = pre.scale_shift()
         self.register_buffer("scale", torch.tensor(scale).view(1, -1, 1, 1))
@@ -45,14 +46,15 @@ class ExportableModel(nn.Module):
         logits = self.model(x)
         if self.test_flip:
             logits = (logits + self.model(x.flip(3))) / 2
-        return logits, logits.softmax(1)
+        return logits, to_probabilities(logits, self.multilabel)
 
 
 def to_onnx_bytes(model: nn.Module, pre: Preprocessing, meta: dict, *, pixels: bool) -> bytes:
     """The serialized ONNX model with imgcls's metadata."""
     import onnx
 
-    wrapper = ExportableModel(model.float().eval().to(memory_format=torch.contiguous_format), pre, pixels).eval()
+    network = model.float().eval().to(memory_format=torch.contiguous_format)
+    wrapper = ExportableModel(network, pre, pixels, multilabel=is_multilabel(meta)).eval()
     size, channels = pre.img_size, pre.channels
     if pixels:
         name, example = PIXEL_INPUT, torch.zeros(2, size, size, channels, dtype=torch.uint8)
@@ -89,8 +91,9 @@ def random_images(pre: Preprocessing, count: int = 64, seed: int = 0) -> np.ndar
     return np.random.default_rng(seed).integers(0, 256, (count, pre.img_size, pre.img_size, pre.channels), np.uint8)
 
 
-def max_difference(model: nn.Module, pre: Preprocessing, run, images: np.ndarray) -> float:
+def max_difference(model: nn.Module, pre: Preprocessing, run, images: np.ndarray, multilabel: bool = False) -> float:
     """Largest probability difference between PyTorch (float32) and `run` (ONNX Runtime's
     probability function of the same model) on `images`."""
-    expected = batched_logits(model, torch.from_numpy(images), pre, channels_last=False).softmax(1).numpy()
+    logits = batched_logits(model, torch.from_numpy(images), pre, channels_last=False)
+    expected = to_probabilities(logits, multilabel).numpy()
     return float(np.abs(expected - run(images)).max())

@@ -27,7 +27,7 @@ from imgcls.data.decode import decode_image
 from imgcls.data.preprocess import Preprocessing
 from imgcls.data.sources import is_image_file, list_images
 from imgcls.errors import ImgclsError
-from imgcls.inference import batched_logits, prepare_for_inference
+from imgcls.inference import batched_logits, is_multilabel, prepare_for_inference, to_probabilities
 from imgcls.models.registry import is_classic
 from imgcls.progress import progress_bar
 
@@ -39,15 +39,25 @@ class Prediction:
     path: str
     labels: tuple[tuple[str, float], ...] = ()  # (label, score), best first
     error: str | None = None
+    selected: tuple[str, ...] | None = None  # multi-label: the labels at or above their threshold
 
     def to_json(self) -> dict:
         if self.error is not None:
             return {"path": self.path, "error": self.error}
+        if self.selected is not None:
+            items = [{"label": lab, "score": score, "selected": lab in self.selected} for lab, score in self.labels]
+            return {"path": self.path, "predictions": items}
         return {"path": self.path, "predictions": [{"label": lab, "score": score} for lab, score in self.labels]}
 
     def to_text(self) -> str:
         if self.error is not None:
             return f"{self.path}: error: {self.error}"
+        if self.selected is not None:
+            chosen = [(lab, score) for lab, score in self.labels if lab in self.selected]
+            if not chosen:
+                best, score = self.labels[0]
+                return f"{self.path}: no label above its threshold (highest: {best} {score:.1%})"
+            return f"{self.path}: " + ", ".join(f"{lab} {score:.1%}" for lab, score in chosen)
         return f"{self.path}: " + ", ".join(f"{lab} {score:.1%}" for lab, score in self.labels)
 
 
@@ -67,7 +77,8 @@ class PredictionSinks:
 
     def add(self, prediction: Prediction, source: Path) -> None:
         if self.writer is not None:
-            cells = [cell for label, score in prediction.labels for cell in (label, f"{score:.6f}")]
+            ranked = prediction.labels[: self.topk]  # a multi-label prediction lists every class
+            cells = [cell for label, score in ranked for cell in (label, f"{score:.6f}")]
             cells += [""] * (2 * self.topk - len(cells))  # errors and models with fewer classes than k
             self.writer.writerow([prediction.path, *cells, prediction.error or ""])
         if self.copy_to is not None and prediction.error is None:
@@ -150,10 +161,11 @@ class Predictor:
             if run is not None:
                 return cls(run, tuple(meta["classes"]), pre, meta, runtime="onnxruntime")
         network = prepare_for_inference(network)
+        multilabel = is_multilabel(meta)
 
         def run(images: np.ndarray) -> np.ndarray:
             pixels = torch.from_numpy(np.ascontiguousarray(images))
-            return batched_logits(network, pixels, pre, batch_size=len(images)).softmax(1).numpy()
+            return to_probabilities(batched_logits(network, pixels, pre, batch_size=len(images)), multilabel).numpy()
 
         return cls(run, tuple(meta["classes"]), pre, meta)
 
@@ -183,12 +195,31 @@ class Predictor:
         order = np.argsort(-probs, kind="stable")[: max(1, min(k, len(self.classes)))]
         return tuple((self.classes[i], float(probs[i])) for i in order)
 
+    @property
+    def multilabel(self) -> bool:
+        return is_multilabel(self.metadata)
+
+    def thresholds(self, override: float | None = None) -> np.ndarray:
+        """Multi-label: each class's threshold (chosen on validation, stored in the checkpoint),
+        or one threshold for all when the user gives it."""
+        if override is not None:
+            return np.full(len(self.classes), float(override))
+        stored = self.metadata.get("thresholds") or {}
+        return np.asarray(stored.get("per_class") or [stored.get("default", 0.5)] * len(self.classes), dtype=float)
+
+    def prediction(self, name: str, probs: np.ndarray, topk: int, threshold: float | None = None) -> Prediction:
+        """Top-k labels; for a multi-label model every label, with those above threshold selected."""
+        if not self.multilabel:
+            return Prediction(name, self.top_k(probs, topk))
+        chosen = tuple(c for c, p, t in zip(self.classes, probs, self.thresholds(threshold), strict=True) if p >= t)
+        return Prediction(name, self.top_k(probs, len(self.classes)), selected=chosen)
+
     def predict_bytes(self, data: bytes, *, topk: int = 5, name: str = "<upload>") -> Prediction:
         probs = self.probabilities(self.decode(data, name=name)[None])[0]
-        return Prediction(name, self.top_k(probs, topk))
+        return self.prediction(name, probs, topk)
 
     def predict_paths(
-        self, paths: Sequence[tuple[str, Path]], *, topk: int = 5, batch_size: int = 256
+        self, paths: Sequence[tuple[str, Path]], *, topk: int = 5, batch_size: int = 256, threshold: float | None = None
     ) -> Iterator[Prediction]:
         """Predictions in input order; an unreadable file yields an error entry, the rest go on."""
 
@@ -210,7 +241,7 @@ class Predictor:
                 row = dict(zip(good, range(len(good)), strict=True))
                 for i, (shown, _) in enumerate(chunk):
                     if i in row:
-                        yield Prediction(shown, self.top_k(probs[row[i]], topk))
+                        yield self.prediction(shown, probs[row[i]], topk, threshold)
                     else:
                         yield Prediction(shown, error=_strip_name(decoded[i], shown))
                 bar.update(len(chunk))
@@ -226,7 +257,7 @@ def _onnx_run(network: nn.Module, pre: Preprocessing, meta: dict, path: str | Pa
     except ImgclsError as err:
         log.warning("%s: running on PyTorch (%s)", path, err)
         return None
-    difference = max_difference(network, pre, run, random_images(pre, count=8))
+    difference = max_difference(network, pre, run, random_images(pre, count=8), multilabel=is_multilabel(meta))
     if not difference < PARITY_TOLERANCE:
         log.warning("%s: running on PyTorch (ONNX Runtime differs by %.1e)", path, difference)
         return None

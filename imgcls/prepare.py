@@ -23,7 +23,7 @@ from imgcls.data.preprocess import Preprocessing, channel_stats
 from imgcls.data.sources import DataSources, resolve_training_data
 from imgcls.errors import CheckpointError, ConfigError, DataError
 from imgcls.inference import cpu_has_bf16
-from imgcls.losses import ClassificationLoss, balanced_class_weights, build_loss
+from imgcls.losses import balanced_class_weights, build_loss, build_multilabel_loss, positive_weights
 from imgcls.models import create_model
 from imgcls.models.registry import resolve
 from imgcls.models.seed import SeedNet, kaiming_init
@@ -50,7 +50,7 @@ class TrainingRun:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     plateau: PlateauState | None
-    loss_fn: ClassificationLoss
+    loss_fn: nn.Module  # (logits, targets) -> loss: cross-entropy, or BCE/ASL for multi-label
     autocast_dtype: torch.dtype | None
     per_image: Callable[[torch.Tensor], torch.Tensor] | None = None  # torchvision v2 transform
     ema: nn.Module | None = None  # timm's ModelEmaV3; its .module is what is evaluated and saved
@@ -60,9 +60,13 @@ class TrainingRun:
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
 
+    @property
+    def multilabel(self) -> bool:
+        return self.sources.task == "multi-label"
+
     def metadata(self, **training) -> dict:
         return {
-            "task": "single-label",
+            "task": self.sources.task,
             "model": {"name": self.config.model.name, "kwargs": dict(self.config.model.kwargs)},
             "classes": list(self.sources.classes),
             "preprocess": self.preprocessing.to_dict(),
@@ -82,7 +86,10 @@ def decode_sources(config: Config, sources: DataSources) -> tuple[ImageCache, Im
     common = dict(size=data.img_size, resize=data.resize, max_pixels=data.max_pixels, workers=data.decode_workers)
     train = build_cache(sources.train, channels=channels, desc="decode train", **common)
     val = build_cache(sources.val, channels=train.channels, desc="decode val", **common)
-    missing = [name for i, name in enumerate(sources.classes) if not (train.labels == i).any()]
+    if train.labels.ndim == 2:  # multi-label: a class is present when any image has it
+        missing = [name for i, name in enumerate(sources.classes) if not train.labels[:, i].any()]
+    else:
+        missing = [name for i, name in enumerate(sources.classes) if not (train.labels == i).any()]
     if missing:
         raise DataError(f"no training image of class(es) {', '.join(repr(n) for n in missing)} could be decoded.")
     return train, val
@@ -156,10 +163,26 @@ def check_model_config(config: Config) -> None:
         )
 
 
+def check_multilabel_config(config: Config) -> None:
+    """Options that assume one class per image, refused for multi-label data before decoding."""
+    tc = config.train
+    refused = [
+        ("train.balanced_sampling", tc.balanced_sampling),
+        ("train.label_smoothing", tc.label_smoothing),
+        ("distill.teacher", config.distill.teacher),
+    ]
+    given = [name for name, value in refused if value]
+    if given:
+        raise ConfigError(f"{', '.join(given)} assume one class per image; multi-label training does not use them.")
+
+
 def prepare(config: Config, device: torch.device) -> TrainingRun:
     data, tc = config.data, config.train
     check_model_config(config)
-    sources = resolve_training_data(data.train, data.val, val_fraction=data.val_fraction, seed=tc.seed)
+    sources = resolve_training_data(data.train, data.val, val_fraction=data.val_fraction, seed=tc.seed,
+                                    task=data.task, allow_outside=data.allow_outside)  # fmt: skip
+    if sources.task == "multi-label":
+        check_multilabel_config(config)
     log.info("data: %s; %d classes, %d train and %d val images", sources.layout, len(sources.classes),
              len(sources.train), len(sources.val))  # fmt: skip
     train, val = decode_sources(config, sources)
@@ -176,7 +199,11 @@ def prepare(config: Config, device: torch.device) -> TrainingRun:
                                 head=model.get_classifier(), head_lr_scale=config.transfer.head_lr_scale)  # fmt: skip
     steps = -(-steps_per_epoch(len(train), tc.batch_size) // tc.accumulate)
     scheduler, plateau = build_schedule(optimizer, config.optim, steps_per_epoch=steps, epochs=tc.epochs)
-    weights = balanced_class_weights(train.labels, len(sources.classes)) if tc.class_weights == "balanced" else None
+    if sources.task == "multi-label":
+        loss_fn = build_multilabel_loss(tc.multilabel_loss, positive_weights(train.labels))
+    else:
+        weights = balanced_class_weights(train.labels, len(sources.classes)) if tc.class_weights == "balanced" else None
+        loss_fn = build_loss(tc.label_smoothing, weights)
     ema = None
     if tc.ema:
         from timm.utils import ModelEmaV3
@@ -186,7 +213,7 @@ def prepare(config: Config, device: torch.device) -> TrainingRun:
     log.info("model %s, %s parameters, %s, %s", config.model.name, f"{sum(p.numel() for p in model.parameters()):,}",
              "bfloat16 autocast" if dtype else "float32", "channels_last" if tc.channels_last else "NCHW")  # fmt: skip
     return TrainingRun(
-        config, sources, train, val, pre, model, optimizer, scheduler, plateau, build_loss(tc.label_smoothing, weights),
+        config, sources, train, val, pre, model, optimizer, scheduler, plateau, loss_fn,
         dtype, per_image=build_per_image_transform(config.augment, data.img_size), ema=ema,
         teacher=_teacher(config, sources, pre),
     )  # fmt: skip

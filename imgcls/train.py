@@ -28,11 +28,12 @@ from imgcls.data.loader import balanced_batch_indices, batch_indices, cache_tens
 from imgcls.data.preprocess import Preprocessing, to_model_input
 from imgcls.errors import CheckpointError, ConfigError
 from imgcls.inference import autocast, batched_logits
-from imgcls.losses import distillation_loss
-from imgcls.metrics import classification_metrics
+from imgcls.losses import correct_predictions, distillation_loss
+from imgcls.metrics import choose_thresholds, classification_metrics, mean_average_precision, multilabel_metrics
 from imgcls.models.registry import is_classic
 from imgcls.prepare import TrainingRun, prepare
 from imgcls.progress import progress_bar
+from imgcls.train_outputs import store_thresholds, write_outputs, write_run_report
 from imgcls.train_state import (
     EpochInterrupted,
     EpochProgress,
@@ -126,7 +127,7 @@ def train_one_epoch(
             if stepped:
                 _optimizer_step(run)
             done.loss_sum += loss.item() * len(hard)
-            done.correct += (logits.argmax(1) == hard).sum().item()  # against the unmixed labels
+            done.correct += correct_predictions(logits, hard)  # against the unmixed labels
             done.seen += len(hard)
             done.step = i + 1
             bar.update(len(hard))
@@ -161,10 +162,17 @@ def evaluate(
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = True,
 ) -> tuple[float, float, torch.Tensor]:
-    """(loss, accuracy, probabilities) on a labelled set, in eval mode."""
+    """(loss, accuracy, probabilities) on a labelled set, in eval mode.
+
+    Multi-label targets (N, K): binary cross-entropy, independent sigmoid probabilities, and
+    mAP in the place of accuracy (it ranks the epochs and picks the best checkpoint)."""
     logits = batched_logits(
         model, images, preprocessing, batch_size=batch_size, channels_last=channels_last, autocast_dtype=autocast_dtype
     )
+    if labels.ndim == 2:
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, labels).item()
+        probs = logits.sigmoid()
+        return loss, mean_average_precision(labels.numpy(), probs.numpy()) or 0.0, probs
     loss = nn.functional.cross_entropy(logits, labels).item()
     accuracy = (logits.argmax(1) == labels).float().mean().item()
     return loss, accuracy, logits.softmax(1)
@@ -240,9 +248,13 @@ def _fit(config: Config, run_dir: Path, resume: bool) -> FitResult:
         fitted = fit_classic_run(config, run_dir)
         write_history(run_dir / "history.csv", fitted.history)
         summary = {**fitted.summary, "run seconds": round(time.perf_counter() - started, 1)}
-        _report(run_dir, fitted.metrics, fitted.history, summary, val=fitted.val, probs=fitted.val_probs,
+        write_outputs(run_dir, fitted.metrics, fitted.history, summary, val=fitted.val, probs=fitted.val_probs,
                 train=fitted.train)  # fmt: skip
         return FitResult(run_dir, fitted.metrics, fitted.history, run_dir / "best.safetensors")
+    if config.semi.unlabeled:  # labelled + unlabeled images: imgcls.train_semi's loop, this module's parts
+        from imgcls.train_semi import fit_semi_run
+
+        return fit_semi_run(config, run_dir, resume, started)
     run = prepare(config, torch.device("cpu"))
     history: list[dict] = []
     start_epoch, best_acc, partial = 1, -1.0, None
@@ -266,7 +278,7 @@ def _fit(config: Config, run_dir: Path, resume: bool) -> FitResult:
                 _stopped(run_dir, f"after epoch {epoch}")
 
     metrics, probs = _final_metrics(run_dir, run, val_x, val_y)
-    _write_report(run_dir, run, metrics, history, time.perf_counter() - started, probs)
+    write_run_report(run_dir, run, metrics, history, time.perf_counter() - started, probs)
     return FitResult(run_dir, metrics, history, run_dir / "best.safetensors")
 
 
@@ -326,69 +338,11 @@ def _final_metrics(
         model, val_x, val_y, run.preprocessing, batch_size=tc.eval_batch_size, channels_last=tc.channels_last
     )
     skipped = run.train.skipped + run.val.skipped
-    metrics = classification_metrics(val_y.numpy(), probs.numpy(), run.sources.classes, skipped)
+    if run.multilabel:
+        thresholds, fallback = choose_thresholds(val_y.numpy(), probs.numpy())
+        metrics = multilabel_metrics(val_y.numpy(), probs.numpy(), run.sources.classes, thresholds, fallback, skipped)
+        store_thresholds(run_dir / "best.safetensors", thresholds, fallback)
+    else:
+        metrics = classification_metrics(val_y.numpy(), probs.numpy(), run.sources.classes, skipped)
     ckpt.write_json(run_dir / "metrics.json", metrics)
     return metrics, probs
-
-
-def _report(
-    run_dir: Path, metrics: dict, history: list[dict], summary: dict, *, val=None, probs=None, train=None
-) -> None:
-    """summary.json, predictions.npz and report.html: the one step right of training, so that
-    `imgcls report RUN_DIR` can draw the same report again."""
-    import numpy as np
-
-    from imgcls.report import Predictions, save_predictions, write_report
-
-    classes = metrics["classes"]
-    train_counts = None
-    if train is not None:
-        counts = np.bincount(np.asarray(train.labels), minlength=len(classes))
-        train_counts = {name: int(n) for name, n in zip(classes, counts, strict=True)}
-    ckpt.write_json(run_dir / "summary.json", {**summary, "train_counts": train_counts})
-    predictions = None
-    if val is not None and probs is not None:
-        probs = np.asarray(probs, dtype=np.float32)
-        predictions = Predictions(np.asarray(val.labels, dtype=np.int64), probs, tuple(val.paths))
-        save_predictions(run_dir, predictions)
-    write_report(run_dir / "report.html", metrics=metrics, history=history, summary=summary, predictions=predictions,
-                 checkpoint=run_dir / "best.safetensors", train_counts=train_counts)  # fmt: skip
-
-
-def describe_recipe(config: Config) -> str:
-    """The training choices that matter most, in one line (the full set is in config.yaml)."""
-    o, t, a = config.optim, config.train, config.augment
-    parts = [f"{o.name} lr {o.lr:g}", f"{o.schedule} schedule", f"batch {t.batch_size}"]
-    if o.weight_decay:
-        parts.append(f"weight decay {o.weight_decay:g}")
-    if t.label_smoothing:
-        parts.append(f"label smoothing {t.label_smoothing:g}")
-    if t.ema:
-        parts.append(f"EMA {t.ema_decay:g}")
-    augment = [name for name, on in (("flip", a.hflip), ("shift", a.translate), ("cutout", a.cutout),
-               ("mixup", a.mixup), ("cutmix", a.cutmix), ("randaugment", a.auto_augment != "none")) if on]  # fmt: skip
-    parts.append("augment: " + (", ".join(augment) if augment else "none"))
-    if config.transfer.pretrained:
-        parts.append("fine-tuned from pretrained weights")
-    if config.distill.teacher:
-        parts.append("distilled from a teacher")
-    return "; ".join(parts)
-
-
-def _write_report(
-    run_dir: Path, run: TrainingRun, metrics: dict, history: list[dict], seconds: float, probs: torch.Tensor
-) -> None:
-    config = run.config
-    summary = {
-        "model": config.model.name,
-        "recipe": describe_recipe(config),
-        "data": run.sources.layout,
-        "classes": len(run.sources.classes),
-        "train images": len(run.train),
-        "val images": len(run.val),
-        "image size": f"{config.data.img_size} px, {run.train.channels} channel(s)",
-        "epochs": f"{len(history)} of {config.train.epochs}",
-        "precision": "bfloat16 autocast" if run.autocast_dtype else "float32",
-        "run seconds": round(seconds, 1),
-    }
-    _report(run_dir, metrics, history, summary, val=run.val, probs=probs.numpy(), train=run.train)

@@ -152,7 +152,7 @@ def test_a_disagreeing_export_fails_and_writes_nothing(trained, tmp_path, monkey
     _, checkpoint = trained
     import imgcls.export as export
 
-    monkeypatch.setattr(export, "max_difference", lambda *args: 3e-3)  # as if an operator were exported wrongly
+    monkeypatch.setattr(export, "max_difference", lambda *a, **k: 3e-3)  # as if an operator were exported wrongly
     out = tmp_path / "bad.onnx"
     with pytest.raises(ExportError, match="disagrees"):
         export_onnx(checkpoint, out)

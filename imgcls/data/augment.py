@@ -226,7 +226,11 @@ def mix_batch(
     cutmix, ricap), chosen uniformly; otherwise x comes back unchanged with one-hot targets.
     Every draw comes from `generator`. Each row of the soft targets sums to 1.
     """
-    one_hot = torch.nn.functional.one_hot(targets.long(), num_classes).to(torch.float32)
+    # Multi-label targets (N, K) mix as they are: a mixed image holds a share of each one's labels.
+    if targets.ndim == 2:
+        one_hot = targets.to(torch.float32)
+    else:
+        one_hot = torch.nn.functional.one_hot(targets.long(), num_classes).to(torch.float32)
     if not mixing_enabled(config) or len(x) == 0:
         return x, one_hot
     if float(torch.rand(1, generator=generator)) >= config.mix_prob:

@@ -33,7 +33,7 @@ MIN_PARALLEL = 1024  # below this, starting processes costs more than it saves
 @dataclass
 class ImageCache:
     images: np.ndarray  # (N, H, W, C) uint8: channels-last, as convolutions want it on CPU
-    labels: np.ndarray  # (N,) int64
+    labels: np.ndarray  # (N,) int64 class indices; multi-label: (N, K) float32 0/1 targets
     paths: list[str]  # the file of each row, for galleries and error reports
     skipped: list[dict] = field(default_factory=list)  # [{"path", "reason"}]
 
@@ -119,5 +119,8 @@ def build_cache(
     images = np.empty((len(arrays), size, size, target), dtype=np.uint8)
     for row, array in enumerate(arrays):
         images[row] = array  # broadcasting repeats a grey channel into three
-    labels = np.array([samples[i].label for i in keep], dtype=np.int64)
+    if samples[keep[0]].targets is not None:  # multi-label: one 0/1 row per image
+        labels = np.array([samples[i].targets for i in keep], dtype=np.float32)
+    else:
+        labels = np.array([samples[i].label for i in keep], dtype=np.int64)
     return ImageCache(images=images, labels=labels, paths=[paths[i] for i in keep], skipped=skipped)

@@ -28,7 +28,8 @@ VAL_FOLDER_NAMES = ("val", "validation")
 @dataclass(frozen=True)
 class Sample:
     path: Path
-    label: int
+    label: int  # the class index; -1 for multi-label samples, whose classes are in targets
+    targets: tuple[int, ...] | None = None  # multi-label: 0/1 per class (a multi-hot vector)
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class DataSources:
     val: tuple[Sample, ...]
     test: tuple[Sample, ...] | None
     layout: str  # how the split was made, said in the log and the report
+    task: str = "single-label"  # or "multi-label" (from a manifest)
 
 
 def _ignored(name: str) -> bool:
@@ -170,9 +172,22 @@ def stratified_split(
 
 
 def resolve_training_data(
-    data: str | Path, val: str | Path | None = None, *, val_fraction: float = 0.2, seed: int = 0
+    data: str | Path,
+    val: str | Path | None = None,
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    task: str = "auto",
+    allow_outside: bool = False,
 ) -> DataSources:
-    """The train/val(/test) sources of a training run, following the folder layout rules."""
+    """The train/val(/test) sources of a training run, following the folder layout rules;
+    DATA may also be a CSV/JSONL manifest (imgcls.data.manifest)."""
+    from imgcls.data.manifest import is_manifest, manifest_sources
+
+    if is_manifest(data):
+        return manifest_sources(data, val, val_fraction=val_fraction, seed=seed, task=task, allow_outside=allow_outside)
+    if task == "multi-label":
+        raise DataError(f"{data}: multi-label training reads a manifest (CSV or JSONL), not class folders.")
     root = Path(data)
     if not root.exists():
         raise DataError(f"{root} does not exist. Give a folder of class folders.")
@@ -206,8 +221,16 @@ def resolve_training_data(
     )
 
 
-def resolve_evaluation_data(data: str | Path, classes: tuple[str, ...]) -> tuple[tuple[Sample, ...], Path]:
-    """The images `evaluate` uses: test/ if present, else val/ (validation/), else all of it."""
+def resolve_evaluation_data(
+    data: str | Path, classes: tuple[str, ...], *, multilabel: bool = False, allow_outside: bool = False
+) -> tuple[tuple[Sample, ...], Path]:
+    """The images `evaluate` uses: test/ if present, else val/ (validation/), else all of it;
+    or every row of a manifest."""
+    from imgcls.data.manifest import is_manifest, manifest_samples, read_manifest
+
+    if is_manifest(data):
+        rows = read_manifest(data, allow_outside=allow_outside)
+        return manifest_samples(rows, classes, multilabel, data), Path(data)
     root = Path(data)
     if not root.is_dir():
         raise DataError(f"{root} is not a folder. Give a folder of class folders (or a data root).")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgcls.checkpoint import atomic_write_bytes
+from imgcls.report import multilabel as ml
 from imgcls.report import sections as sec
 from imgcls.report.predictions import Predictions
 from imgcls.report.sections import esc, num, pct
@@ -88,6 +89,8 @@ def write_report(
 def write_report_from(path: Path, inputs: ReportInputs) -> Path:
     m = inputs.metrics
     predictions = inputs.predictions
+    if m.get("task") == "multi-label":
+        return _write(path, _multilabel_sections(inputs), ml.headline(m), ml.first_look(m))
     sections = [
         ("summary", "Summary", _summary(inputs)),
         ("curves", "Training curves", sec.curves(inputs.history)),
@@ -103,6 +106,22 @@ def write_report_from(path: Path, inputs: ReportInputs) -> Path:
         ("explanations", "Explanations (Grad-CAM)", sec.explanations(m, predictions, inputs.checkpoint)),
         ("skipped", "Skipped files", sec.skipped(m)),
     ]
+    return _write(path, sections, _headline(m), first_look(m))
+
+
+def _multilabel_sections(inputs: ReportInputs) -> list[tuple[str, str, str]]:
+    m, predictions = inputs.metrics, inputs.predictions
+    return [
+        ("summary", "Summary", _summary(inputs)),
+        ("curves", "Training curves", sec.curves(inputs.history)),
+        ("per-class", "Per label", ml.per_class(m, inputs.train_counts)),
+        ("pr", "Precision-recall curves", ml.pr(m, predictions)),
+        ("cooccurrence", "Label co-occurrence", ml.cooccurrence(m, predictions)),
+        ("skipped", "Skipped files", sec.skipped(m)),
+    ]
+
+
+def _write(path: Path, sections: list[tuple[str, str, str]], headline: str, look: str) -> Path:
     present = [(key, title, body) for key, title, body in sections if body]
     nav = "".join(f'<a href="#{key}">{esc(title)}</a>' for key, title, _ in present)
     body = "\n".join(
@@ -115,7 +134,7 @@ def write_report_from(path: Path, inputs: ReportInputs) -> Path:
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; '
         "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">"
         f"<title>imgcls report</title><style>{_STYLE}</style></head>\n"
-        f'<body>\n<h1>imgcls report</h1>\n{_headline(m)}\n<p class="look">{first_look(m)}</p>\n<nav>{nav}</nav>\n'
+        f'<body>\n<h1>imgcls report</h1>\n{headline}\n<p class="look">{look}</p>\n<nav>{nav}</nav>\n'
         f"{body}\n<script>{_SORT_SCRIPT}</script>\n</body></html>\n"
     )
     # File names that are not valid UTF-8 arrive as surrogate escapes; show them escaped.
@@ -131,7 +150,7 @@ def _headline(m: dict) -> str:
     if m.get("top5_accuracy") is not None:
         cards.append(("top-5 accuracy", pct(m["top5_accuracy"])))
     if m.get("tta"):
-        gain = m["tta"]["accuracy_with"] - m["tta"]["accuracy_without"]
+        gain = m["tta"].get("accuracy_with", 0) - m["tta"].get("accuracy_without", 0)
         cards.append(("flip TTA effect", f"{100 * gain:+.2f} pt"))
     cards.append(("images", num(m.get("num_samples"))))
     card_html = "".join(

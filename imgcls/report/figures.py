@@ -105,7 +105,9 @@ def training_curves(history: list[dict]):
     return fig
 
 
-def confusion_figure(matrix, classes: list[str], *, normalise: bool, title: str | None = None):
+def confusion_figure(
+    matrix, classes: list[str], *, normalise: bool, title: str | None = None, axes=("predicted", "true")
+):
     """A heatmap of the confusion matrix (rows true, columns predicted), sized for the classes."""
     from matplotlib.figure import Figure
 
@@ -124,8 +126,8 @@ def confusion_figure(matrix, classes: list[str], *, normalise: bool, title: str 
         ax.set_xticks(range(n), labels, rotation=60 if n > 2 else 0, ha="right" if n > 2 else "center",
                       rotation_mode="anchor", fontsize=label_size, parse_math=False)  # fmt: skip
         ax.set_yticks(range(n), labels, fontsize=label_size, parse_math=False)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
+        ax.set_xlabel(axes[0])
+        ax.set_ylabel(axes[1])
         ax.set_title(title or ("row-normalised" if normalise else "counts"))
         if n <= ANNOTATE_MAX_CLASSES:
             threshold = image.norm.vmax / 2

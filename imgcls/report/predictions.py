@@ -18,7 +18,7 @@ FILE_NAME = "predictions.npz"
 
 @dataclass(frozen=True)
 class Predictions:
-    labels: np.ndarray  # (N,) int64 true class index
+    labels: np.ndarray  # (N,) int64 true class index; multi-label: (N, K) 0/1 targets
     probs: np.ndarray  # (N, K) float32 probabilities
     paths: tuple[str, ...]  # (N,) the image files, as found when evaluating
 

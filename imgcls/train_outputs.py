@@ -1,0 +1,83 @@
+"""What a training run leaves besides its checkpoints: thresholds stored with the weights
+(multi-label), summary.json, predictions.npz and report.html, so that `imgcls report RUN_DIR`
+can draw the same report again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imgcls import checkpoint as ckpt
+from imgcls.config import Config
+from imgcls.prepare import TrainingRun
+
+
+def store_thresholds(path: Path, thresholds, fallback: float) -> None:
+    """Multi-label: the per-class thresholds chosen on validation travel with the weights."""
+    tensors, meta = ckpt.load_checkpoint(path)
+    meta["thresholds"] = {"per_class": [float(t) for t in thresholds], "default": fallback}  # exact: ties matter
+    ckpt.save_checkpoint(path, tensors, meta)
+
+
+def write_outputs(
+    run_dir: Path, metrics: dict, history: list[dict], summary: dict, *, val=None, probs=None, train=None
+) -> None:
+    """summary.json, predictions.npz and report.html of a finished run."""
+    from imgcls.report import Predictions, save_predictions, write_report  # the one step right of training
+
+    classes = metrics["classes"]
+    train_counts = None
+    if train is not None:
+        labels = np.asarray(train.labels)
+        # Images per class; multi-label: images holding the label.
+        counts = labels.sum(axis=0) if labels.ndim == 2 else np.bincount(labels, minlength=len(classes))
+        train_counts = {name: int(n) for name, n in zip(classes, counts, strict=True)}
+    ckpt.write_json(run_dir / "summary.json", {**summary, "train_counts": train_counts})
+    predictions = None
+    if val is not None and probs is not None:
+        probs = np.asarray(probs, dtype=np.float32)
+        predictions = Predictions(np.asarray(val.labels, dtype=np.int64), probs, tuple(val.paths))
+        save_predictions(run_dir, predictions)
+    write_report(run_dir / "report.html", metrics=metrics, history=history, summary=summary, predictions=predictions,
+                 checkpoint=run_dir / "best.safetensors", train_counts=train_counts)  # fmt: skip
+
+
+def describe_recipe(config: Config) -> str:
+    """The training choices that matter most, in one line (the full set is in config.yaml)."""
+    o, t, a = config.optim, config.train, config.augment
+    parts = [f"{o.name} lr {o.lr:g}", f"{o.schedule} schedule", f"batch {t.batch_size}"]
+    if o.weight_decay:
+        parts.append(f"weight decay {o.weight_decay:g}")
+    if t.label_smoothing:
+        parts.append(f"label smoothing {t.label_smoothing:g}")
+    if t.ema:
+        parts.append(f"EMA {t.ema_decay:g}")
+    augment = [name for name, on in (("flip", a.hflip), ("shift", a.translate), ("cutout", a.cutout),
+               ("mixup", a.mixup), ("cutmix", a.cutmix), ("randaugment", a.auto_augment != "none")) if on]  # fmt: skip
+    parts.append("augment: " + (", ".join(augment) if augment else "none"))
+    if config.transfer.pretrained:
+        parts.append("fine-tuned from pretrained weights")
+    if config.distill.teacher:
+        parts.append("distilled from a teacher")
+    return "; ".join(parts)
+
+
+def write_run_report(
+    run_dir: Path, run: TrainingRun, metrics: dict, history: list[dict], seconds: float, probs: torch.Tensor
+) -> None:
+    config = run.config
+    summary = {
+        "model": config.model.name,
+        "recipe": describe_recipe(config),
+        "data": run.sources.layout,
+        "classes": len(run.sources.classes),
+        "train images": len(run.train),
+        "val images": len(run.val),
+        "image size": f"{config.data.img_size} px, {run.train.channels} channel(s)",
+        "epochs": f"{len(history)} of {config.train.epochs}",
+        "precision": "bfloat16 autocast" if run.autocast_dtype else "float32",
+        "run seconds": round(seconds, 1),
+    }
+    write_outputs(run_dir, metrics, history, summary, val=run.val, probs=probs.numpy(), train=run.train)
