@@ -16,7 +16,7 @@ from imgcls.retrieval.commands import open_gallery
 from imgcls.retrieval.embed import Embedder
 from imgcls.retrieval.gallery import Gallery, GalleryError, build_gallery
 from imgcls.retrieval.index import build_index, choose_kind
-from imgcls.retrieval.recognize import UNKNOWN, calibrate, choose_threshold, recognize
+from imgcls.retrieval.recognize import UNKNOWN, calibrate, choose_threshold, label_scores, recognize
 from tests.conftest import CLASS_COLOURS, make_class_folders
 
 
@@ -210,3 +210,24 @@ def test_folder_labels_come_from_class_folders(tmp_path):
     shown = [str(root / "cats" / "1.png"), str(root / "dogs" / "a" / "2.png")]
     assert folder_labels([str(root)], shown) == ["cats", "dogs"]
     assert folder_labels([str(root)], shown + [str(root / "3.png")]) is None  # loose image: no labels
+
+
+def test_prototype_and_nearest_scoring_differ_as_designed():
+    def unit(degrees: float) -> list[float]:
+        return [np.cos(np.radians(degrees)), np.sin(np.radians(degrees))]
+
+    # Label a: two images at 0 and 53 degrees (mean direction 26.6); label b: one image at 60.
+    vectors = np.array([unit(0), unit(53.13), unit(60)], np.float32)
+    gallery = Gallery(vectors, ["a", "a", "b"], ["1", "2", "3"], {"identity": "x"})
+    names, prototypes = gallery.prototypes()
+    assert names == ["a", "b"]
+    np.testing.assert_allclose(prototypes, np.array([unit(26.565), unit(60)]), atol=1e-4)
+    query = np.array([unit(50)], np.float32)
+    nearest = label_scores(gallery, query, 2, by="nearest")[0]
+    prototype = label_scores(gallery, query, 2, by="prototype")[0]
+    assert [lab for lab, _ in nearest] == ["a", "b"] and nearest[0][1] == pytest.approx(np.cos(np.radians(3.13)), 1e-4)
+    assert [lab for lab, _ in prototype] == ["b", "a"] and prototype[0][1] == pytest.approx(
+        np.cos(np.radians(10)), 1e-4
+    )
+    gallery.add("b", np.array([unit(70)], np.float32), ["4"])  # a new image moves b's prototype
+    assert gallery.prototypes()[1][1] == pytest.approx(unit(65), abs=1e-4)

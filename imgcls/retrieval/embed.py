@@ -119,7 +119,7 @@ class Embedder:
         if len(images) == 0:
             return np.empty((0, int(getattr(self.network, "num_features", 0))), np.float32)
         parts = [
-            self._features(torch.from_numpy(np.ascontiguousarray(images[i : i + self.batch_size]))).numpy()
+            self._features(torch.from_numpy(np.require(images[i : i + self.batch_size], requirements="CW"))).numpy()
             for i in range(0, len(images), self.batch_size)
         ]
         return np.concatenate(parts).astype(np.float32, copy=False)

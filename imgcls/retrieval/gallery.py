@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 DTYPES = ("float32", "float16")
+RECOGNITION = ("prototype", "nearest")
 
 
 class GalleryError(ImgclsError):
@@ -46,18 +47,24 @@ class Gallery:
     model: dict  # identity (hash), checkpoint (file name), name, kwargs
     dtype: str = "float32"  # storage on disk; float16 halves the file, similarities move by ~1e-3
     index_kind: str = "auto"  # asked for: auto, exact, flat, ivf or hnsw
+    recognition: str = "prototype"  # how a label is scored: see imgcls.retrieval.recognize
     threshold: float | None = None  # similarity below which recognition answers "unknown"
     calibration: dict | None = None
     _index: SearchIndex | None = field(default=None, repr=False)
+    _prototypes: tuple[list[str], np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
-    def empty(cls, embedder: Embedder, *, dtype: str = "float32", index: str = "auto") -> Gallery:
+    def empty(
+        cls, embedder: Embedder, *, dtype: str = "float32", index: str = "auto", recognition: str = "prototype"
+    ) -> Gallery:
+        if recognition not in RECOGNITION:
+            raise ConfigError(f"recognition must be one of {', '.join(RECOGNITION)}, not {recognition!r}.")
         if dtype not in DTYPES:
             raise ConfigError(f"gallery dtype must be one of {', '.join(DTYPES)}, not {dtype!r}.")
         choose_kind(0, index)  # refuses an unknown kind now rather than at the first query
         dim = int(embedder.embed(embedder.blank(1)).shape[1])
         model = {"identity": embedder.identity, "checkpoint": embedder.source, **embedder.metadata["model"]}
-        return cls(np.empty((0, dim), np.float32), [], [], model, dtype, index)
+        return cls(np.empty((0, dim), np.float32), [], [], model, dtype, index, recognition)
 
     @property
     def dim(self) -> int:
@@ -95,6 +102,7 @@ class Gallery:
         self.embeddings = np.concatenate([self.embeddings, embeddings.astype(np.float32)])
         self.labels += [label] * len(paths)
         self.paths += list(paths)
+        self._prototypes = None
 
     def remove(self, label: str) -> int:
         """Forget every image of `label`; the index is rebuilt at the next query."""
@@ -106,7 +114,7 @@ class Gallery:
         self.embeddings = self.embeddings[keep]
         self.labels = [lab for lab, k in zip(self.labels, keep, strict=True) if k]
         self.paths = [p for p, k in zip(self.paths, keep, strict=True) if k]
-        self._index = None
+        self._index = self._prototypes = None
         self.threshold = self.calibration = None  # chosen for the old labels; calibrate again
         return removed
 
@@ -114,6 +122,16 @@ class Gallery:
         if self._index is None:
             self._index = build_index(self.embeddings, choose_kind(len(self), self.index_kind))
         return self._index
+
+    def prototypes(self) -> tuple[list[str], np.ndarray]:
+        """(labels, (L, D) unit vectors): each label's mean embedding, renormalised."""
+        if self._prototypes is None:
+            names, rows = np.unique(np.array(self.labels, dtype=object), return_inverse=True)
+            sums = np.zeros((len(names), self.dim), np.float64)
+            np.add.at(sums, rows, self.embeddings)
+            sums /= np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+            self._prototypes = [str(n) for n in names], sums.astype(np.float32)
+        return self._prototypes
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, row ids) of the k most similar enrolled images, best first."""
@@ -131,6 +149,7 @@ class Gallery:
             "dtype": self.dtype,
             "index": self.index_kind,
             "index_used": choose_kind(len(self), self.index_kind),
+            "recognition": self.recognition,
             "threshold": self.threshold,
             "calibration": self.calibration,
             "model": self.model,
@@ -155,7 +174,7 @@ class Gallery:
         write_json(folder / "gallery.json", {
             "format": FORMAT_VERSION, "imgcls_version": __version__, "model": self.model, "dim": self.dim,
             "dtype": self.dtype, "count": len(self), "index": self.index_kind,
-            "index_built": kind if kind != "exact" and len(self) else None,
+            "index_built": kind if kind != "exact" and len(self) else None, "recognition": self.recognition,
             "threshold": self.threshold, "calibration": self.calibration,
         })  # fmt: skip
 
@@ -180,7 +199,8 @@ class Gallery:
                 "Rebuild the gallery with `imgcls gallery build`."
             )
         gallery = cls(embeddings, list(labels), list(paths), head["model"], head.get("dtype", "float32"),
-                      head.get("index", "auto"), head.get("threshold"), head.get("calibration"))  # fmt: skip
+                      head.get("index", "auto"), head.get("recognition", "prototype"), head.get("threshold"),
+                      head.get("calibration"))  # fmt: skip
         built, index_file = head.get("index_built"), folder / "index.faiss"
         if built and built == choose_kind(count, gallery.index_kind) and index_file.is_file():
             index = FaissIndex.load(index_file, built)
@@ -218,9 +238,11 @@ def labelled_images(data: Path) -> dict[str, list[Path]]:
     return by_class
 
 
-def build_gallery(embedder: Embedder, data: Path, *, dtype: str = "float32", index: str = "auto") -> Gallery:
+def build_gallery(
+    embedder: Embedder, data: Path, *, dtype: str = "float32", index: str = "auto", recognition: str = "prototype"
+) -> Gallery:
     """A gallery enrolling every image of `data`'s class folders under its folder's name."""
-    gallery = Gallery.empty(embedder, dtype=dtype, index=index)
+    gallery = Gallery.empty(embedder, dtype=dtype, index=index, recognition=recognition)
     for label, images in labelled_images(data).items():
         result = embedder.embed_paths([(str(p.absolute()), p) for p in images], desc=f"enrol {label}")
         gallery.add(label, result.embeddings, result.paths)

@@ -35,7 +35,7 @@ HNSW_EF_SEARCH = 64
 # cells (4 sqrt(N)) would take minutes on a 2-core CPU; 1024 cells of a 64k sample take seconds.
 IVF_MAX_CELLS = 1024
 IVF_TRAIN_PER_CELL = 64
-QUERY_CHUNK = 1024  # queries per matrix product, to bound memory at (chunk x N) floats
+SIMILARITY_BLOCK = 2**26  # similarities per matrix product (256 MB): 1024 queries at 64k vectors, 67 at 1M
 
 
 class SearchIndex(Protocol):
@@ -82,8 +82,9 @@ class ExactIndex:
         if k <= 0:
             return np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64)
         scores, ids = [], []
-        for start in range(0, len(queries), QUERY_CHUNK):
-            sims = queries[start : start + QUERY_CHUNK] @ self.vectors.T
+        chunk = max(1, min(1024, SIMILARITY_BLOCK // self.ntotal))
+        for start in range(0, len(queries), chunk):
+            sims = queries[start : start + chunk] @ self.vectors.T
             top = (
                 np.argpartition(-sims, k - 1, axis=1)[:, :k]
                 if k < self.ntotal

@@ -9,7 +9,8 @@
                              403 on a server started without a token (its gallery is read-only).
 Images are sent as /predict takes them: multipart field `file` (enrolment takes several) or a
 raw image/* body. Enrolled uploads are kept under the gallery's uploads/ folder, so search
-results point at files. Errors are JSON {"error": "..."} with the statuses /predict uses.
+results point at files. Errors are JSON {"error": "..."} with the statuses /predict uses, and
+409 for a query to an empty gallery.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from starlette.datastructures import UploadFile
 from imgcls.data.sources import IMAGE_EXTENSIONS
 from imgcls.errors import DataError, NotAnImageError, TooManyPixelsError
 from imgcls.retrieval.commands import open_gallery
+from imgcls.retrieval.gallery import GalleryError
 from imgcls.retrieval.recognize import recognize, search
 
 log = logging.getLogger(__name__)
@@ -108,7 +110,10 @@ def retrieval_router(
         embedded = await embed(request)
         if isinstance(embedded, JSONResponse):
             return embedded
-        result = await run_in_threadpool(locked, recognize, gallery, embedded[0], ["upload"], topk=topk)
+        try:
+            result = await run_in_threadpool(locked, recognize, gallery, embedded[0], ["upload"], topk=topk)
+        except GalleryError as err:  # an empty gallery: nothing to compare with yet
+            return _error(409, str(err))
         return {key: value for key, value in result[0].to_json().items() if key != "path"}
 
     @router.post("/search")
@@ -117,7 +122,10 @@ def retrieval_router(
         embedded = await embed(request)
         if isinstance(embedded, JSONResponse):
             return embedded
-        result = await run_in_threadpool(locked, search, gallery, embedded[0], ["upload"], k=k)
+        try:
+            result = await run_in_threadpool(locked, search, gallery, embedded[0], ["upload"], k=k)
+        except GalleryError as err:
+            return _error(409, str(err))
         return {"matches": result[0].to_json()["matches"]}
 
     @router.get("/gallery")
