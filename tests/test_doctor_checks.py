@@ -153,3 +153,20 @@ def test_fail_on_kinds_are_validated():
     assert "label-error" in parse_kinds("all")
     with pytest.raises(ConfigError, match="leak"):
         parse_kinds("leak")
+
+
+def test_plan_moves_a_near_leak_into_train_and_drops_near_conflicts(near_root, tmp_path):
+    from imgcls.data.doctor_fix import apply_plan, plan_actions, write_plan
+
+    rows = {row["path"]: row for row in plan_actions(check_dataset(near_root, label_errors=False))}
+    assert (rows["test/a/leak.jpg"]["action"], rows["test/a/leak.jpg"]["target"]) == ("move", "train/a/leak.jpg")
+    assert rows["train/b/1.png"]["action"] == rows["train/c/conflict.jpg"]["action"] == "drop"
+    assert set(rows) == {"test/a/leak.jpg", "train/b/1.png", "train/c/conflict.jpg"}  # nothing else proposed
+    write_plan(list(rows.values()), tmp_path / "plan.csv")
+    assert (near_root / "test/a/leak.jpg").is_file()  # writing a plan changes nothing
+    result = apply_plan(tmp_path / "plan.csv")
+    assert result["applied"] == {"move": 1, "drop": 2}
+    assert not (near_root / "test/a/leak.jpg").exists() and (near_root / "train/a/leak.jpg").is_file()
+    backup = Path(result["backup"])
+    assert backup.parent == near_root.parent and backup.name.startswith("near.doctor-backup-")
+    assert (backup / "test/a/leak.jpg").is_file() and (backup / "train/c/conflict.jpg").is_file()
