@@ -230,3 +230,17 @@ def test_evaluate_and_export_keep_the_sigmoid(multilabel_run, tmp_path, capsys):
     assert main(["-q", "evaluate", str(onnx_path), str(root / "val.csv"), "--json"]) == 0
     from_onnx = json.loads(capsys.readouterr().out)
     assert from_onnx["mAP"] == pytest.approx(trained["mAP"], abs=1e-4)
+
+
+def test_server_answers_with_selected_labels(multilabel_run):
+    from fastapi.testclient import TestClient
+
+    from imgcls.serve.app import create_app
+
+    root, run = multilabel_run
+    image = sorted((root / "img").glob("*.png"))[125].read_bytes()
+    with TestClient(create_app(run / "best.safetensors", runtime="torch")) as client:
+        answer = client.post("/predict", content=image, headers={"content-type": "image/png"})
+    assert answer.status_code == 200
+    items = answer.json()["predictions"]
+    assert len(items) == 3 and all(isinstance(item["selected"], bool) for item in items)
