@@ -3,7 +3,10 @@
 - BodyLimit (ASGI middleware): a body over the size limit is answered 413 from its
   Content-Length, or as soon as the streamed bytes pass the limit, before it is read whole;
   a body that has not fully arrived `body_timeout` seconds after the app first asked for it
-  is answered 408. Both close the connection, so the rest of the body is never read.
+  is answered 408 and its connection closed. After a 413 the connection stays open while
+  uvicorn reads and drops the rest of the body (closing at once would reset it under a
+  client still sending, which then never sees the 413); header_timeout_protocol bounds that
+  drain to `seconds` after the answer.
 - header_timeout_protocol: uvicorn's HTTP/1.1 protocol with a deadline for the request
   line and headers. uvicorn's own timeout_keep_alive only runs between two requests, so a
   client that opens connections and sends a header byte now and then ("slowloris") would
@@ -36,9 +39,9 @@ class BodyTooSlow(Exception):
     pass
 
 
-def refusal(status: int, message: str) -> JSONResponse:
-    """A JSON error that also closes the connection: the unread rest of the body is dropped."""
-    return JSONResponse({"error": message}, status_code=status, headers={"connection": "close"})
+def refusal(status: int, message: str, *, close: bool = False) -> JSONResponse:
+    """A JSON error; `close` also closes the connection once it is sent."""
+    return JSONResponse({"error": message}, status_code=status, headers={"connection": "close"} if close else None)
 
 
 class BodyLimit:
@@ -91,7 +94,7 @@ class BodyLimit:
                 raise
             log.info("408: a request body took longer than %g s", self.timeout)
             message = f"the request body did not arrive within {self.timeout:g} s."
-            await refusal(408, message)(scope, receive, send)
+            await refusal(408, message, close=True)(scope, receive, send)
 
     async def _too_large(self, scope, receive, send):
         megabytes = self.limit / 1e6
@@ -101,7 +104,8 @@ class BodyLimit:
 
 def header_timeout_protocol(seconds: float = HEADER_TIMEOUT_SECONDS):
     """uvicorn's h11 protocol class, closing connections whose request head (request line and
-    headers) is not complete `seconds` after the connection opened or its last response."""
+    headers) is not complete `seconds` after the connection opened or its last response
+    (which also ends the drain of a refused body that keeps coming)."""
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class HeaderTimeoutProtocol(H11Protocol):
