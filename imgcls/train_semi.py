@@ -177,8 +177,8 @@ def fit_semi_run(config: Config, run_dir: Path, resume: bool, started: float) ->
     steps = semi_steps(len(unlabeled), len(run.train), tc.batch_size, config.semi.mu)
     run.scheduler, run.plateau = build_schedule(run.optimizer, config.optim, steps_per_epoch=steps, epochs=tc.epochs)
     log.info("semi-supervised (%s): %d labelled + %d unlabeled images, mu %d, threshold %.2f; %d steps per epoch "
-             "(one pass over the unlabeled images)", config.semi.method, len(run.train), len(unlabeled),
-             config.semi.mu, config.semi.threshold, steps)  # fmt: skip
+             "(one pass over the unlabeled images), %d in the whole run", config.semi.method, len(run.train),
+             len(unlabeled), config.semi.mu, config.semi.threshold, steps, steps * tc.epochs)  # fmt: skip
     history, start_epoch, best_acc = [], 1, -1.0
     if resume:
         state, _ = restore(run_dir / "last.safetensors", run)

@@ -99,9 +99,9 @@ def resolve_weights(arch: str, weights: str | None) -> tuple[Path, bool]:
                               + GET_WEIGHTS_HINT)  # fmt: skip
     cached = _cached_weights(arch, weights)
     if cached is None:
-        what = f"tag {weights!r} of {arch}" if weights else f"any pretrained {arch}"
-        raise CheckpointError(f"no CLIP weights given (--clip-weights) and none of {what} in the local Hugging Face "
-                              "cache; nothing is downloaded at run time. " + GET_WEIGHTS_HINT)  # fmt: skip
+        what = f"the {weights!r} weights of {arch} are not" if weights else f"no pretrained {arch} weights are"
+        raise CheckpointError(f"{what} in the local Hugging Face cache and no --clip-weights FILE was given; "
+                              "nothing is downloaded at run time. " + GET_WEIGHTS_HINT)  # fmt: skip
     path, cfg = cached
     return path, bool(cfg.get("quick_gelu", False))
 
