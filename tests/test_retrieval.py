@@ -18,15 +18,14 @@ from imgcls.retrieval.gallery import Gallery, GalleryError, build_gallery
 from imgcls.retrieval.index import build_index, choose_kind
 from imgcls.retrieval.recognize import UNKNOWN, calibrate, choose_threshold, label_scores, recognize
 from tests.conftest import CLASS_COLOURS, make_class_folders
+from tests.test_retrieval_fixtures import tiny_model
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """Three colour classes with junk files, and the shared tiny model (trained on two of them)."""
     data = make_class_folders(tmp_path_factory.mktemp("retrieval") / "data", per_class=12)
-    run = data.parent / "run"
-    args = ["-q", "train", str(data), "--out", str(run), "--img-size", "32", "--batch-size", "8", "--epochs", "2"]
-    assert main(args) == 0
-    return data, run / "best.safetensors"
+    return data, tiny_model()["checkpoint"]
 
 
 @pytest.fixture(scope="module")

@@ -16,27 +16,22 @@ from imgcls.cli import main
 from imgcls.retrieval.gallery import Gallery, GalleryError
 from imgcls.serve.app import create_app
 from tests.conftest import CLASS_COLOURS, make_class_folders
+from tests.test_retrieval_fixtures import tiny_model
 
 TOKEN = "s3cret-token"
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict[str, Path]:
-    """A model trained on the two animal classes; bird images kept aside to enrol later."""
+    """The shared tiny model (trained on the two animal classes; birds kept aside to enrol),
+    held-out images of all three classes, and a gallery of the two known classes."""
+    model = dict(tiny_model())
     root = tmp_path_factory.mktemp("retrieval-cli")
-    everything = make_class_folders(root / "all", per_class=12, junk=False)
-    known = root / "known"
-    known.mkdir()
-    for name in ("猫", "狗 dog"):
-        (everything / name).rename(known / name)
-    held = make_class_folders(root / "held", per_class=4, seed=7, junk=False)
-    run = root / "run"
-    args = ["-q", "train", str(known), "--out", str(run), "--img-size", "32", "--batch-size", "8", "--epochs", "2"]
+    model["held"] = make_class_folders(root / "held", per_class=4, seed=7, junk=False)
+    model["gallery"] = root / "gallery"
+    args = ["-q", "gallery", "build", str(model["checkpoint"]), str(model["known"]), "--out", str(model["gallery"])]
     assert main(args) == 0
-    gallery = root / "gallery"
-    assert main(["-q", "gallery", "build", str(run / "best.safetensors"), str(known), "--out", str(gallery)]) == 0
-    return {"root": root, "known": known, "birds": everything / "bird", "held": held, "gallery": gallery,
-            "checkpoint": run / "best.safetensors"}  # fmt: skip
+    return model
 
 
 def _json_lines(text: str) -> list[dict]:
@@ -160,3 +155,17 @@ def test_server_refuses_a_gallery_of_another_model(setup, tmp_path):
     ckpt.save_checkpoint(other, tensors, {k: v for k, v in meta.items() if k not in ("schema", "imgcls_version")})
     with pytest.raises(GalleryError, match="was built with checkpoint"):
         create_app(other, gallery=setup["gallery"], runtime="torch")
+
+
+def test_server_answers_409_for_an_empty_gallery(setup, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(setup["gallery"], tmp_path / "gallery")
+    gallery = Gallery.load(folder)
+    for label in list(gallery.counts()):
+        gallery.remove(label)
+    gallery.save(folder)
+    with TestClient(create_app(setup["checkpoint"], gallery=folder, runtime="torch")) as client:
+        for route in ("/recognize", "/search"):
+            response = client.post(route, content=_png((0, 0, 0)), headers={"content-type": "image/png"})
+            assert response.status_code == 409 and "empty" in response.json()["error"]

@@ -7,8 +7,8 @@ A label's score is the cosine similarity of the query to
 The best label has the highest score. Below the gallery's threshold the answer is "unknown":
 the image resembles nothing enrolled closely enough. Nearest-neighbour favours labels with
 many images: with 6,000 images per known Fashion-MNIST class and 5 per new class, a new
-class's test images were recognised 21% of the time by nearest image and far more often by
-prototype (benchmarks/recognition.py).
+class's test images were recognised 21% of the time by nearest image and 67% by prototype
+(benchmarks/recognition.py).
 """
 
 from __future__ import annotations
