@@ -175,3 +175,22 @@ def test_clip_linear_probe_checkpoint_keeps_the_hash_not_the_backbone(tiny_clip,
             ckpt.load_model(best)
     finally:
         save_file(clip_tensors, weights)
+
+
+def test_clip_backbone_copied_on_request_needs_no_weights_file(tiny_clip, tmp_path):
+    import shutil
+
+    config, weights = tiny_clip
+    own = tmp_path / "clip.safetensors"
+    shutil.copy(weights, own)
+    data = make_class_folders(tmp_path / "data", per_class=6, junk=False)
+    run = tmp_path / "run"
+    args = ["train", str(data), "--model", f"clip:{config}", "--clip-weights", str(own), "--freeze-backbone",
+            "--set", "model.kwargs.clip_copy=true", "--epochs", "1", "--img-size", "32", "--batch-size", "8",
+            "--out", str(run), "-q"]  # fmt: skip
+    assert main(args) == 0
+    own.unlink()  # the checkpoint alone must rebuild the model now
+    tensors, _ = ckpt.load_checkpoint(run / "best.safetensors")
+    assert "model.visual.proj" in tensors
+    model, _, _ = ckpt.load_model(run / "best.safetensors")
+    torch.testing.assert_close(model.visual.proj, tensors["model.visual.proj"])
