@@ -3,7 +3,9 @@
 Epochs then read from memory and never touch Pillow again: on this kind of 2-core machine
 the usual per-sample pipeline (PIL decode + transforms in DataLoader workers) trains 3x
 slower than the same network fed from memory (see the shared performance notes).
-Unreadable files are skipped and recorded with their reason, never fatal.
+Unreadable files are skipped and recorded with their reason, never fatal. A dataset whose
+decoded size would not fit in memory is decoded into a memory-mapped file instead, decided
+before the first image is decoded (imgcls.data.spill).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -21,6 +23,7 @@ import numpy as np
 
 from imgcls.data.decode import decode_image
 from imgcls.data.sources import Sample
+from imgcls.data.spill import fill_memmap, spill_folder
 from imgcls.errors import DataError
 from imgcls.progress import progress_bar
 
@@ -71,6 +74,39 @@ def process_pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
 
 
+def _decoded_chunks(chunks: list[list[str]], work, workers: int, total: int, desc: str) -> Iterator[list]:
+    """Each chunk's decoded arrays (or reasons), in order, from worker processes when it pays."""
+    bar = progress_bar(total=total, desc=desc, unit="img")
+    try:
+        if workers > 1 and total >= MIN_PARALLEL:
+            with process_pool(workers) as pool:
+                for chunk_result in pool.map(work, chunks):
+                    bar.update(len(chunk_result))
+                    yield chunk_result
+        else:
+            for chunk in chunks:
+                chunk_result = work(chunk)
+                bar.update(len(chunk_result))
+                yield chunk_result
+    finally:
+        bar.close()
+
+
+def _in_memory(
+    decoded: Iterator[list], size: int, channels: int | None
+) -> tuple[np.ndarray, list[int], dict[int, str]]:
+    """The fast path: every decoded array, then one array holding them all."""
+    results = [result for chunk in decoded for result in chunk]
+    keep = [i for i, r in enumerate(results) if not isinstance(r, str)]
+    reasons = {i: r for i, r in enumerate(results) if isinstance(r, str)}
+    arrays = [results[i] for i in keep]
+    target = channels or (1 if all(a.shape[-1] == 1 for a in arrays) else 3)
+    images = np.empty((len(arrays), size, size, target), dtype=np.uint8)
+    for row, array in enumerate(arrays):
+        images[row] = array  # broadcasting repeats a grey channel into three
+    return images, keep, reasons
+
+
 def build_cache(
     samples: Sequence[Sample],
     *,
@@ -80,11 +116,16 @@ def build_cache(
     max_pixels: int = 64_000_000,
     workers: int = 0,
     desc: str = "decode",
+    memory_limit: int | None = None,
+    spill_dir: str | Path | None = None,
 ) -> ImageCache:
     """Decode and resize samples into an ImageCache.
 
     channels None chooses: 1 when every readable image is grey, else 3 (grey images are
     then repeated into three channels, exactly as Pillow's L -> RGB conversion does).
+    The images are kept in memory unless twice their decoded size is more than
+    `memory_limit` (default: the memory available); then in a memory-mapped file in
+    `spill_dir` (default: $IMGCLS_CACHE_DIR or ~/.cache/imgcls).
     """
     paths = [str(s.path) for s in samples]
     if not paths:
@@ -92,33 +133,19 @@ def build_cache(
     chunks = [paths[i : i + CHUNK] for i in range(0, len(paths), CHUNK)]
     work = partial(_decode_chunk, size=size, resize=resize, channels=channels, max_pixels=max_pixels)
     workers = workers or cpu_count()
-    results: list[np.ndarray | str] = []
-    bar = progress_bar(total=len(paths), desc=desc, unit="img")
-    try:
-        if workers > 1 and len(paths) >= MIN_PARALLEL:
-            with process_pool(workers) as pool:
-                for chunk_result in pool.map(work, chunks):
-                    results.extend(chunk_result)
-                    bar.update(len(chunk_result))
-        else:
-            for chunk in chunks:
-                results.extend(work(chunk))
-                bar.update(len(chunk))
-    finally:
-        bar.close()
-
-    keep = [i for i, r in enumerate(results) if not isinstance(r, str)]
-    skipped = [{"path": paths[i], "reason": r} for i, r in enumerate(results) if isinstance(r, str)]
+    nbytes = len(paths) * size * size * (channels or 3)
+    folder = spill_folder(nbytes, desc, memory_limit=memory_limit, folder=Path(spill_dir) if spill_dir else None)
+    decoded = _decoded_chunks(chunks, work, workers, len(paths), desc)
+    if folder is None:
+        images, keep, reasons = _in_memory(decoded, size, channels)
+    else:
+        images, keep, reasons = fill_memmap(decoded, folder, len(paths), size, channels)
+    skipped = [{"path": paths[i], "reason": reason} for i, reason in sorted(reasons.items())]
     for item in skipped:
         log.warning("skipped %s: %s", item["path"], item["reason"])
     if not keep:
         first = skipped[0]
         raise DataError(f"none of the {len(paths)} images could be decoded; first: {first['path']}: {first['reason']}")
-    arrays = [results[i] for i in keep]
-    target = channels or (1 if all(a.shape[-1] == 1 for a in arrays) else 3)
-    images = np.empty((len(arrays), size, size, target), dtype=np.uint8)
-    for row, array in enumerate(arrays):
-        images[row] = array  # broadcasting repeats a grey channel into three
     if samples[keep[0]].targets is not None:  # multi-label: one 0/1 row per image
         labels = np.array([samples[i].targets for i in keep], dtype=np.float32)
     else:
