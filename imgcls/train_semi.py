@@ -131,7 +131,7 @@ def train_one_epoch_semi(
     lab_order = torch.cat([torch.randperm(len(labels), generator=generator) for _ in range(passes)])
     transform = strong_transform()
     model.train()
-    start, loss_sum, correct, seen, masked = time.perf_counter(), 0.0, 0, 0, 0
+    start, loss_sum, correct, seen, masked, unl_seen = time.perf_counter(), 0.0, 0, 0, 0, 0
     bar = progress_bar(total=steps, desc=desc, unit="step")
     try:
         for step in range(steps):
@@ -152,15 +152,13 @@ def train_one_epoch_semi(
             _optimizer_step(run)
             loss_sum += loss.item() * len(li)
             correct += (lab_logits.argmax(1) == labels[li]).sum().item()
-            seen, masked = seen + len(li), masked + int(mask.sum())
+            seen, masked, unl_seen = seen + len(li), masked + int(mask.sum()), unl_seen + len(ui)
             bar.update(1)
-            bar.set_postfix(
-                loss=f"{loss_sum / seen:.4f}", mask=f"{masked / ((step + 1) * unl_batch):.2f}", refresh=False
-            )
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", pseudo=f"{masked / unl_seen:.2f}", refresh=False)
     finally:
         bar.close()
     seconds = time.perf_counter() - start
-    return SemiStats(loss_sum / max(seen, 1), correct / max(seen, 1), seen, seconds, masked / max(steps * unl_batch, 1))
+    return SemiStats(loss_sum / max(seen, 1), correct / max(seen, 1), seen, seconds, masked / max(unl_seen, 1))
 
 
 def semi_steps(n_unlabeled: int, n_labelled: int, batch_size: int, mu: int) -> int:
