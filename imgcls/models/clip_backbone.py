@@ -201,17 +201,20 @@ def build_clip_backbone(
     """The registry's builder for `clip:ARCH`. The weights file's sha256, when recorded, must match."""
     if kwargs:
         raise ConfigError(f"clip models take clip_weights, clip_sha256 and clip_copy; not {', '.join(kwargs)}.")
-    path = Path(clip_weights) if clip_weights else None
-    if clip_copy and (path is None or not path.is_file()):
+    if not clip_weights:
+        # Weights found in a cache could differ later; a checkpoint must name and hash the file it was trained on.
+        raise ConfigError(f"model clip:{clip_model} needs its weights file: imgcls train --clip-weights FILE.")
+    path = Path(clip_weights)
+    if clip_copy and not path.is_file():
         # The backbone's tensors are in the imgcls checkpoint that is being loaded.
         model, _, _ = load_clip(clip_model, None, image_size=img_size, random=True)
     else:
-        if path is not None and not path.is_file():
+        if not path.is_file():
             raise CheckpointError(
                 f"this CLIP backbone's weights {path} are missing; put the file back there, or retrain "
                 "with --set model.kwargs.clip_copy=true to keep them in the checkpoint."
             )
-        if path is not None and clip_sha256 and sha256_file(path) != clip_sha256:
+        if clip_sha256 and sha256_file(path) != clip_sha256:
             raise CheckpointError(f"{path} is not the CLIP weights file this model was trained on (sha256 differs).")
         model, _, _ = load_clip(clip_model, path, image_size=img_size)
     visual = model.visual
