@@ -57,6 +57,19 @@ def _overrides(args: argparse.Namespace) -> dict:
     return nested
 
 
+def _without_devices(argv: list[str]) -> list[str]:
+    """The command line again, without --devices N (each worker is one of the N)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--devices":
+            skip = True
+        elif not arg.startswith("--devices="):
+            out.append(arg)
+    return out
+
+
 def _headline(m: dict) -> str:
     """The metrics a user reads first, on one line."""
     if m.get("task") == "multi-label":
@@ -79,6 +92,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from imgcls.train import fit
 
     overrides = _overrides(args)
+    if args.sync_bn:
+        overrides.setdefault("train", {})["sync_bn"] = True
     if args.clip_weights:
         from imgcls.models.clip_backbone import clip_model_kwargs
 
@@ -91,8 +106,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ImgclsError(
             f"--resume continues with the run's own config.yaml; drop the other options ({given or 'recipe'})."
         )
+    if args.devices and args.devices > 1:  # this process only starts the workers
+        from imgcls.distributed import launch
+
+        return launch(args.devices, _without_devices(sys.argv[1:] if args.argv is None else args.argv))
     config = None if args.resume else build_config(args.recipe, overrides, config_defaults)
-    result = fit(config, Path(args.out), resume=args.resume)
+    from imgcls import distributed
+
+    try:
+        result = fit(config, Path(args.out), resume=args.resume)
+    finally:
+        distributed.shutdown()
+    if os.environ.get("RANK", "0") != "0":  # a torchrun worker: rank 0 speaks for the run
+        return 0
     _print(_headline(result.metrics) + " validation images")
     _print(f"best checkpoint: {result.best_checkpoint}")
     _print(f"report: {result.run_dir / 'report.html'}")
@@ -447,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", metavar="SECTION.KEY=VALUE", help="any config value, e.g. optim.lr=0.01"
     )
     p = sub.add_parser("train", parents=[training], help="train a model on a folder of class folders")
+    p.add_argument("--devices", type=int, help="train on N processes of this machine (torchrun, DDP)")
+    p.add_argument("--sync-bn", action="store_true", help="several CUDA processes: batch norm over the global batch")
     p.add_argument("--clip-weights", help="with --model clip:ARCH: local open_clip weights (hash kept, not copied)")
     p.add_argument("--unlabeled", metavar="DIR", help="semi-supervised: also learn from these unlabeled images")
     p.add_argument("--semi", choices=["fixmatch", "pseudo"], help="with --unlabeled: FixMatch (default) or pseudo")
@@ -643,6 +671,7 @@ def _add_retrieval_parsers(sub, common: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = argv  # `train --devices N` passes the command line on to its workers
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("imgcls: %(message)s"))
     handler.setLevel(logging.WARNING if args.quiet else logging.INFO)  # the run's train.log keeps INFO

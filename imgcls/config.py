@@ -106,6 +106,7 @@ class TrainConfig:
     class_weights: Literal["none", "balanced"] = "none"  # balanced: weight ~ 1 / class frequency
     balanced_sampling: bool = False  # draw batches so every class is seen equally often
     multilabel_loss: Literal["bce", "asl"] = "bce"  # multi-label: binary cross-entropy or Asymmetric Loss
+    sync_bn: bool = False  # several processes on CUDA: batch-norm statistics over the global batch
     accumulate: int = 1  # gradient accumulation: optimizer step every N batches
     ema: bool = False  # keep an exponential moving average of the weights; evaluated and saved
     ema_decay: float = 0.999

@@ -55,6 +55,7 @@ class TrainingRun:
     per_image: Callable[[torch.Tensor], torch.Tensor] | None = None  # torchvision v2 transform
     ema: nn.Module | None = None  # timm's ModelEmaV3; its .module is what is evaluated and saved
     teacher: Teacher | None = None
+    ddp: nn.Module | None = None  # DistributedDataParallel around model, with several processes
 
     @property
     def eval_model(self) -> nn.Module:

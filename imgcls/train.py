@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from imgcls import checkpoint as ckpt
+from imgcls import distributed
 from imgcls.config import Config, load_config, save_config
 from imgcls.data.augment import apply_per_image, augment_batch, mix_batch, mixing_enabled
 from imgcls.data.loader import balanced_batch_indices, batch_indices, cache_tensors
@@ -98,6 +99,8 @@ def train_one_epoch(
         batches = list(balanced_batch_indices(labels, tc.batch_size, generator=generator))
     else:
         batches = list(batch_indices(len(labels), tc.batch_size, shuffle=True, generator=generator))
+    batches = distributed.shard_batches(batches)  # this process's share of each global batch
+    forward = run.ddp or model
     done = progress or EpochProgress()
     if done.generator_state is not None:  # the batch order is redrawn above; the draws go on from here
         generator.set_state(done.generator_state)
@@ -114,7 +117,7 @@ def train_one_epoch(
             if mixing_enabled(augment):
                 x, target = mix_batch(x, hard, len(run.sources.classes), augment, generator)
             with autocast(run.autocast_dtype, x.device):
-                logits = model(x).float()
+                logits = forward(x).float()
                 loss = run.loss_fn(logits, target)
                 if run.teacher is not None:
                     with torch.no_grad():
@@ -138,8 +141,8 @@ def train_one_epoch(
                 raise EpochInterrupted(done, len(batches))
     finally:
         bar.close()
-    seen = done.seen
-    return EpochStats(done.loss_sum / max(seen, 1), done.correct / max(seen, 1), seen, time.perf_counter() - start)
+    loss_sum, correct, seen = distributed.all_reduce_sums(done.loss_sum, done.correct, done.seen)
+    return EpochStats(loss_sum / max(seen, 1), correct / max(seen, 1), int(seen), time.perf_counter() - start)
 
 
 def _optimizer_step(run: TrainingRun) -> None:
@@ -205,6 +208,9 @@ def fit(config: Config | None, run_dir: Path, *, resume: bool = False) -> FitRes
     With resume, the run continues from run_dir/last.safetensors with run_dir/config.yaml
     (config may then be None)."""
     run_dir = Path(run_dir)
+    distributed.init_from_environment(torch.device("cpu"))
+    if not distributed.is_main():  # rank 0 alone writes the run's files and log
+        return _fit(config or load_config(run_dir / "config.yaml"), run_dir, resume)
     if resume:
         if not (run_dir / "last.safetensors").is_file():
             raise CheckpointError(f"nothing to resume: {run_dir / 'last.safetensors'} does not exist.")
@@ -256,6 +262,7 @@ def _fit(config: Config, run_dir: Path, resume: bool) -> FitResult:
 
         return fit_semi_run(config, run_dir, resume, started)
     run = prepare(config, torch.device("cpu"))
+    run.ddp = distributed.wrap(run.model, sync_bn=tc.sync_bn, device=torch.device("cpu"))
     history: list[dict] = []
     start_epoch, best_acc, partial = 1, -1.0, None
     if resume:
@@ -277,6 +284,9 @@ def _fit(config: Config, run_dir: Path, resume: bool) -> FitResult:
             if stop() and epoch < tc.epochs:
                 _stopped(run_dir, f"after epoch {epoch}")
 
+    distributed.barrier()  # best.safetensors is complete before anyone reads it
+    if not distributed.is_main():
+        return FitResult(run_dir, {}, history, run_dir / "best.safetensors")
     metrics, probs = _final_metrics(run_dir, run, val_x, val_y)
     write_run_report(run_dir, run, metrics, history, time.perf_counter() - started, probs)
     return FitResult(run_dir, metrics, history, run_dir / "best.safetensors")
@@ -307,6 +317,8 @@ def _train_epoch(
         stats = train_one_epoch(run, train_x, train_y, generator, desc=f"epoch {epoch}/{tc.epochs}",
                                 progress=partial, stop=stop)  # fmt: skip
     except EpochInterrupted as stopped:
+        if not distributed.is_main():
+            raise KeyboardInterrupt from None
         last = history[-1] if history else {"epoch": 0, "val_acc": None}
         meta = run.metadata(epoch=last["epoch"], val_accuracy=last["val_acc"], ema=run.ema is not None)
         save_last(run_dir, run, history, best_acc, meta, partial=stopped.progress)
@@ -322,6 +334,8 @@ def _train_epoch(
     log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.1f s (%.0f img/s)",
              epoch, tc.epochs, stats.loss, stats.accuracy, val_loss, val_acc, stats.seconds,
              stats.images / stats.seconds)  # fmt: skip
+    if not distributed.is_main():  # every rank evaluated the same weights: the same best, unsaved
+        return max(best_acc, val_acc)
     return save_epoch(run_dir, run, history, best_acc)
 
 
