@@ -194,3 +194,10 @@ def test_clip_backbone_copied_on_request_needs_no_weights_file(tiny_clip, tmp_pa
     assert "model.visual.proj" in tensors
     model, _, _ = ckpt.load_model(run / "best.safetensors")
     torch.testing.assert_close(model.visual.proj, tensors["model.visual.proj"])
+
+
+def test_clip_backbone_needs_a_named_weights_file():
+    from imgcls.models import create_model
+
+    with pytest.raises(ConfigError, match="--clip-weights FILE"):
+        create_model("clip:ViT-B-32", num_classes=3, img_size=32)  # a cached copy could change under a checkpoint
