@@ -91,3 +91,45 @@ def test_sync_bn_is_refused_on_cpu(monkeypatch):
 
     with pytest.raises(ConfigError, match="CUDA only"):
         distributed.wrap(torch.nn.BatchNorm2d(3), sync_bn=True, device=torch.device("cpu"))
+
+
+def test_two_nodes_rendezvous_over_c10d(runs, tmp_path):
+    """The multi-node command line of the README, as two one-process "nodes" on this machine."""
+    data = runs[0]
+    port = 29400 + os.getpid() % 500
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+               "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=imgcls-test", "-m", "imgcls",
+               "-q", "train", str(data), "--out", str(tmp_path / "run"), "--epochs", "2", *COMMON]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]  # fmt: skip
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    assert len(history(tmp_path / "run")) == 2
+
+
+def test_a_killed_worker_stops_the_job_and_resume_finishes_it(runs, tmp_path):
+    import signal
+    import time
+
+    data = runs[0]
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "imgcls",
+               "-q", "train", str(data), "--out", str(run), "--epochs", "500", *COMMON]  # fmt: skip
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not ((run / "history.csv").is_file() and len(history(run)) >= 2):
+        assert job.poll() is None and time.monotonic() < deadline, "training did not start"
+        time.sleep(0.2)
+    workers = subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2
+    os.kill(int(workers[-1]), signal.SIGKILL)  # one worker dies mid-run
+    job.communicate(timeout=120)  # the rest stop instead of waiting forever
+    assert job.returncode != 0
+    done = len(history(run))
+    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    config["train"]["epochs"] = done + 1
+    (run / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    assert main(["-q", "train", "--resume", "--out", str(run)]) == 0
+    assert [int(row["epoch"]) for row in history(run)] == list(range(1, done + 2))
