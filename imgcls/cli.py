@@ -317,6 +317,16 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_shard(args: argparse.Namespace) -> int:
+    from imgcls.data.shards import parse_size, write_shards
+
+    index = write_shards(Path(args.data), Path(args.out), parse_size(args.shard_size))
+    for split, info in index["splits"].items():
+        _print(f"{split}: {info['count']:,} images in {len(info['shards'])} shard(s)")
+    _print(f"shards and index.json in {args.out}; train with: imgcls train {args.out}")
+    return 0
+
+
 def cmd_data_apply(args: argparse.Namespace) -> int:
     from imgcls.data.doctor_fix import apply_plan, undo_apply
 
@@ -585,6 +595,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-sample", type=int, default=100_000, metavar="N",
                    help="check the labels of at most N images, a stratified sample (100,000)")  # fmt: skip
     p.set_defaults(func=cmd_data_check)
+    p = data.add_parser("shard", parents=[common], help="pack class folders into tar shards (WebDataset layout)")
+    p.add_argument("data", help="a folder of class folders, or a root with train/ val/ test/")
+    p.add_argument("--out", required=True, help="folder for the .tar shards and index.json")
+    p.add_argument("--shard-size", default="500MB", help="bytes per shard, e.g. 500MB or 2GB (500MB)")
+    p.set_defaults(func=cmd_data_shard)
+
     p = data.add_parser("apply", parents=[common], help="carry out a reviewed fix plan, with a backup and undo log")
     p.add_argument("plan", nargs="?", help="the CSV written by `imgcls data check --fix-plan`")
     p.add_argument("--backup", metavar="DIR", help="where originals go (default: next to the data, timestamped)")

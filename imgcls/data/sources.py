@@ -183,9 +183,12 @@ def resolve_training_data(
     """The train/val(/test) sources of a training run, following the folder layout rules;
     DATA may also be a CSV/JSONL manifest (imgcls.data.manifest)."""
     from imgcls.data.manifest import is_manifest, manifest_sources
+    from imgcls.data.shards import is_shard_folder, shard_sources
 
     if is_manifest(data):
         return manifest_sources(data, val, val_fraction=val_fraction, seed=seed, task=task, allow_outside=allow_outside)
+    if is_shard_folder(data):
+        return shard_sources(Path(data), val, val_fraction=val_fraction, seed=seed)
     if task == "multi-label":
         raise DataError(f"{data}: multi-label training reads a manifest (CSV or JSONL), not class folders.")
     root = Path(data)
@@ -227,10 +230,13 @@ def resolve_evaluation_data(
     """The images `evaluate` uses: test/ if present, else val/ (validation/), else all of it;
     or every row of a manifest."""
     from imgcls.data.manifest import is_manifest, manifest_samples, read_manifest
+    from imgcls.data.shards import is_shard_folder, shard_evaluation_samples
 
     if is_manifest(data):
         rows = read_manifest(data, allow_outside=allow_outside)
         return manifest_samples(rows, classes, multilabel, data), Path(data)
+    if is_shard_folder(data):
+        return shard_evaluation_samples(Path(data), classes)
     root = Path(data)
     if not root.is_dir():
         raise DataError(f"{root} is not a folder. Give a folder of class folders (or a data root).")
