@@ -23,7 +23,9 @@ FORMATS = {"PNG": "RGBA", "JPEG": "RGB", "BMP": "RGB", "GIF": "P", "WEBP": "RGB"
 MAGIC = {"PNG": b"\x89PNG\r\n\x1a\n", "JPEG": b"\xff\xd8\xff", "BMP": b"BM", "GIF": b"GIF89a",
          "WEBP": b"RIFF\x00\x00\x00\x00WEBPVP8 ", "TIFF": b"II*\x00"}  # fmt: skip
 # derandomize: the same examples on every run, so CI never meets a new one by chance.
-FUZZ = settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=120, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 def _encode(fmt: str, width: int = 20, height: int = 14) -> bytes:

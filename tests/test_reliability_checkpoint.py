@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from imgcls import __version__
 from imgcls import checkpoint as ckpt
@@ -112,3 +114,39 @@ def test_predictor_refuses_an_edited_checkpoint(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="best.safetensors.*checksum"):
         Predictor.from_file(path, runtime="torch")
+
+
+# --- fuzz ------------------------------------------------------------------------------------
+
+edit = st.tuples(
+    st.sampled_from(["flip", "insert", "delete", "truncate"]), st.floats(0, 1), st.binary(min_size=1, max_size=8)
+)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@given(edits=st.lists(edit, min_size=1, max_size=4))
+def test_any_damage_is_a_checkpoint_error_or_an_intact_load(tmp_path_factory, edits):
+    """Whatever happens to the bytes, loading gives the saved tensors back or a CheckpointError
+    naming the file: never another exception, never other weights."""
+    folder = tmp_path_factory.mktemp("fuzz")
+    path = folder / "fuzzed.safetensors"
+    tensors = {"model.w": torch.arange(12, dtype=torch.float32).reshape(3, 4)}
+    ckpt.save_checkpoint(path, tensors, {"classes": ["a", "b", "c"]})
+    data = bytearray(path.read_bytes())
+    for kind, where, payload in edits:
+        pos = min(int(where * len(data)), max(len(data) - 1, 0))
+        if kind == "flip" and data:
+            data[pos] ^= payload[0] or 1
+        elif kind == "insert":
+            data[pos:pos] = payload
+        elif kind == "delete":
+            del data[pos : pos + len(payload)]
+        else:
+            del data[pos:]
+    path.write_bytes(bytes(data))
+    try:
+        loaded, meta = ckpt.load_checkpoint(path)
+    except CheckpointError as err:
+        assert "fuzzed.safetensors" in str(err)
+    else:
+        assert torch.equal(loaded["model.w"], tensors["model.w"]) and meta["classes"] == ["a", "b", "c"]
