@@ -619,7 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_retrieval_parsers(sub, common: argparse.ArgumentParser) -> None:
     """embed, gallery, recognize, search, cluster: recognition and search by embeddings."""
     kinds = ["auto", "exact", "flat", "ivf", "hnsw"]
-    index_help = "exact (numpy) or a FAISS index; auto: exact below 100k images, else hnsw"
+    index_help = "exact (numpy) or a FAISS index; auto: exact below 100k images, else ivf"
     checkpoint_help = "the gallery's checkpoint, when it has moved (must hold the same weights)"
     p = sub.add_parser("embed", parents=[common], help="L2-normalised embeddings of images (.npy + .json paths)")
     p.add_argument("checkpoint")

@@ -188,7 +188,7 @@ def test_adding_to_an_index_does_not_rebuild_it(tmp_path):
 
 
 def test_auto_index_is_exact_for_small_galleries():
-    assert choose_kind(1000) == "exact" and choose_kind(10**6) == "hnsw" and choose_kind(10, "ivf") == "ivf"
+    assert choose_kind(1000) == "exact" and choose_kind(10**6) == "ivf" and choose_kind(10, "hnsw") == "hnsw"
 
 
 def test_kmeans_clusters_blobs_and_scores_them():
