@@ -1,0 +1,264 @@
+"""Recognition without retraining: a classifier of 8 Fashion-MNIST classes enrols the other 2 from 5 images each.
+
+Model: `imgcls train fm-8seen/train --recipe fashion-mnist --epochs 6 --val-fraction 0.1
+--seed 0` (small-net width 48, 28 px), where fm-8seen/train holds the 48,000 training images
+of every class but Bag and Ankle boot (symlinks to fashion-mnist/train/). A finished run is
+reused; --retrain trains it again. Everything else is measured in this process with
+imgcls.retrieval on the embeddings (pooled pre-logit features, 192-d, L2-normalised) of the
+60,000 training and 10,000 test images:
+
+1. Recognition (no threshold), by prototype (a label's mean embedding) and by nearest image:
+   a gallery of G training images per seen class (G = 5, 100, 6000) plus 5 training images
+   of each unseen class, drawn 5 times (numpy seeds 0-4); accuracy on the 2,000 test images
+   of the unseen classes (and each of them) and the 8,000 of the seen ones, mean and std over
+   the draws. The classifier's own head on the seen test images for reference.
+2. Open set: gallery of 100 per seen class + 5 of one unseen class; the other unseen class is
+   never enrolled. A threshold by `gallery calibrate`'s rule (no unknowns to calibrate on: keep
+   95% of correct recognitions) on the seen-class images of a seeded half of the test set; on
+   the other half, AUROC of "unknown" (score: minus the best similarity) and the threshold's
+   effect. Both for prototype and nearest-image scoring.
+3. Search on the test set, each image querying the other 9,999 (same class = relevant):
+   Recall@10 (a relevant image among the first 10), precision@10, mAP over the full ranking.
+4. Latency: exact (numpy) vs FAISS flat / IVF / HNSW at 10k (the test embeddings) and 1M
+   vectors (synthetic: each test embedding plus 99 Gaussian perturbations, sigma 0.02 per
+   dimension, renormalised): build seconds, one query (median of 100), 1,000 queries in one
+   call, recall@10 against exact. HNSW at 1M only with --hnsw-1m (its build takes minutes).
+5. Clustering the 10,000 test embeddings: k-means with k = 10 (purity, NMI) and HDBSCAN.
+
+Timings share 2 CPU cores with other work and are noisy.
+
+    .venv/bin/python benchmarks/recognition.py [--retrain] [--hnsw-1m]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+from transfer import DATA, RUNS, imgcls
+
+SEEN = ("T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker")
+UNSEEN = ("Bag", "Ankle boot")
+SHOTS, DRAWS = 5, 5
+RUN = RUNS / "recognition-8class-small-net"
+TRAIN = ["--recipe", "fashion-mnist", "--epochs", "6", "--val-fraction", "0.1", "--seed", "0"]
+
+
+def seen_folder() -> Path:
+    root = DATA / "fm-8seen" / "train"
+    root.mkdir(parents=True, exist_ok=True)
+    for name in SEEN:
+        link = root / name
+        if not link.exists():
+            link.symlink_to(Path("..", "..", "fashion-mnist", "train", name))
+    return root
+
+
+def embed_all(embedder, images: np.ndarray) -> np.ndarray:
+    pixels = images[..., None]
+    if embedder.preprocessing.channels == 3:
+        pixels = np.repeat(pixels, 3, axis=-1)
+    return embedder.embed(pixels)
+
+
+def check_png_path(embedder, test_x: np.ndarray, test_emb: np.ndarray) -> float:
+    """Largest difference between embeddings of the test PNGs (as `imgcls embed` reads them)
+    and of the arrays this script embeds; the PNG folders' order is not the arrays' order, so
+    each PNG is compared with its nearest array embedding."""
+    folder = DATA / "fashion-mnist" / "test" / "Bag"
+    files = sorted(folder.iterdir())[:100]
+    from_png = embedder.embed_paths([(str(p), p) for p in files]).embeddings
+    return float(1 - (from_png @ test_emb.T).max(axis=1).min())
+
+
+def recognition(gallery_x, gallery_y, query_x, query_y, classes, by):
+    from imgcls.retrieval.gallery import Gallery
+    from imgcls.retrieval.recognize import label_scores
+
+    labels = [classes[i] for i in gallery_y]
+    gallery = Gallery(gallery_x, labels, [""] * len(labels), {"identity": "benchmark"}, index_kind="exact")
+    best = label_scores(gallery, query_x, 1, by=by)
+    predicted = np.array([c[0][0] for c in best])
+    similarity = np.array([c[0][1] for c in best])
+    return predicted == np.array([classes[i] for i in query_y]), similarity, gallery
+
+
+def recognition_table(train_emb, train_y, test_emb, test_y, classes, unseen_ids) -> None:
+    seen_ids = [i for i in range(10) if i not in unseen_ids]
+    groups = {"unseen": np.isin(test_y, unseen_ids), "seen": np.isin(test_y, seen_ids)}
+    groups |= {classes[c]: test_y == c for c in unseen_ids}
+    print(f"\n1. recognition: {SHOTS} images per unseen class, {DRAWS} draws, accuracy mean ± std")
+    print(f"{'by':10s} {'seen imgs/class':>15s}" + "".join(f" {name:>17s}" for name in groups))
+    for by, per_seen in [(by, n) for by in ("prototype", "nearest") for n in (5, 100, 6000)]:
+        scores = {name: [] for name in groups}
+        for draw in range(DRAWS):
+            rng = np.random.default_rng(draw)
+            picks = [rng.permutation(np.flatnonzero(train_y == c))[: SHOTS if c in unseen_ids else per_seen]
+                     for c in range(10)]  # fmt: skip
+            rows = np.concatenate(picks)
+            correct, _, _ = recognition(train_emb[rows], train_y[rows], test_emb, test_y, classes, by)
+            for name, mask in groups.items():
+                scores[name].append(correct[mask].mean())
+        cells = "".join(f" {np.mean(v):8.4f} ± {np.std(v):.4f}" for v in scores.values())
+        print(f"{by:10s} {per_seen:15d}{cells}")
+
+
+def open_set(train_emb, train_y, test_emb, test_y, classes, unseen_ids) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from imgcls.retrieval.recognize import choose_threshold
+
+    # Half of the test set (seeded) calibrates the threshold, with its images of the 8 seen
+    # classes only (a user has no images of a class nobody enrolled); the other half measures.
+    half = np.zeros(len(test_y), bool)
+    half[np.random.default_rng(0).permutation(len(test_y))[: len(test_y) // 2]] = True
+    cal = half & ~np.isin(test_y, unseen_ids)
+    measure = ~half
+    print("\n2. open set: 100 per seen class + 5 of one unseen class enrolled; the other never enrolled")
+    print(f"   threshold from {cal.sum()} test images of the seen classes; measured on the other {measure.sum()}")
+    for by, (enrolled, never) in [
+        (by, pair) for by in ("prototype", "nearest") for pair in (unseen_ids, unseen_ids[::-1])
+    ]:
+        rng = np.random.default_rng(0)
+        picks = []
+        for c in range(10):
+            if c != never:
+                picks.append(rng.permutation(np.flatnonzero(train_y == c))[: SHOTS if c == enrolled else 100])
+        rows = np.concatenate(picks)
+        correct, similarity, _ = recognition(train_emb[rows], train_y[rows], test_emb, test_y, classes, by)
+        stats = choose_threshold(similarity[cal], correct[cal], np.zeros(cal.sum(), bool))
+        known, unknown = measure & (test_y != never), measure & (test_y == never)
+        auroc = roc_auc_score(unknown[measure], -similarity[measure])
+        accept = similarity >= stats["threshold"]
+        print(f"{by}: enrolled {classes[enrolled]!r}, never enrolled {classes[never]!r}: AUROC of unknown {auroc:.4f}; "
+              f"threshold {stats['threshold']:.4f}: known images recognised and accepted "
+              f"{(correct & accept)[known].mean():.4f} (accepted {accept[known].mean():.4f}), never-enrolled "
+              f"rejected {(~accept[unknown]).mean():.4f}, enrolled-unseen recognised and accepted "
+              f"{(correct & accept)[measure & (test_y == enrolled)].mean():.4f}")  # fmt: skip
+
+
+def search_quality(test_emb, test_y, unseen_ids) -> None:
+    print("\n3. search on the test set, every image against the other 9,999 (same class = relevant)")
+    hits, precision, ap = [], [], []
+    for start in range(0, len(test_emb), 500):
+        sims = test_emb[start : start + 500] @ test_emb.T
+        sims[np.arange(len(sims)), np.arange(start, start + len(sims))] = -np.inf  # not itself
+        order = np.argsort(-sims, axis=1, kind="stable")[:, :-1]
+        relevant = test_y[order] == test_y[start : start + 500, None]
+        hits.append(relevant[:, :10].any(1))
+        precision.append(relevant[:, :10].mean(1))
+        ranks = np.arange(1, relevant.shape[1] + 1)
+        ap.append((np.cumsum(relevant, 1) / ranks * relevant).sum(1) / relevant.sum(1))
+    hits, precision, ap = np.concatenate(hits), np.concatenate(precision), np.concatenate(ap)
+    unseen = np.isin(test_y, unseen_ids)
+    for name, mask in (("all 10 classes", np.ones_like(unseen)), ("2 unseen classes", unseen), ("8 seen", ~unseen)):
+        print(f"{name:18s} Recall@10 {hits[mask].mean():.4f}  precision@10 {precision[mask].mean():.4f}  "
+              f"mAP {ap[mask].mean():.4f}")  # fmt: skip
+
+
+def latency(vectors: np.ndarray, kinds: list[str], label: str) -> None:
+    from imgcls.retrieval.index import build_index
+
+    rng = np.random.default_rng(1)
+    queries = vectors[rng.choice(len(vectors), 1000, replace=False)] + 0.01 * rng.standard_normal(
+        (1000, vectors.shape[1])
+    )
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    truth = None
+    print(f"\n4. latency, {label}: {len(vectors):,} x {vectors.shape[1]} vectors, k = 10")
+    print(f"{'index':8s} {'build s':>8s} {'1 query ms':>11s} {'1000 queries ms/query':>22s} {'recall@10':>10s}")
+    for kind in kinds:
+        start = time.perf_counter()
+        index = build_index(vectors, kind)
+        built = time.perf_counter() - start
+        single = []
+        for q in queries[:100]:
+            start = time.perf_counter()
+            index.search(q[None], 10)
+            single.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        ids = index.search(queries, 10)[1]
+        batch = (time.perf_counter() - start) / len(queries)
+        truth = ids if kind == "exact" else truth
+        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, truth, strict=True)])
+        print(f"{kind:8s} {built:8.2f} {1000 * np.median(single):11.3f} {1000 * batch:22.4f} {recall:10.4f}")
+        del index
+
+
+def synthetic(test_emb: np.ndarray, copies: int = 100, sigma: float = 0.02) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    out = np.empty((len(test_emb) * copies, test_emb.shape[1]), np.float32)
+    for c in range(copies):
+        block = test_emb + (sigma * rng.standard_normal(test_emb.shape) if c else 0)
+        out[c * len(test_emb) : (c + 1) * len(test_emb)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out
+
+
+def clustering(test_emb, test_y) -> None:
+    from imgcls.retrieval.cluster import cluster_embeddings, cluster_scores
+
+    print("\n5. clustering the 10,000 test embeddings")
+    for k, size in ((10, None), (None, 50)):
+        start = time.perf_counter()
+        assignments, method = cluster_embeddings(test_emb, k=k, min_cluster_size=size or 5)
+        s = cluster_scores(list(test_y), assignments)
+        found = len(set(assignments) - {-1})
+        print(f"{method}: {found} clusters, purity {s['purity']:.4f}, NMI {s['nmi']:.4f}, "
+              f"{s['outliers']} outliers, {time.perf_counter() - start:.1f} s")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--retrain", action="store_true", help="train the 8-class model again")
+    parser.add_argument("--hnsw-1m", action="store_true", help="also build HNSW over 1M vectors (minutes)")
+    args = parser.parse_args()
+    from imgcls.data.builtin import FASHION_MNIST_CLASSES, load_fashion_mnist
+    from imgcls.predict import Predictor
+    from imgcls.retrieval.embed import Embedder
+
+    if args.retrain or not (RUN / "best.safetensors").is_file():
+        seconds, _ = imgcls("train", seen_folder(), *TRAIN, "--out", RUN)
+        print(f"trained in {seconds:.0f} s")
+    checkpoint = RUN / "best.safetensors"
+    classes = [name.replace("/", "_") for name in FASHION_MNIST_CLASSES]  # as the class folders spell them
+    unseen_ids = [classes.index(name) for name in UNSEEN]
+    train_x, train_y = load_fashion_mnist("train")
+    test_x, test_y = load_fashion_mnist("test")
+    embedder = Embedder.from_checkpoint(checkpoint)
+    cache = DATA / f"recognition-embeddings-{embedder.identity[:16]}.npz"  # keyed by the model's identity
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as saved:
+            train_emb, test_emb = saved["train"], saved["test"]
+        print(f"embeddings of this model from {cache.name}")
+    else:
+        start = time.perf_counter()
+        train_emb, test_emb = embed_all(embedder, train_x), embed_all(embedder, test_x)
+        seconds = time.perf_counter() - start
+        print(f"embedded 70,000 images ({train_emb.shape[1]}-d) in {seconds:.1f} s ({70000 / seconds:,.0f} img/s)")
+        np.savez(cache, train=train_emb, test=test_emb)
+    print(f"PNG path vs arrays: largest 1 - cosine {check_png_path(embedder, test_x, test_emb):.2e} (100 Bag PNGs)")
+
+    predictor = Predictor.from_checkpoint(checkpoint)
+    seen_rows = np.flatnonzero(~np.isin(test_y, unseen_ids))
+    pixels = test_x[seen_rows][..., None]
+    if predictor.preprocessing.channels == 3:
+        pixels = np.repeat(pixels, 3, axis=-1)
+    head = np.array(predictor.classes)[predictor.probabilities(pixels).argmax(1)]
+    head_acc = (head == np.array(classes)[test_y[seen_rows]]).mean()
+    print(f"the classifier's own head on the 8,000 seen test images: accuracy {head_acc:.4f}")
+
+    recognition_table(train_emb, train_y, test_emb, test_y, classes, unseen_ids)
+    open_set(train_emb, train_y, test_emb, test_y, classes, unseen_ids)
+    search_quality(test_emb, test_y, unseen_ids)
+    latency(test_emb, ["exact", "flat", "ivf", "hnsw"], "the test embeddings")
+    del train_emb
+    big = synthetic(test_emb)
+    latency(big, ["exact", "flat", "ivf"] + (["hnsw"] if args.hnsw_1m else []), "synthetic")
+    del big
+    clustering(test_emb, test_y)
+
+
+if __name__ == "__main__":
+    main()
