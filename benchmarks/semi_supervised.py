@@ -96,13 +96,13 @@ def compare(k: int, epochs: int, subset: int) -> list[tuple]:
     root = build_folders(k)
     labelled = ["--val", root / "val"]
     unlabeled = ["--unlabeled", root / "unlabeled", "--set", f"semi.max_unlabeled={subset}"]
-    semi, semi_wall = train(f"semi-{k}-fixmatch", root / "train", *labelled, *unlabeled, "--epochs", epochs,
+    semi, semi_wall = train(f"semi-{k}-fixmatch-e{epochs}", root / "train", *labelled, *unlabeled, "--epochs", epochs,
                             "--batch-size", 64)  # fmt: skip
     budget = train_seconds(semi)
-    probe, _ = train(f"semi-{k}-probe", root / "train", *labelled, "--epochs", 5, "--batch-size", 16)
+    probe, _ = train(f"semi-{k}-probe-e{epochs}", root / "train", *labelled, "--epochs", 5, "--batch-size", 16)
     per_epoch = train_seconds(probe) / 5
     sup_epochs = max(5, min(MAX_SUPERVISED_EPOCHS, round(budget / per_epoch)))
-    sup, sup_wall = train(f"semi-{k}-supervised", root / "train", *labelled, "--epochs", sup_epochs,
+    sup, sup_wall = train(f"semi-{k}-supervised-e{epochs}", root / "train", *labelled, "--epochs", sup_epochs,
                           "--batch-size", 16)  # fmt: skip
     return [
         (k, f"FixMatch, {epochs} epochs over {subset} unlabeled", test_accuracy(semi), budget, semi_wall),
