@@ -201,3 +201,15 @@ def test_clip_backbone_needs_a_named_weights_file():
 
     with pytest.raises(ConfigError, match="--clip-weights FILE"):
         create_model("clip:ViT-B-32", num_classes=3, img_size=32)  # a cached copy could change under a checkpoint
+
+
+def test_clip_backbone_is_copied_once_it_differs_from_the_file(tiny_clip):
+    from imgcls.models import create_model
+
+    config, weights = tiny_clip
+    model = create_model(f"clip:{config}", num_classes=2, in_chans=1, img_size=32, clip_weights=weights)
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 2)  # grey input through the adapted first convolution
+    assert not any(k.startswith("visual.") for k in model.state_dict())
+    with torch.no_grad():
+        model.visual.proj.add_(0.01)  # as a training step (or an EMA of a trained backbone) would
+    assert "visual.proj" in model.state_dict()

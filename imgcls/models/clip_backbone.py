@@ -159,6 +159,7 @@ class ClipBackbone(nn.Module):
         self.num_features = embed_dim
         self.head = nn.Linear(embed_dim, num_classes)
         self.copy_backbone = copy_backbone
+        self.loaded_fingerprint = fingerprint(visual)  # the backbone as read from the CLIP file
         self._register_state_dict_hook(_drop_backbone)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -185,10 +186,16 @@ class ClipBackbone(nn.Module):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
+def fingerprint(module: nn.Module) -> list[float]:
+    """Per-tensor float64 sums: cheap (one pass over the weights) and changed by any training step."""
+    with torch.no_grad():
+        return [float(p.double().sum()) for p in module.parameters()]
+
+
 def _drop_backbone(module: ClipBackbone, state_dict: dict, prefix: str, local_metadata) -> None:
     """Checkpoints record the CLIP file's hash instead of copying its tensors, unless the backbone
-    was asked to be copied or has been trained (then the file no longer describes it)."""
-    if module.copy_backbone or any(p.requires_grad for p in module.visual.parameters()):
+    was asked to be copied or differs from the file (trained, unfrozen later, or averaged by EMA)."""
+    if module.copy_backbone or fingerprint(module.visual) != module.loaded_fingerprint:
         return
     for key in [k for k in state_dict if k.startswith(prefix + "visual.")]:
         del state_dict[key]
