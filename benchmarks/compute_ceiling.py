@@ -11,15 +11,23 @@ can reach with this network here; train_speed.py's train-loop images/s compare w
 The FLOPs of one training image (forward and backward, counted by torch's FlopCounterMode)
 turn each rate into achieved GFLOP/s, to set against the matmul peaks.
 
+With --recipe NAME the same interleaved timing also runs imgcls's own training loop
+(`train_one_epoch` of a run prepared from the recipe, on 2,560 random 28x28 grey PNGs decoded
+into the cache): its augmentation, loss, optimizer, schedule and EMA on top of the bare step,
+so the ratio loop / ceiling (goal: 90% or more) comes from one run on one machine state.
+
     .venv/bin/python benchmarks/compute_ceiling.py [--threads 1] [--model small-net --batch 256]
+    .venv/bin/python benchmarks/compute_ceiling.py --model small-net --width 48 --sgd --recipe fashion-mnist
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -77,6 +85,34 @@ def make_matmul(dtype: torch.dtype) -> Callable[[int], None]:
     return lambda i: a @ b
 
 
+def make_imgcls_epoch(recipe: str, folder: Path) -> tuple[Callable[[int], None], int]:
+    """imgcls's train_one_epoch on a run prepared from `recipe` over 2,560 random grey PNGs."""
+    import numpy as np
+    from PIL import Image
+
+    from imgcls.config import build_config
+    from imgcls.data.loader import cache_tensors
+    from imgcls.models.registry import config_defaults
+    from imgcls.prepare import prepare
+    from imgcls.train import epoch_seed, train_one_epoch
+
+    rng = np.random.default_rng(0)
+    for c in range(CLASSES):
+        (folder / f"c{c}").mkdir(parents=True, exist_ok=True)
+        for i in range(256):
+            Image.fromarray(rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8)).save(folder / f"c{c}" / f"{i}.png")
+    overrides = {"data": {"train": str(folder), "val_fraction": 0.01}, "train": {"epochs": 1000}}
+    run = prepare(build_config(recipe, overrides, config_defaults), torch.device("cpu"))
+    images, labels = cache_tensors(run.train)
+    whole = len(labels) - len(labels) % run.config.train.batch_size  # full batches only, as the ceiling's
+    images, labels = images[:whole], labels[:whole]
+
+    def epoch(i: int) -> None:
+        train_one_epoch(run, images, labels, torch.Generator().manual_seed(epoch_seed(0, i)))
+
+    return epoch, whole
+
+
 def interleaved_rates(work: dict[str, tuple[Callable[[int], None], int]], warmup: int, repeats: int) -> dict:
     """Median calls/s of each callable; every repeat times all of them in turn, so a burst of
     load from other processes lands on all settings alike instead of on one row."""
@@ -103,6 +139,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--width", type=int, help="small-net's width (the fashion-mnist recipe: 48)")
     parser.add_argument("--sgd", action="store_true", help="SGD with Nesterov momentum instead of AdamW")
+    parser.add_argument("--recipe", help="also time imgcls's training loop with this recipe (same model and batch)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -125,10 +162,20 @@ def main() -> None:
             args.steps,
         ),
     }
-    rates = {k: v * batch for k, v in interleaved_rates(train, args.warmup, args.repeats).items()}
+    images_per_call = dict.fromkeys(train, batch)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.recipe:
+            epoch, images = make_imgcls_epoch(args.recipe, Path(tmp))
+            train[f"imgcls loop ({args.recipe})"] = (epoch, 1)
+            images_per_call[f"imgcls loop ({args.recipe})"] = images
+        calls = interleaved_rates(train, args.warmup, args.repeats)
+    rates = {k: v * images_per_call[k] for k, v in calls.items()}
     print(f"{'training step':32s} {'img/s':>8s} {'vs NCHW fp32':>13s} {'GFLOP/s':>8s}")
     for name, rate in rates.items():
         print(f"{name:32s} {rate:8.0f} {rate / rates['NCHW fp32']:12.2f}x {rate * flops_per_image / 1e9:8.0f}")
+    if args.recipe:
+        loop, ceiling = rates[f"imgcls loop ({args.recipe})"], rates["channels_last + bf16 autocast"]
+        print(f"imgcls loop / ceiling (channels_last + bf16): {loop / ceiling:.1%}")
 
     matmuls = {"fp32": (make_matmul(torch.float32), 10), "bf16": (make_matmul(torch.bfloat16), 40)}
     flops = {k: v * 2 * MATMUL_N**3 / 1e9 for k, v in interleaved_rates(matmuls, 3, args.repeats).items()}
@@ -136,7 +183,7 @@ def main() -> None:
     for name, gflops in flops.items():
         print(f"{name:32s} {gflops:8.0f}")
 
-    best = max(rates, key=rates.get)
+    best = max((k for k in rates if not k.startswith("imgcls")), key=rates.get)
     print(f"\nsummary: compute_ceiling {model} b{batch}: "
           + ", ".join(f"{k} {v:.0f} img/s" for k, v in rates.items())
           + f" (best: {best}); matmul fp32 {flops['fp32']:.0f}, bf16 {flops['bf16']:.0f} GFLOP/s")  # fmt: skip
