@@ -230,6 +230,11 @@ def test_evaluate_and_export_keep_the_sigmoid(multilabel_run, tmp_path, capsys):
     assert main(["-q", "evaluate", str(onnx_path), str(root / "val.csv"), "--json"]) == 0
     from_onnx = json.loads(capsys.readouterr().out)
     assert from_onnx["mAP"] == pytest.approx(trained["mAP"], abs=1e-4)
+    # The thresholds travel in the ONNX file's metadata: the same labels are selected.
+    assert from_onnx["threshold"] == trained["threshold"]
+    assert [c["threshold"] for c in from_onnx["per_class"].values()] == [
+        c["threshold"] for c in trained["per_class"].values()
+    ]
 
 
 def test_server_answers_with_selected_labels(multilabel_run):
