@@ -132,7 +132,9 @@ def test_server_recognizes_searches_and_protects_enrolment(setup, tmp_path):
         assert client.post("/gallery/bird", files=files).status_code == 401
         wrong = client.post("/gallery/bird", files=files, headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
-        assert client.get("/gallery").json()["labels"] == {"狗 dog": 12, "猫": 12}
+        info = client.get("/gallery").json()
+        assert info["labels"] == {"狗 dog": 12, "猫": 12} and info["enrolment"] == "token"
+        assert info["model"]["checkpoint"] == "best.safetensors"  # the name, not where the server keeps it
         done = client.post("/gallery/bird", files=files, headers={"Authorization": f"Bearer {TOKEN}"})
         assert done.status_code == 200 and done.json() == {"label": "bird", "enrolled": 2, "images": 26}
         answer = client.post("/recognize", content=bird, headers={"content-type": "image/png"})

@@ -132,7 +132,11 @@ def retrieval_router(
     def gallery_info() -> dict:
         with lock:
             info = gallery.info()
-        return {**info, "enrolment": "token" if admin_token else "read-only"}
+        model = {
+            **info["model"],
+            "checkpoint": Path(info["model"].get("checkpoint", "")).name,
+        }  # not the server's paths
+        return {**info, "model": model, "enrolment": "token" if admin_token else "read-only"}
 
     @router.post("/gallery/{label}")
     async def enrol(label: str, request: Request):
