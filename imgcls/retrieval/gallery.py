@@ -44,7 +44,7 @@ class Gallery:
     embeddings: np.ndarray  # (N, D) float32 in memory, whatever the storage dtype
     labels: list[str]
     paths: list[str]
-    model: dict  # identity (hash), checkpoint (file name), name, kwargs
+    model: dict  # identity (hash), checkpoint (absolute path when built), name, kwargs
     dtype: str = "float32"  # storage on disk; float16 halves the file, similarities move by ~1e-3
     index_kind: str = "auto"  # asked for: auto, exact, flat, ivf or hnsw
     recognition: str = "prototype"  # how a label is scored: see imgcls.retrieval.recognize
@@ -106,6 +106,7 @@ class Gallery:
 
     def remove(self, label: str) -> int:
         """Forget every image of `label`; the index is rebuilt at the next query."""
+        label = label.strip()  # as add stored it
         keep = np.array([lab != label for lab in self.labels], dtype=bool)
         removed = int((~keep).sum())
         if removed == 0:
