@@ -111,6 +111,9 @@ class TrainConfig:
     ema: bool = False  # keep an exponential moving average of the weights; evaluated and saved
     ema_decay: float = 0.999
     early_stopping: int = 0  # stop after N epochs without val accuracy progress; 0 = off
+    # Also save last.safetensors inside an epoch this often, so a kill loses at most this much
+    # training (--resume continues from that step exactly); 0 = at epoch ends only.
+    checkpoint_minutes: float = 10.0
     init: Literal["kaiming", "default"] = "kaiming"  # for models trained from scratch
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where the CPU has it
     channels_last: bool = True  # 3-4x faster convolutions on CPU (see PERFORMANCE notes)
@@ -344,6 +347,7 @@ def validate(config: Config) -> None:
         (config.train.accumulate >= 1, "train.accumulate must be at least 1"),
         (0 < config.train.ema_decay < 1, "train.ema_decay must be in (0, 1)"),
         (config.train.early_stopping >= 0, "train.early_stopping must not be negative"),
+        (config.train.checkpoint_minutes >= 0, "train.checkpoint_minutes must not be negative"),
         (
             0 <= config.augment.rotation <= 180 and 0 <= config.augment.shear < 90,
             "augment.rotation must be in [0, 180] and shear in [0, 90)",

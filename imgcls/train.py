@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -38,6 +38,7 @@ from imgcls.train_outputs import store_thresholds, write_outputs, write_run_repo
 from imgcls.train_state import (
     EpochInterrupted,
     EpochProgress,
+    PeriodicSave,
     clear_temporaries,
     restore,
     save_last,
@@ -87,11 +88,13 @@ def train_one_epoch(
     *,
     progress: EpochProgress | None = None,
     stop: Callable[[], bool] | None = None,
+    periodic: PeriodicSave | None = None,
 ) -> EpochStats:
     """One pass over (N, H, W, C) uint8 images with per-image random augmentation.
 
     `progress` of an interrupted epoch continues it after its last step; `stop()` true after
-    an optimizer step raises EpochInterrupted carrying the progress and RNG states."""
+    an optimizer step raises EpochInterrupted carrying the progress and RNG states, and
+    `periodic` saves them when it is due."""
     config, model = run.config, run.model
     tc, augment = config.train, config.augment
     model.train()
@@ -135,14 +138,22 @@ def train_one_epoch(
             done.step = i + 1
             bar.update(len(hard))
             bar.set_postfix(loss=f"{done.loss_sum / done.seen:.4f}", refresh=False)
-            if stepped and done.step < len(batches) and stop is not None and stop():
-                done.seconds = time.perf_counter() - start
-                done.generator_state, done.torch_state = generator.get_state(), torch.get_rng_state()
-                raise EpochInterrupted(done, len(batches))
+            if stepped and done.step < len(batches):
+                if stop is not None and stop():
+                    raise EpochInterrupted(_snapshot(done, generator, start), len(batches))
+                if periodic is not None and periodic.due():
+                    periodic(_snapshot(done, generator, start))
     finally:
         bar.close()
     loss_sum, correct, seen = distributed.all_reduce_sums(done.loss_sum, done.correct, done.seen)
     return EpochStats(loss_sum / max(seen, 1), correct / max(seen, 1), int(seen), time.perf_counter() - start)
+
+
+def _snapshot(done: EpochProgress, generator: torch.Generator, start: float) -> EpochProgress:
+    """A copy of an epoch's progress with the RNG states after its last step (reading them
+    draws nothing, so saving never changes the run)."""
+    return replace(done, seconds=time.perf_counter() - start, generator_state=generator.get_state(),
+                   torch_state=torch.get_rng_state())  # fmt: skip
 
 
 def _optimizer_step(run: TrainingRun) -> None:
@@ -313,15 +324,22 @@ def _train_epoch(
         partial = EpochProgress(lr=run.optimizer.param_groups[0]["lr"])
     lr = partial.lr
     generator = torch.Generator().manual_seed(epoch_seed(tc.seed, epoch))
+
+    def save_inside(progress: EpochProgress) -> None:
+        last = history[-1] if history else {"epoch": 0, "val_acc": None}
+        meta = run.metadata(epoch=last["epoch"], val_accuracy=last["val_acc"], ema=run.ema is not None)
+        save_last(run_dir, run, history, best_acc, meta, partial=progress)
+        log.info("saved %s in epoch %d after step %d", run_dir / "last.safetensors", epoch, progress.step)
+
+    saving = tc.checkpoint_minutes and distributed.is_main()  # rank 0 alone writes
+    periodic = PeriodicSave(save_inside, tc.checkpoint_minutes * 60) if saving else None
     try:
         stats = train_one_epoch(run, train_x, train_y, generator, desc=f"epoch {epoch}/{tc.epochs}",
-                                progress=partial, stop=stop)  # fmt: skip
+                                progress=partial, stop=stop, periodic=periodic)  # fmt: skip
     except EpochInterrupted as stopped:
         if not distributed.is_main():
             raise KeyboardInterrupt from None
-        last = history[-1] if history else {"epoch": 0, "val_acc": None}
-        meta = run.metadata(epoch=last["epoch"], val_accuracy=last["val_acc"], ema=run.ema is not None)
-        save_last(run_dir, run, history, best_acc, meta, partial=stopped.progress)
+        save_inside(stopped.progress)
         _stopped(run_dir, f"in epoch {epoch} after step {stopped.progress.step} of {stopped.total_steps}")
     val_loss, val_acc, _ = evaluate(run.eval_model, val_x, val_y, run.preprocessing, batch_size=tc.eval_batch_size,
                                     autocast_dtype=run.autocast_dtype, channels_last=tc.channels_last)  # fmt: skip

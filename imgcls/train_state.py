@@ -14,6 +14,7 @@ import io
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -48,6 +49,23 @@ class EpochProgress:
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if not k.endswith("_state")}
+
+
+@dataclass
+class PeriodicSave:
+    """Saves an epoch's progress (with `save`) when `seconds` have passed since the last save,
+    so that a kill inside a long epoch loses at most that much training."""
+
+    save: Callable[[EpochProgress], None]
+    seconds: float
+    last: float = field(default_factory=time.monotonic)
+
+    def due(self) -> bool:
+        return self.seconds > 0 and time.monotonic() - self.last >= self.seconds
+
+    def __call__(self, progress: EpochProgress) -> None:
+        self.save(progress)
+        self.last = time.monotonic()
 
 
 class EpochInterrupted(Exception):

@@ -186,6 +186,38 @@ def test_sigkill_at_an_arbitrary_moment_then_resume_gives_the_same_metrics(data,
     _assert_same_run(run, straight)
 
 
+# Kills itself with SIGKILL during the 6th optimizer step (epoch 2's second), with
+# train.checkpoint_minutes so small that last.safetensors is saved after every step.
+KILLED_IN_AN_EPOCH = textwrap.dedent("""
+    import os, signal, sys
+    import imgcls.train as train
+    from imgcls.cli import main
+
+    real_step, steps = train._optimizer_step, []
+
+    def dying_step(run):
+        steps.append(1)
+        if len(steps) == 6:
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_step(run)
+
+    train._optimizer_step = dying_step
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_sigkill_inside_an_epoch_resumes_from_the_periodic_checkpoint(data, straight, tmp_path):
+    run = tmp_path / "run"
+    args = ["-q", "train", str(data), "--out", str(run), *FAST, "--set", "train.checkpoint_minutes=1e-9"]
+    proc = _imgcls_process(args, KILLED_IN_AN_EPOCH)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, err.decode(errors="replace")
+    state = ckpt.read_metadata(run / "last.safetensors")["resume"]
+    assert state["epoch"] == 1 and state["partial"]["step"] == 1  # saved after epoch 2's first step
+    assert main(["-q", "train", "--resume", "--out", str(run)]) == 0
+    _assert_same_run(run, straight)
+
+
 # --- full disk and damaged files -------------------------------------------------------------
 
 
