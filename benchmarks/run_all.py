@@ -3,7 +3,9 @@
 `make bench` runs this. Each script prints its own table and one `summary:` line; this
 collects those lines. The full run takes about 20 minutes on a quiet 2-core machine (12 of
 them fashion_mnist.py's two trainings) and far longer when other work shares the cores;
---quick skips fashion_mnist.py and shortens the others.
+--quick skips fashion_mnist.py and shortens the others; --all adds the capability benchmarks
+(server soak, distributed, multi-label, data doctor, recognition, semi-supervised, transfer,
+distillation, small data, classic baseline).
 
     .venv/bin/python benchmarks/run_all.py [--quick]
 """
@@ -35,6 +37,7 @@ def run(script: str, args: list[str]) -> tuple[int, float, list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs, for trying the scripts")
+    parser.add_argument("--all", action="store_true", help="also the capability benchmarks (an hour or more)")
     args = parser.parse_args()
     plan = [
         ("train_speed.py", ["--quick"] if args.quick else []),
@@ -59,6 +62,11 @@ def main() -> None:
     ]
     if not args.quick:  # ten minutes of both cores: the time-to-accuracy goal itself
         plan.append(("fashion_mnist.py", []))
+    if args.all:  # what each capability reaches on real data; RESULTS.md records them
+        plan += [(script, []) for script in (
+            "soak.py", "distributed.py", "multilabel.py", "data_doctor.py", "recognition.py", "semi_supervised.py",
+            "transfer.py", "distillation.py", "small_data.py", "classic_baseline.py",
+        )]  # fmt: skip
     results = [(script, *run(script, script_args)) for script, script_args in plan]
     print("\n=== summary")
     failed = 0
