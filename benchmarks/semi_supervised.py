@@ -15,7 +15,7 @@ Runs, all keras-cnn at 28 px, --seed 0, one torch thread (train.threads=1):
               run), at most MAX_SUPERVISED_EPOCHS (its history.csv shows whether it still improved)
 Each best.safetensors is evaluated with `imgcls evaluate RUN/best.safetensors TEST --json`.
 
-    .venv/bin/python benchmarks/semi_supervised.py [--labels 10 100] [--epochs 10] [--unlabeled-subset 17920]
+    .venv/bin/python benchmarks/semi_supervised.py [--labels 10 100] [--epochs 30] [--unlabeled-subset 17920]
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def compare(k: int, epochs: int, subset: int) -> list[tuple]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--labels", type=int, nargs="+", default=[10, 100], help="labelled images per class")
-    parser.add_argument("--epochs", type=int, default=10, help="FixMatch epochs (passes over the unlabeled subset)")
+    parser.add_argument("--epochs", type=int, default=30, help="FixMatch epochs (passes over the unlabeled subset)")
     parser.add_argument("--unlabeled-subset", type=int, default=17920, help="unlabeled images each run decodes")
     args = parser.parse_args()
     if not (SOURCE / "train").is_dir():
