@@ -16,6 +16,7 @@ Runs, all keras-cnn at 28 px, --seed 0, one torch thread (train.threads=1):
 Each best.safetensors is evaluated with `imgcls evaluate RUN/best.safetensors TEST --json`.
 
     .venv/bin/python benchmarks/semi_supervised.py [--labels 10 100] [--epochs 30] [--unlabeled-subset 17920]
+        [--method fixmatch|pseudo]
 """
 
 from __future__ import annotations
@@ -92,11 +93,11 @@ def test_accuracy(run: Path) -> float:
     return json.loads(out)["accuracy"]
 
 
-def compare(k: int, epochs: int, subset: int) -> list[tuple]:
+def compare(k: int, epochs: int, subset: int, method: str = "fixmatch") -> list[tuple]:
     root = build_folders(k)
     labelled = ["--val", root / "val"]
-    unlabeled = ["--unlabeled", root / "unlabeled", "--set", f"semi.max_unlabeled={subset}"]
-    semi, semi_wall = train(f"semi-{k}-fixmatch-e{epochs}", root / "train", *labelled, *unlabeled, "--epochs", epochs,
+    unlabeled = ["--unlabeled", root / "unlabeled", "--semi", method, "--set", f"semi.max_unlabeled={subset}"]
+    semi, semi_wall = train(f"semi-{k}-{method}-e{epochs}", root / "train", *labelled, *unlabeled, "--epochs", epochs,
                             "--batch-size", 64)  # fmt: skip
     budget = train_seconds(semi)
     probe, _ = train(f"semi-{k}-probe-e{epochs}", root / "train", *labelled, "--epochs", 5, "--batch-size", 16)
@@ -105,7 +106,7 @@ def compare(k: int, epochs: int, subset: int) -> list[tuple]:
     sup, sup_wall = train(f"semi-{k}-supervised-e{epochs}", root / "train", *labelled, "--epochs", sup_epochs,
                           "--batch-size", 16)  # fmt: skip
     return [
-        (k, f"FixMatch, {epochs} epochs over {subset} unlabeled", test_accuracy(semi), budget, semi_wall),
+        (k, f"{method}, {epochs} epochs over {subset} unlabeled", test_accuracy(semi), budget, semi_wall),
         (k, f"supervised, {sup_epochs} epochs, batch 16", test_accuracy(sup), train_seconds(sup), sup_wall),
     ]
 
@@ -113,12 +114,13 @@ def compare(k: int, epochs: int, subset: int) -> list[tuple]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--labels", type=int, nargs="+", default=[10, 100], help="labelled images per class")
+    parser.add_argument("--method", choices=["fixmatch", "pseudo"], default="fixmatch", help="--semi of the runs")
     parser.add_argument("--epochs", type=int, default=30, help="FixMatch epochs (passes over the unlabeled subset)")
     parser.add_argument("--unlabeled-subset", type=int, default=17920, help="unlabeled images each run decodes")
     args = parser.parse_args()
     if not (SOURCE / "train").is_dir():
         sys.exit(f"no {SOURCE}; make it with: imgcls data get fashion-mnist --out {SOURCE}")
-    rows = [row for k in args.labels for row in compare(k, args.epochs, args.unlabeled_subset)]
+    rows = [row for k in args.labels for row in compare(k, args.epochs, args.unlabeled_subset, args.method)]
     print("\nFashion-MNIST, keras-cnn 28 px, seed 0; test = 10,000 test images; val = 200 training images")
     print(f"{'labels/class':>12s}  {'run':48s} {'test acc':>9s} {'train s':>8s} {'wall s':>7s}")
     for k, name, acc, seconds, wall in rows:
