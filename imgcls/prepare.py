@@ -130,7 +130,15 @@ def build_model(config: Config, num_classes: int, pre: Preprocessing) -> nn.Modu
 
 def pretrained_normalisation(config: Config, channels: int) -> tuple[tuple, tuple] | None:
     """Fine-tuned weights keep the input statistics they were trained with: an imgcls
-    checkpoint's own mean/std, or a timm model's pretrained (ImageNet) values for RGB."""
+    checkpoint's own mean/std, or a timm model's pretrained (ImageNet) values for RGB; a CLIP
+    backbone the statistics CLIP was trained with (their average for grey images, whose first
+    convolution sums CLIP's RGB filters)."""
+    if config.model.name.startswith("clip:"):
+        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+        if channels == 3:
+            return tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD)
+        return (sum(OPENAI_DATASET_MEAN) / 3,), (sum(OPENAI_DATASET_STD) / 3,)
     path = config.transfer.pretrained
     if not path:
         return None

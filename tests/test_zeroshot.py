@@ -160,6 +160,9 @@ def test_clip_linear_probe_checkpoint_keeps_the_hash_not_the_backbone(tiny_clip,
     assert meta["model"]["kwargs"]["clip_sha256"] == sha256_file(Path(weights))
     stored = set(ckpt.split_prefix(tensors, ckpt.MODEL_PREFIX))
     assert stored == {"head.weight", "head.bias"}  # the backbone is referenced by hash, not copied
+    from open_clip.constants import OPENAI_DATASET_MEAN
+
+    assert meta["preprocess"]["mean"] == pytest.approx(OPENAI_DATASET_MEAN)  # CLIP's input statistics
     predictor = Predictor.from_checkpoint(best)
     assert predictor.probabilities(_images(2)).shape == (2, 3)
     clip_tensors = load_file(weights)
