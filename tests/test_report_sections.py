@@ -16,8 +16,7 @@ from imgcls.data.preprocess import Preprocessing
 from imgcls.metrics import classification_metrics
 from imgcls.models import create_model
 from imgcls.models.registry import list_models
-from imgcls.report import Predictions, load_predictions, save_predictions, write_report
-from imgcls.report import explain, figures
+from imgcls.report import Predictions, explain, figures, load_predictions, save_predictions, write_report
 from imgcls.report.gallery import highest_loss_mistakes, most_confident_correct
 
 PNG_URI = re.compile(r"data:image/png;base64,[A-Za-z0-9+/=]+")
