@@ -25,7 +25,6 @@ import asyncio
 import io
 import os
 import random
-import socket
 import struct
 import subprocess
 import sys
@@ -37,23 +36,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
+from serve_load import free_port, rss_mb
 
 from imgcls.cli import main as imgcls_main
 
 COLOURS = {"red": (210, 60, 40), "blue": (40, 70, 200), "green": (60, 190, 70)}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def make_data(root: Path, per_class: int = 40) -> Path:
