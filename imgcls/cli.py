@@ -14,19 +14,16 @@ import sys
 from pathlib import Path
 
 from imgcls import __version__
+from imgcls.cli_data import add_data_parsers
+from imgcls.cli_retrieval import add_retrieval_parsers
+from imgcls.cli_zeroshot import add_zeroshot_parser
 from imgcls.errors import ImgclsError
+from imgcls.terminal import print_text as _print
 
 log = logging.getLogger("imgcls")
 # From this many images `predict --runtime auto` runs a checkpoint on ONNX Runtime: on 2,000
 # Fashion-MNIST PNGs it was 1.5x PyTorch's speed, conversion included (benchmarks/predict_speed.py).
 AUTO_ONNX_IMAGES = 512
-
-
-def _print(text: str = "", *, file=None) -> None:
-    """print that survives file names which are not valid UTF-8 (surrogate escapes)."""
-    stream = file or sys.stdout
-    encoding = getattr(stream, "encoding", None) or "utf-8"
-    print(text.encode(encoding, "backslashreplace").decode(encoding), file=stream, flush=True)
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -207,46 +204,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def cmd_zeroshot(args: argparse.Namespace) -> int:
-    """`imgcls zeroshot IMAGE... --labels ...`, or `imgcls zeroshot evaluate DATA --labels-from-folders`."""
-    from imgcls.zeroshot import read_prompts
-
-    if args.paths[0] == "evaluate":
-        return cmd_zeroshot_evaluate(args, read_prompts(args.prompts_file))
-    from imgcls.predict import PredictionSinks, expand_paths
-    from imgcls.zeroshot import parse_labels, zeroshot_predictor
-
-    labels = parse_labels(args.labels, args.labels_file)
-    items = expand_paths(args.paths)
-    predictor = zeroshot_predictor(labels, clip_model=args.clip_model, clip_weights=args.clip_weights,
-                                   prompts=read_prompts(args.prompts_file))  # fmt: skip
-    failures = 0
-    with PredictionSinks(args.out, args.copy_to, topk=args.topk) as sinks:
-        for (_, path), prediction in zip(items, predictor.predict_paths(items, topk=args.topk), strict=True):
-            failures += prediction.error is not None
-            sinks.add(prediction, path)
-            _print(json.dumps(prediction.to_json(), ensure_ascii=False) if args.json else prediction.to_text())
-    if failures:
-        _print(f"imgcls: {failures} of {len(items)} file(s) could not be read", file=sys.stderr)
-    return 1 if failures else 0
-
-
-def cmd_zeroshot_evaluate(args: argparse.Namespace, prompts: tuple[str, ...]) -> int:
-    from imgcls.zeroshot.evaluate import evaluate_zeroshot, summary_lines
-
-    if len(args.paths) != 2 or args.labels or args.labels_file:
-        raise ImgclsError("usage: imgcls zeroshot evaluate DATA --labels-from-folders [--out DIR] (folder names are "
-                          "the labels; --labels/--labels-file are for images).")  # fmt: skip
-    metrics = evaluate_zeroshot(Path(args.paths[1]), Path(args.out) if args.out else None, clip_model=args.clip_model,
-                                clip_weights=args.clip_weights, prompts=prompts)  # fmt: skip
-    if args.json:
-        _print(json.dumps(metrics, ensure_ascii=False))
-    else:
-        for line in summary_lines(metrics, args.out):
-            _print(line)
-    return 0
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     from imgcls.export import export_onnx
 
@@ -276,75 +233,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_data_get(args: argparse.Namespace) -> int:
-    from imgcls.data.builtin import get_dataset
-
-    info = get_dataset(args.name, Path(args.out), download=args.download)
-    counts = ", ".join(f"{split} {n:,}" for split, n in info["counts"].items())
-    classes = len(info["classes"])
-    _print(f"{info['name']} ({info['source']}): {counts} images in {classes} class folders under {info['out']}")
-    return 0
-
-
-def cmd_data_check(args: argparse.Namespace) -> int:
-    from imgcls.data.doctor import check_dataset, parse_kinds, summary_lines
-
-    fail_on = parse_kinds(args.fail_on) if args.fail_on else ()  # bad kinds are refused before the long scan
-    report = check_dataset(Path(args.data), label_errors=not args.no_label_errors, max_label_images=args.label_sample)
-    if args.html:
-        from imgcls.data.doctor_html import write_html
-
-        write_html(report, Path(args.html))
-    if args.fix_plan:
-        from imgcls.data.doctor_fix import plan_actions, write_plan
-
-        rows = plan_actions(report)
-        write_plan(rows, Path(args.fix_plan))
-    if args.json:
-        _print(json.dumps(report, ensure_ascii=False))
-    else:
-        for line in summary_lines(report):
-            _print(line)
-        if args.html:
-            _print(f"  report: {args.html}")
-        if args.fix_plan:
-            _print(f"  fix plan: {len(rows)} proposed action(s) in {args.fix_plan}; nothing was changed.")
-            _print(f"  review it, then: imgcls data apply {args.fix_plan}")
-    failed = [kind for kind in fail_on if report["findings"][kind]]
-    if failed:
-        log.warning("found %s (--fail-on)", ", ".join(f"{report['findings'][k]} {k}" for k in failed))
-        return 1
-    return 0
-
-
-def cmd_data_shard(args: argparse.Namespace) -> int:
-    from imgcls.data.shards import parse_size, write_shards
-
-    index = write_shards(Path(args.data), Path(args.out), parse_size(args.shard_size))
-    for split, info in index["splits"].items():
-        _print(f"{split}: {info['count']:,} images in {len(info['shards'])} shard(s)")
-    _print(f"shards and index.json in {args.out}; train with: imgcls train {args.out}")
-    return 0
-
-
-def cmd_data_apply(args: argparse.Namespace) -> int:
-    from imgcls.data.doctor_fix import apply_plan, undo_apply
-
-    if args.undo:
-        _print(f"restored {undo_apply(Path(args.undo)):,} file(s) from {args.undo}")
-        return 0
-    if not args.plan:
-        raise ImgclsError("data apply needs a fix plan (from `imgcls data check --fix-plan FILE`), or --undo BACKUP.")
-    result = apply_plan(Path(args.plan), Path(args.backup) if args.backup else None)
-    if not result["applied"]:
-        _print("nothing to apply (every row is keep)")
-        return 0
-    done = ", ".join(f"{n:,} {action}" for action, n in sorted(result["applied"].items()))
-    _print(f"applied: {done}; originals and undo.csv in {result['backup']}")
-    _print(f"to undo: imgcls data apply --undo {result['backup']}")
-    return 0
-
-
 def cmd_models(args: argparse.Namespace) -> int:
     from imgcls.models.registry import count_parameters, list_models
 
@@ -358,93 +246,6 @@ def cmd_models(args: argparse.Namespace) -> int:
         _print(
             "\nand every timm model by name: `imgcls models PATTERN` searches them (e.g. `imgcls models 'resnet*'`)."
         )
-    return 0
-
-
-def cmd_embed(args: argparse.Namespace) -> int:
-    from imgcls.retrieval.commands import embed_arguments
-    from imgcls.retrieval.embed import Embedder, save_embeddings
-
-    embedder = Embedder.from_checkpoint(args.checkpoint)
-    result = embed_arguments(embedder, args.paths)
-    out = save_embeddings(Path(args.out), result, embedder)
-    _print(f"{len(result.paths)} embedding(s) of dimension {result.embeddings.shape[1]}: {out} (paths in .json)")
-    return 1 if result.errors else 0
-
-
-def cmd_gallery_build(args: argparse.Namespace) -> int:
-    from imgcls.retrieval.commands import describe_gallery
-    from imgcls.retrieval.embed import Embedder
-    from imgcls.retrieval.gallery import build_gallery
-
-    gallery = build_gallery(Embedder.from_checkpoint(args.checkpoint), Path(args.data), dtype=args.dtype,
-                            index=args.index, recognition=args.recognition)  # fmt: skip
-    gallery.save(Path(args.out))
-    _print(describe_gallery(gallery.info(), args.out))
-    return 0
-
-
-def cmd_gallery_add(args: argparse.Namespace) -> int:
-    from imgcls.retrieval.commands import enrol
-
-    added, errors = enrol(args.gallery, args.label, args.images, checkpoint=args.checkpoint)
-    _print(f"enrolled {added} image(s) as {args.label!r} in {args.gallery}")
-    return 1 if errors else 0
-
-
-def cmd_gallery_remove(args: argparse.Namespace) -> int:
-    from imgcls.retrieval.gallery import Gallery
-
-    gallery = Gallery.load(Path(args.gallery))
-    removed = gallery.remove(args.label)
-    gallery.save(Path(args.gallery))
-    _print(f"removed {removed} image(s) of {args.label!r}; {len(gallery)} left (calibrate again for a threshold)")
-    return 0
-
-
-def cmd_gallery_info(args: argparse.Namespace) -> int:
-    from imgcls.retrieval.commands import describe_gallery
-    from imgcls.retrieval.gallery import Gallery
-
-    info = Gallery.load(Path(args.gallery)).info()
-    _print(json.dumps(info, ensure_ascii=False) if args.json else describe_gallery(info, args.gallery))
-    return 0
-
-
-def cmd_gallery_calibrate(args: argparse.Namespace) -> int:
-    from imgcls.retrieval.commands import calibrate_gallery, describe_calibration
-
-    stats = calibrate_gallery(args.gallery, args.data, checkpoint=args.checkpoint)
-    _print(json.dumps(stats, ensure_ascii=False) if args.json else describe_calibration(stats))
-    return 0
-
-
-def cmd_recognize(args: argparse.Namespace) -> int:
-    from imgcls.retrieval.commands import recognize_arguments
-
-    found = recognize_arguments(args.gallery, args.images, topk=args.topk, checkpoint=args.checkpoint)
-    for item in found:
-        _print(json.dumps(item.to_json(), ensure_ascii=False) if args.json else item.to_text())
-    return 1 if any(item.error for item in found) else 0
-
-
-def cmd_search(args: argparse.Namespace) -> int:
-    from imgcls.retrieval.commands import search_arguments
-
-    found = search_arguments(args.gallery, args.images, k=args.k, index=args.index, checkpoint=args.checkpoint)
-    for item in found:
-        _print(json.dumps(item.to_json(), ensure_ascii=False) if args.json else item.to_text())
-    return 1 if any(item.error for item in found) else 0
-
-
-def cmd_cluster(args: argparse.Namespace) -> int:
-    from imgcls.retrieval.cluster import describe_clustering
-    from imgcls.retrieval.commands import cluster_arguments
-    from imgcls.retrieval.embed import Embedder
-
-    clustering = cluster_arguments(Embedder.from_checkpoint(args.checkpoint), args.paths, Path(args.out), k=args.k,
-                                   min_cluster_size=args.min_cluster_size, seed=args.seed)  # fmt: skip
-    _print(describe_clustering(clustering, Path(args.out)))
     return 0
 
 
@@ -530,19 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: each label's own, chosen on validation)")  # fmt: skip
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("zeroshot", parents=[common], help="label images by label names alone (local CLIP weights)")
-    p.add_argument("paths", nargs="+", metavar="IMAGE", help="images, folders or globs; or: evaluate DATA")
-    p.add_argument("--labels", help='comma-separated labels, e.g. "cat,dog,eagle"')
-    p.add_argument("--labels-file", help="one label per line")
-    p.add_argument("--labels-from-folders", action="store_true", help="evaluate: class folder names are the labels")
-    p.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture, or a model config .json")
-    p.add_argument("--clip-weights", help="local weights file, or a pretrained tag in the local Hugging Face cache")
-    p.add_argument("--prompts-file", help="prompt templates, one per line, with {} for the label")
-    p.add_argument("--topk", type=int, default=3)
-    p.add_argument("--json", action="store_true", help="one JSON object per line (evaluate: the metrics)")
-    p.add_argument("--out", help="images: CSV of predictions; evaluate: folder for metrics.json and report.html")
-    p.add_argument("--copy-to", metavar="DIR", help="copy each image into DIR/<predicted label>/")
-    p.set_defaults(func=cmd_zeroshot)
+    add_zeroshot_parser(sub, common)
 
     p = sub.add_parser("export", parents=[common], help="export a checkpoint to ONNX, checked against PyTorch")
     p.add_argument("checkpoint")
@@ -573,116 +362,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "without it the gallery is read-only")  # fmt: skip
     p.set_defaults(func=cmd_serve)
 
-    data = sub.add_parser("data", help="built-in datasets and dataset checks").add_subparsers(
-        dest="data_command", required=True, metavar="ACTION"
-    )
-    p = data.add_parser("get", parents=[common], help="write a built-in dataset as class folders")
-    p.add_argument("name", help="fashion-mnist or digits")
-    p.add_argument("--out", required=True)
-    p.add_argument("--download", action="store_true", help="allow a torchvision download when no local copy exists")
-    p.set_defaults(func=cmd_data_get)
-    p = data.add_parser(
-        "check", parents=[common], help="inventory, unreadable files, duplicates, leakage, label problems, imbalance"
-    )
-    p.add_argument("data", help="class folders, or a root with train/ val/ test/")
-    p.add_argument("--json", action="store_true", help="print the full report as JSON")
-    p.add_argument("--html", metavar="FILE", help="write one self-contained HTML page with thumbnails of every finding")
-    p.add_argument("--fail-on", metavar="KINDS",
-                   help="exit 1 when any of these is found: corrupt, duplicate, near-duplicate, leakage, conflict, "
-                   "label-error, imbalance, tiny (comma-separated), or all")  # fmt: skip
-    p.add_argument("--fix-plan", metavar="FILE", help="write proposed actions (drop, move, relabel) as CSV to review")
-    p.add_argument("--no-label-errors", action="store_true", help="skip the label-error model (the slow part)")
-    p.add_argument("--label-sample", type=int, default=100_000, metavar="N",
-                   help="check the labels of at most N images, a stratified sample (100,000)")  # fmt: skip
-    p.set_defaults(func=cmd_data_check)
-    p = data.add_parser("shard", parents=[common], help="pack class folders into tar shards (WebDataset layout)")
-    p.add_argument("data", help="a folder of class folders, or a root with train/ val/ test/")
-    p.add_argument("--out", required=True, help="folder for the .tar shards and index.json")
-    p.add_argument("--shard-size", default="500MB", help="bytes per shard, e.g. 500MB or 2GB (500MB)")
-    p.set_defaults(func=cmd_data_shard)
-
-    p = data.add_parser("apply", parents=[common], help="carry out a reviewed fix plan, with a backup and undo log")
-    p.add_argument("plan", nargs="?", help="the CSV written by `imgcls data check --fix-plan`")
-    p.add_argument("--backup", metavar="DIR", help="where originals go (default: next to the data, timestamped)")
-    p.add_argument("--undo", metavar="BACKUP", help="put back the files of an earlier apply, from its backup folder")
-    p.set_defaults(func=cmd_data_apply)
+    add_data_parsers(sub, common)
 
     p = sub.add_parser("models", parents=[common], help="list model names with parameter counts")
     p.add_argument("pattern", nargs="?", help="glob or substring, searched in imgcls's and timm's models")
     p.add_argument("--all", action="store_true", help="list every timm model too")
     p.add_argument("--img-size", type=int, default=32, help="input size the parameter counts assume (32)")
     p.set_defaults(func=cmd_models)
-    _add_retrieval_parsers(sub, common)
+    add_retrieval_parsers(sub, common)
     return parser
-
-
-def _add_retrieval_parsers(sub, common: argparse.ArgumentParser) -> None:
-    """embed, gallery, recognize, search, cluster: recognition and search by embeddings."""
-    kinds = ["auto", "exact", "flat", "ivf", "hnsw"]
-    index_help = "exact (numpy) or a FAISS index; auto: exact below 100k images, else ivf"
-    checkpoint_help = "the gallery's checkpoint, when it has moved (must hold the same weights)"
-    p = sub.add_parser("embed", parents=[common], help="L2-normalised embeddings of images (.npy + .json paths)")
-    p.add_argument("checkpoint")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="images, folders or globs")
-    p.add_argument("--out", required=True, help="the .npy file; its paths go to the .json beside it")
-    p.set_defaults(func=cmd_embed)
-
-    gallery = sub.add_parser("gallery", help="enrolled images to recognise and search").add_subparsers(
-        dest="gallery_command", required=True, metavar="ACTION"
-    )
-    p = gallery.add_parser("build", parents=[common], help="enrol class folders (folder name = label)")
-    p.add_argument("checkpoint")
-    p.add_argument("data", help="class folders, or a root whose train/ is enrolled")
-    p.add_argument("--out", required=True, help="the gallery folder")
-    p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="stored embeddings")
-    p.add_argument("--index", choices=kinds, default="auto", help=index_help)
-    p.add_argument("--recognition", choices=["prototype", "nearest"], default="prototype",
-                   help="score a label by its mean embedding (default) or by its nearest image")  # fmt: skip
-    p.set_defaults(func=cmd_gallery_build)
-    p = gallery.add_parser("add", parents=[common], help="enrol images under a label, without retraining")
-    p.add_argument("gallery")
-    p.add_argument("--label", required=True)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="images, folders or globs")
-    p.add_argument("--checkpoint", help=checkpoint_help)
-    p.set_defaults(func=cmd_gallery_add)
-    p = gallery.add_parser("remove", parents=[common], help="forget every image of a label")
-    p.add_argument("gallery")
-    p.add_argument("--label", required=True)
-    p.set_defaults(func=cmd_gallery_remove)
-    p = gallery.add_parser("info", parents=[common], help="labels, counts, model and threshold of a gallery")
-    p.add_argument("gallery")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_gallery_info)
-    p = gallery.add_parser("calibrate", parents=[common], help="choose the unknown threshold on held-out images")
-    p.add_argument("gallery")
-    p.add_argument("data", help="held-out class folders (labels not enrolled count as unknown), or a root's val/")
-    p.add_argument("--checkpoint", help=checkpoint_help)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_gallery_calibrate)
-
-    p = sub.add_parser("recognize", parents=[common], help="best enrolled label of images, or unknown")
-    p.add_argument("gallery")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="images, folders or globs")
-    p.add_argument("--topk", type=int, default=3, help="labels listed per image (3)")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--checkpoint", help=checkpoint_help)
-    p.set_defaults(func=cmd_recognize)
-    p = sub.add_parser("search", parents=[common], help="the most similar enrolled images")
-    p.add_argument("gallery")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="images, folders or globs")
-    p.add_argument("--k", type=int, default=10, help="neighbours per image (10)")
-    p.add_argument("--index", choices=kinds, help=f"for this search: {index_help}")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--checkpoint", help=checkpoint_help)
-    p.set_defaults(func=cmd_search)
-    p = sub.add_parser("cluster", parents=[common], help="group unlabeled images; CSV and contact sheets")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="images, folders or globs")
-    p.add_argument("--checkpoint", required=True, help="the model whose embeddings are clustered")
-    p.add_argument("--k", type=int, help="number of clusters (k-means); without it HDBSCAN finds them")
-    p.add_argument("--min-cluster-size", type=int, default=5, help="HDBSCAN's smallest cluster (5)")
-    p.add_argument("--out", default="clusters", help="folder for clusters.csv and cluster-*.png (clusters)")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_cluster)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,12 @@
+"""Printing for the command line: text that survives file names which are not valid UTF-8."""
+
+from __future__ import annotations
+
+import sys
+
+
+def print_text(text: str = "", *, file=None) -> None:
+    """print that survives file names which are not valid UTF-8 (surrogate escapes)."""
+    stream = file or sys.stdout
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    print(text.encode(encoding, "backslashreplace").decode(encoding), file=stream, flush=True)
