@@ -6,6 +6,7 @@ IMGCLS_REQUIRE_BROWSER=1, so in CI a missing browser fails instead of skipping).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -13,8 +14,10 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import uvicorn
+from PIL import Image
 
 from imgcls.cli import main
 from imgcls.serve.app import create_app
@@ -35,23 +38,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server_url(tmp_path_factory):
-    data = make_class_folders(tmp_path_factory.mktemp("web") / "data", per_class=16, junk=False)
-    run = data.parent / "run"
-    args = ["-q", "train", str(data), "--out", str(run), "--img-size", "32", "--batch-size", "16", "--epochs", "2"]
-    assert main(args) == 0
+@contextlib.contextmanager
+def serving(checkpoint: Path):
+    """The app of `checkpoint` on a real uvicorn server in a thread; yields its URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(run / "best.safetensors"), port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(checkpoint), port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
         assert time.monotonic() < deadline, "server did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/"
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory):
+    data = make_class_folders(tmp_path_factory.mktemp("web") / "data", per_class=16, junk=False)
+    run = data.parent / "run"
+    args = ["-q", "train", str(data), "--out", str(run), "--img-size", "32", "--batch-size", "16", "--epochs", "2"]
+    assert main(args) == 0
+    with serving(run / "best.safetensors") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +100,33 @@ def test_upload_shows_the_predicted_label(server_url, browser, tmp_path: Path, n
     assert rows[0].find_element(By.CLASS_NAME, "pct").text.endswith("%")
     assert browser.find_element(By.ID, "preview").get_attribute("hidden") is None
     assert browser.find_element(By.ID, "error").text == ""
+
+
+def test_multi_label_page_marks_the_selected_labels(browser, tmp_path: Path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.test_multilabel import COLOURS, mosaic, write_csv
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(60):
+        present = [n for n in COLOURS if rng.random() < 0.5]
+        cells = [COLOURS[n] for n in present] + [None] * (4 - len(present))
+        Image.fromarray(mosaic(cells, rng)).save(tmp_path / f"{i}.png")
+        rows.append((f"{i}.png", ";".join(present)))
+    write_csv(tmp_path / "m.csv", rows)
+    args = ["-q", "train", str(tmp_path / "m.csv"), "--out", str(tmp_path / "run"), "--img-size", "16",
+            "--batch-size", "8", "--epochs", "2"]  # fmt: skip
+    assert main(args) == 0
+    with serving(tmp_path / "run" / "best.safetensors") as url:
+        browser.get(url)
+        wait = WebDriverWait(browser, 20)
+        wait.until(ec.text_to_be_present_in_element((By.ID, "model"), "3 classes"))
+        browser.find_element(By.ID, "file").send_keys(str(tmp_path / "0.png"))
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#results .prediction")))
+        rows = browser.find_elements(By.CSS_SELECTOR, "#results .prediction")
+        assert len(rows) == 3  # every label of a multi-label model
+        marks = [("selected" in r.get_attribute("class")) or ("unselected" in r.get_attribute("class")) for r in rows]
+        assert all(marks)
