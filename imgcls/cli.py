@@ -15,10 +15,10 @@ from pathlib import Path
 
 from imgcls import __version__
 from imgcls.cli_data import add_data_parsers
+from imgcls.cli_output import print_text as _print
 from imgcls.cli_retrieval import add_retrieval_parsers
 from imgcls.cli_zeroshot import add_zeroshot_parser
 from imgcls.errors import ImgclsError
-from imgcls.terminal import print_text as _print
 
 log = logging.getLogger("imgcls")
 # From this many images `predict --runtime auto` runs a checkpoint on ONNX Runtime: on 2,000

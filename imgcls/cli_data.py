@@ -7,8 +7,8 @@ import json
 import logging
 from pathlib import Path
 
+from imgcls.cli_output import print_text as _print
 from imgcls.errors import ImgclsError
-from imgcls.terminal import print_text as _print
 
 log = logging.getLogger("imgcls")
 

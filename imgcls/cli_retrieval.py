@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from imgcls.terminal import print_text as _print
+from imgcls.cli_output import print_text as _print
 
 
 def cmd_embed(args: argparse.Namespace) -> int:

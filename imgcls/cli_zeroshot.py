@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from imgcls.cli_output import print_text as _print
 from imgcls.errors import ImgclsError
-from imgcls.terminal import print_text as _print
 
 
 def cmd_zeroshot(args: argparse.Namespace) -> int:

@@ -18,11 +18,14 @@ from imgcls.predict import Predictor
 SUMMARY_FILE = "summary.json"
 
 
-def flip_tta_probabilities(predictor: Predictor, images: np.ndarray, batch_size: int | None) -> np.ndarray:
-    """Mean probabilities of each image and its mirror image: test-time augmentation that works
-    for every runtime (PyTorch, ONNX Runtime, the classic baseline), as it only flips pixels."""
+def flip_tta_probabilities(
+    predictor: Predictor, images: np.ndarray, probs: np.ndarray, batch_size: int | None
+) -> np.ndarray:
+    """Mean of the images' probabilities `probs` and their mirror images': test-time augmentation
+    that works for every runtime (PyTorch, ONNX Runtime, the classic baseline), as it only flips
+    pixels."""
     mirrored = np.ascontiguousarray(images[:, :, ::-1])
-    return (predictor.probabilities(images, batch_size) + predictor.probabilities(mirrored, batch_size)) / 2
+    return (probs + predictor.probabilities(mirrored, batch_size)) / 2
 
 
 def task_metrics(predictor: Predictor, labels: np.ndarray, probs: np.ndarray, skipped: list[dict]) -> dict:
@@ -62,7 +65,7 @@ def evaluate_checkpoint(
     metrics = task_metrics(predictor, cache.labels, probs, cache.skipped)
     if tta:
         plain = metrics
-        probs = flip_tta_probabilities(predictor, images, batch_size)
+        probs = flip_tta_probabilities(predictor, images, probs, batch_size)
         metrics = task_metrics(predictor, cache.labels, probs, cache.skipped)
         key = "mAP" if predictor.multilabel else "accuracy"
         metrics["tta"] = {

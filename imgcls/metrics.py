@@ -114,19 +114,6 @@ def _scorable(labels: np.ndarray, num_classes: int) -> list[int]:
     return [c for c in range(num_classes) if 0 < counts[c] < len(labels)]
 
 
-def _roc_auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
-    """Macro one-vs-rest ROC AUC over the classes present; None when it is undefined."""
-    from sklearn.metrics import roc_auc_score
-
-    present = np.unique(labels)
-    if len(present) < 2:
-        return None
-    if probs.shape[1] == 2:
-        return float(roc_auc_score(labels, probs[:, 1]))
-    scores = [roc_auc_score(labels == c, probs[:, c]) for c in present]
-    return float(np.mean(scores))
-
-
 def _per_class_areas(labels: np.ndarray, probs: np.ndarray) -> tuple[dict[int, float], dict[int, float]]:
     from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -134,6 +121,14 @@ def _per_class_areas(labels: np.ndarray, probs: np.ndarray) -> tuple[dict[int, f
     auc = {c: float(roc_auc_score(labels == c, probs[:, c])) for c in classes}
     ap = {c: float(average_precision_score(labels == c, probs[:, c])) for c in classes}
     return auc, ap
+
+
+def _macro_auc(auc: dict[int, float], num_classes: int) -> float | None:
+    """Macro one-vs-rest ROC AUC over the classes present; None with fewer than two present.
+    With two classes both one-vs-rest curves are the same curve: the positive class's AUC."""
+    if not auc:
+        return None
+    return auc[1] if num_classes == 2 else float(np.mean(list(auc.values())))
 
 
 def binary_counts(matrix: np.ndarray, classes) -> dict | None:
@@ -177,7 +172,7 @@ def classification_metrics(
         "macro_precision": float(macro[0]),
         "macro_recall": float(macro[1]),
         "macro_f1": float(macro[2]),
-        "roc_auc_macro": _roc_auc(labels, probs),
+        "roc_auc_macro": _macro_auc(auc, n_classes),
         "average_precision_macro": float(np.mean(list(ap.values()))) if ap else None,
         "log_loss": float(log_loss(labels, probs / probs.sum(axis=1, keepdims=True), labels=all_labels)),
         "ece": expected_calibration_error(labels, probs),

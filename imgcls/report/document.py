@@ -153,9 +153,7 @@ def _headline(m: dict) -> str:
         gain = m["tta"].get("accuracy_with", 0) - m["tta"].get("accuracy_without", 0)
         cards.append(("flip TTA effect", f"{100 * gain:+.2f} pt"))
     cards.append(("images", num(m.get("num_samples"))))
-    card_html = "".join(
-        f'<div class="card"><div class="v">{v}</div><div class="k">{esc(k)}</div></div>' for k, v in cards
-    )
+    card_html = sec.cards_html(cards)
     extra = [
         ("macro precision", num(m.get("macro_precision"))),
         ("macro recall", num(m.get("macro_recall"))),

@@ -8,7 +8,7 @@ import numpy as np
 from imgcls.metrics import multilabel_pr_curves
 from imgcls.report import figures
 from imgcls.report.predictions import Predictions
-from imgcls.report.sections import esc, num, num_cell, pct
+from imgcls.report.sections import cards_html, curves_section, esc, num, num_cell, pct, sortable_table
 
 
 def headline(m: dict) -> str:
@@ -19,9 +19,7 @@ def headline(m: dict) -> str:
         ("subset accuracy", pct(m.get("subset_accuracy"))),
         ("images", num(m.get("num_samples"))),
     ]
-    card_html = "".join(
-        f'<div class="card"><div class="v">{v}</div><div class="k">{esc(k)}</div></div>' for k, v in cards
-    )
+    card_html = cards_html(cards)
     extra = f"Hamming loss {num(m.get('hamming_loss'))} · default threshold {num(m.get('threshold'), 2)}"
     return f'<div class="cards">{card_html}</div>\n<p class="small">{extra} (multi-label)</p>'
 
@@ -54,12 +52,11 @@ def per_class(m: dict, train_counts: dict[str, int] | None) -> str:
         rows.append(f"<tr><td>{esc(name)}</td>{cells}</tr>")
     head = "<th>label</th><th>AP</th><th>precision</th><th>recall</th><th>F1</th><th>images with it</th>"
     head += "<th>threshold</th>" + ("<th>train images with it</th>" if train_counts else "")
-    return (
-        '<p class="small">Worst AP first; precision, recall and F1 at each label\'s threshold (chosen on '
-        "validation for the best F1, stored in the checkpoint). Click a column to sort.</p>"
-        f'<div class="scroll"><table class="sortable"><thead><tr>{head}</tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    note = (
+        "Worst AP first; precision, recall and F1 at each label's threshold (chosen on validation for the "
+        "best F1, stored in the checkpoint). Click a column to sort."
     )
+    return sortable_table(note, head, rows)
 
 
 def pr(m: dict, predictions: Predictions | None) -> str:
@@ -68,8 +65,7 @@ def pr(m: dict, predictions: Predictions | None) -> str:
     curves = multilabel_pr_curves(predictions.labels, predictions.probs)
     if not curves:
         return "<p>Undefined: no label occurs in the evaluated images.</p>"
-    fig = figures.curves_figure(curves, list(m["classes"]), kind="pr", macro=m.get("mAP"))
-    return figures.figure_html(fig, "precision-recall curves per label")
+    return curves_section(curves, m["classes"], "pr", m.get("mAP"))
 
 
 def cooccurrence(m: dict, predictions: Predictions | None) -> str:

@@ -71,24 +71,30 @@ def per_class(m: dict, train_counts: dict[str, int] | None) -> str:
         if train_counts:
             cells += num_cell(train_counts.get(name))
         rows.append(f"<tr><td>{esc(name)}</td>{cells}</tr>")
+    return sortable_table("Worst F1 first; click a column to sort by it.", head, rows)
+
+
+def sortable_table(note: str, head: str, rows: list[str]) -> str:
+    """A note, then a scrollable table whose columns sort on click (the page's inline script)."""
     return (
-        '<p class="small">Worst F1 first; click a column to sort by it.</p>'
+        f'<p class="small">{note}</p>'
         f'<div class="scroll"><table class="sortable"><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table></div>"
     )
 
 
+def cards_html(cards: list[tuple[str, str]]) -> str:
+    """The headline numbers as cards: (name, formatted value)."""
+    return "".join(f'<div class="card"><div class="v">{v}</div><div class="k">{esc(k)}</div></div>' for k, v in cards)
+
+
 def roc(m: dict, predictions: Predictions | None) -> str:
     if predictions is None:
         return ""
-    classes = list(m["classes"])
     curves = roc_curves(predictions.labels, predictions.probs)
-    if not curves:
-        return "<p>Undefined: the evaluated images hold a single class.</p>"
-    if len(classes) == 2:
+    if len(m["classes"]) == 2 and curves:
         curves = {1: curves[1]}  # one curve says it all: the negative class's is its mirror
-    fig = figures.curves_figure(curves, classes, kind="roc", macro=m.get("roc_auc_macro"))
-    return _few_curves(len(curves), "AUC") + figures.figure_html(fig, "ROC curves") + _binary(m)
+    return curves_section(curves, m["classes"], "roc", m.get("roc_auc_macro")) + (_binary(m) if curves else "")
 
 
 def _binary(m: dict) -> str:
@@ -108,12 +114,17 @@ def _binary(m: dict) -> str:
 def pr(m: dict, predictions: Predictions | None) -> str:
     if predictions is None:
         return ""
-    classes = list(m["classes"])
     curves = pr_curves(predictions.labels, predictions.probs)
+    return curves_section(curves, m["classes"], "pr", m.get("average_precision_macro"))
+
+
+def curves_section(curves: dict, classes, kind: str, macro: float | None) -> str:
+    """ROC (kind "roc") or precision-recall ("pr") curves per class, or why there are none."""
     if not curves:
         return "<p>Undefined: the evaluated images hold a single class.</p>"
-    fig = figures.curves_figure(curves, classes, kind="pr", macro=m.get("average_precision_macro"))
-    return _few_curves(len(curves), "AP") + figures.figure_html(fig, "precision-recall curves")
+    area, title = ("AUC", "ROC curves") if kind == "roc" else ("AP", "precision-recall curves")
+    fig = figures.curves_figure(curves, list(classes), kind=kind, macro=macro)
+    return _few_curves(len(curves), area) + figures.figure_html(fig, title)
 
 
 def _few_curves(count: int, area: str) -> str:

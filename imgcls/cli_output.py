@@ -1,4 +1,5 @@
-"""Printing for the command line: text that survives file names which are not valid UTF-8."""
+"""The command line's printing (used by cli.py and its command groups): text that survives file
+names which are not valid UTF-8."""
 
 from __future__ import annotations
 
