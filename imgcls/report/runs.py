@@ -83,18 +83,18 @@ def compare_rows(run_dirs: list[Path]) -> list[dict]:
     return rows
 
 
-def _cell(value: object) -> str:
+def _cell(value: object, key: str = "") -> str:
     if value is None:
         return "—"
     if isinstance(value, float):
-        return f"{value:.4f}" if value < 10 else f"{value:,.1f}"
+        return f"{value:,.1f}" if key == "seconds" or value >= 10 else f"{value:.4f}"
     return str(value)
 
 
 def format_table(rows: list[dict]) -> str:
     """A plain-text table for the terminal (the recipe column left out: it is long)."""
     columns = [(k, title) for k, title in COMPARE_COLUMNS if k != "recipe"]
-    cells = [[title for _, title in columns]] + [[_cell(row[k]) for k, _ in columns] for row in rows]
+    cells = [[title for _, title in columns]] + [[_cell(row[k], k) for k, _ in columns] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
              for r in cells]  # fmt: skip
@@ -108,7 +108,7 @@ def write_comparison(rows: list[dict], path: Path) -> Path:
     if path.suffix.lower() in (".html", ".htm"):
         head = "".join(f"<th>{html.escape(title)}</th>" for _, title in COMPARE_COLUMNS)
         body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(_cell(row[k]))}</td>" for k, _ in COMPARE_COLUMNS) + "</tr>"
+            "<tr>" + "".join(f"<td>{html.escape(_cell(row[k], k))}</td>" for k, _ in COMPARE_COLUMNS) + "</tr>"
             for row in rows
         )
         text = (
