@@ -42,6 +42,8 @@ def _overrides(args: argparse.Namespace) -> dict:
         ("train", "epochs"): args.epochs,
         ("train", "batch_size"): args.batch_size,
         ("train", "seed"): args.seed,
+        ("train", "device"): args.device,
+        ("train", "precision"): args.precision,
         ("transfer", "pretrained"): args.pretrained,
         ("transfer", "freeze_backbone"): True if args.freeze_backbone else None,
         ("distill", "teacher"): args.teacher,
@@ -280,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--kd-alpha", type=float, help="weight of the teacher's soft targets (0.5)")
     training.add_argument("--kd-temperature", type=float, help="distillation temperature (4)")
     training.add_argument("--seed", type=int)
+    training.add_argument("--device", help="auto (CUDA when there is a GPU), cpu, cuda or cuda:N")
+    training.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16", "fp16"], help="autocast (auto: bf16 where the hardware has it)"
+    )
     training.add_argument(
         "--set", action="append", metavar="SECTION.KEY=VALUE", help="any config value, e.g. optim.lr=0.01"
     )

@@ -115,7 +115,9 @@ class TrainConfig:
     # training (--resume continues from that step exactly); 0 = at epoch ends only.
     checkpoint_minutes: float = 10.0
     init: Literal["kaiming", "default"] = "kaiming"  # for models trained from scratch
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where the CPU has it
+    device: str = "auto"  # auto (CUDA when there is a GPU, else CPU), cpu, cuda, cuda:N
+    # auto: bf16 where the CPU or GPU has it, else float32 on CPU and float16 (loss-scaled) on CUDA
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True  # 3-4x faster convolutions on CPU (see PERFORMANCE notes)
     threads: int = 0  # torch threads; 0 = physical cores
 

@@ -53,7 +53,7 @@ def init_from_environment(device: torch.device) -> None:
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)  # cuda:LOCAL_RANK (imgcls.device.resolve_device)
     torch.distributed.init_process_group(backend, timeout=TIMEOUT)
     if not is_main():
         logging.getLogger("imgcls").setLevel(logging.WARNING)
@@ -94,7 +94,9 @@ def all_reduce_sums(*values: float) -> tuple[float, ...]:
     """Sums over the processes (train loss and correct counts), so every rank reports the same."""
     if world_size() == 1:
         return values
-    tensor = torch.tensor(values, dtype=torch.float64)
+    # nccl reduces GPU tensors only; gloo CPU tensors
+    on = torch.device("cuda", torch.cuda.current_device()) if torch.distributed.get_backend() == "nccl" else None
+    tensor = torch.tensor(values, dtype=torch.float64, device=on)
     torch.distributed.all_reduce(tensor)
     return tuple(tensor.tolist())
 

@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import nn
 
 from imgcls.data.preprocess import Preprocessing, to_model_input
-
-
-def autocast(dtype: torch.dtype | None, device: torch.device):
-    """bfloat16 autocast when asked, else nothing."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def cpu_has_bf16() -> bool:
-    """True on CPUs with native bfloat16 arithmetic (AVX512-BF16 or AMX)."""
-    cpu = torch.backends.cpu.get_cpu_capability()
-    if cpu not in ("AVX512", "AVX512_BF16", "AMX"):
-        return False
-    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
-    return any(check is not None and check() for check in checks)
+from imgcls.device import autocast, to_device
 
 
 def to_probabilities(logits: torch.Tensor, multilabel: bool) -> torch.Tensor:
@@ -55,7 +38,7 @@ def batched_logits(
     device = device or torch.device("cpu")
     outputs = []
     for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size].to(device)
+        batch = to_device(images[start : start + batch_size], device)
         x = to_model_input(batch, preprocessing, channels_last=channels_last)
         with autocast(autocast_dtype, device):
             logits = model(x).float()

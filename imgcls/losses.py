@@ -95,9 +95,10 @@ def build_multilabel_loss(kind: str, pos_weight: torch.Tensor | None) -> nn.Modu
     return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
 
 
-def correct_predictions(logits: torch.Tensor, target: torch.Tensor) -> int:
-    """Correct answers in a batch: the top class for labels (N,); for multi-label targets (N, K)
-    images whose every class is right at probability 0.5 (subset accuracy)."""
+def correct_predictions(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Correct answers in a batch (a 0-d tensor on the logits' device, so reading it can wait):
+    the top class for labels (N,); for multi-label targets (N, K) images whose every class is
+    right at probability 0.5 (subset accuracy)."""
     if target.ndim == 1:
-        return int((logits.argmax(1) == target).sum())
-    return int(((logits > 0) == (target > 0.5)).all(dim=1).sum())
+        return (logits.argmax(1) == target).sum()
+    return ((logits > 0) == (target > 0.5)).all(dim=1).sum()

@@ -15,7 +15,7 @@ from imgcls.config import Config
 from imgcls.data.augment import augment_batch
 from imgcls.data.loader import batch_indices, cache_tensors
 from imgcls.data.preprocess import to_model_input
-from imgcls.inference import autocast
+from imgcls.device import autocast, to_device
 from imgcls.prepare import prepare
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def suggest_lr(lrs: list[float], losses: list[float]) -> float:
 
 def find_lr(config: Config, *, start: float = 1e-6, end: float = 1.0, steps: int = 200) -> LrFinderResult:
     torch.manual_seed(config.train.seed)
-    run = prepare(config, torch.device("cpu"))
+    run = prepare(config)
     images, labels = cache_tensors(run.train)
     generator = torch.Generator().manual_seed(config.train.seed)
     for group in run.optimizer.param_groups:
@@ -49,13 +49,14 @@ def find_lr(config: Config, *, start: float = 1e-6, end: float = 1.0, steps: int
     step = 0
     while step < steps:
         for index in batch_indices(len(labels), tc.batch_size, shuffle=True, generator=generator):
-            x = to_model_input(augment_batch(images[index], config.augment, generator), run.preprocessing,
-                               channels_last=tc.channels_last)  # fmt: skip
+            batch = to_device(augment_batch(images[index], config.augment, generator), run.device)
+            x = to_model_input(batch, run.preprocessing, channels_last=tc.channels_last)
             with autocast(run.autocast_dtype, x.device):
-                loss = run.loss_fn(model(x).float(), labels[index])
+                loss = run.loss_fn(model(x).float(), to_device(labels[index], run.device))
             run.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            run.optimizer.step()
+            run.scaler.scale(loss).backward()
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
             lr = run.optimizer.param_groups[0]["lr"]
             smoothed = 0.98 * smoothed + 0.02 * loss.item()
             value = smoothed / (1 - 0.98 ** (step + 1))  # bias-corrected running mean

@@ -21,8 +21,8 @@ from imgcls.data.cache import ImageCache, build_cache
 from imgcls.data.loader import steps_per_epoch
 from imgcls.data.preprocess import Preprocessing, channel_stats
 from imgcls.data.sources import DataSources, resolve_training_data
+from imgcls.device import choose_autocast, grad_scaler, resolve_device
 from imgcls.errors import CheckpointError, ConfigError, DataError
-from imgcls.inference import cpu_has_bf16
 from imgcls.losses import balanced_class_weights, build_loss, build_multilabel_loss, positive_weights
 from imgcls.models import create_model
 from imgcls.models.registry import resolve
@@ -52,6 +52,8 @@ class TrainingRun:
     plateau: PlateauState | None
     loss_fn: nn.Module  # (logits, targets) -> loss: cross-entropy, or BCE/ASL for multi-label
     autocast_dtype: torch.dtype | None
+    device: torch.device
+    scaler: torch.amp.GradScaler  # loss scaling for float16; disabled (a pass-through) otherwise
     per_image: Callable[[torch.Tensor], torch.Tensor] | None = None  # torchvision v2 transform
     ema: nn.Module | None = None  # timm's ModelEmaV3; its .module is what is evaluated and saved
     teacher: Teacher | None = None
@@ -75,12 +77,6 @@ class TrainingRun:
         }
 
 
-def choose_autocast(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "bf16" or (precision == "auto" and device.type == "cpu" and cpu_has_bf16()):
-        return torch.bfloat16
-    return None
-
-
 def decode_sources(config: Config, sources: DataSources) -> tuple[ImageCache, ImageCache]:
     data = config.data
     channels = None if data.channels == "auto" else int(data.channels)
@@ -96,7 +92,7 @@ def decode_sources(config: Config, sources: DataSources) -> tuple[ImageCache, Im
     return train, val
 
 
-def _teacher(config: Config, sources: DataSources, pre: Preprocessing) -> Teacher | None:
+def _teacher(config: Config, sources: DataSources, pre: Preprocessing, device: torch.device) -> Teacher | None:
     if config.distill.teacher is None:
         return None
     model, teacher_pre, meta = ckpt.load_model(config.distill.teacher)
@@ -113,7 +109,7 @@ def _teacher(config: Config, sources: DataSources, pre: Preprocessing) -> Teache
         param.requires_grad = False
     log.info("distilling from %s (%s), alpha %.2f, temperature %.1f", config.distill.teacher, meta["model"]["name"],
              config.distill.alpha, config.distill.temperature)  # fmt: skip
-    return Teacher(model.to(memory_format=torch.channels_last), teacher_pre)
+    return Teacher(model.to(device, memory_format=torch.channels_last), teacher_pre)
 
 
 def build_model(config: Config, num_classes: int, pre: Preprocessing) -> nn.Module:
@@ -185,9 +181,11 @@ def check_multilabel_config(config: Config) -> None:
         raise ConfigError(f"{', '.join(given)} assume one class per image; multi-label training does not use them.")
 
 
-def prepare(config: Config, device: torch.device) -> TrainingRun:
+def prepare(config: Config, device: torch.device | None = None) -> TrainingRun:
+    """Everything of a run, on `device` (default: train.device)."""
     data, tc = config.data, config.train
     check_model_config(config)
+    device = device or resolve_device(tc.device)
     sources = resolve_training_data(data.train, data.val, val_fraction=data.val_fraction, seed=tc.seed,
                                     task=data.task, allow_outside=data.allow_outside)  # fmt: skip
     if sources.task == "multi-label":
@@ -213,16 +211,23 @@ def prepare(config: Config, device: torch.device) -> TrainingRun:
     else:
         weights = balanced_class_weights(train.labels, len(sources.classes)) if tc.class_weights == "balanced" else None
         loss_fn = build_loss(tc.label_smoothing, weights)
+    loss_fn = loss_fn.to(device)  # its class or positive weights
     ema = None
     if tc.ema:
         from timm.utils import ModelEmaV3
 
         ema = ModelEmaV3(model, decay=tc.ema_decay, use_warmup=True)
     dtype = choose_autocast(tc.precision, device)
-    log.info("model %s, %s parameters, %s, %s", config.model.name, f"{sum(p.numel() for p in model.parameters()):,}",
-             "bfloat16 autocast" if dtype else "float32", "channels_last" if tc.channels_last else "NCHW")  # fmt: skip
+    log.info("model %s, %s parameters, on %s, %s, %s", config.model.name,
+             f"{sum(p.numel() for p in model.parameters()):,}", device, precision_name(dtype),
+             "channels_last" if tc.channels_last else "NCHW")  # fmt: skip
     return TrainingRun(
         config, sources, train, val, pre, model, optimizer, scheduler, plateau, loss_fn,
-        dtype, per_image=build_per_image_transform(config.augment, data.img_size), ema=ema,
-        teacher=_teacher(config, sources, pre),
+        dtype, device, grad_scaler(dtype, device), per_image=build_per_image_transform(config.augment, data.img_size),
+        ema=ema, teacher=_teacher(config, sources, pre, device),
     )  # fmt: skip
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    names = {torch.bfloat16: "bfloat16 autocast", torch.float16: "float16 autocast with loss scaling"}
+    return names.get(dtype, "float32")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,8 +28,9 @@ from imgcls.config import Config, load_config, save_config
 from imgcls.data.augment import apply_per_image, augment_batch, mix_batch, mixing_enabled
 from imgcls.data.loader import balanced_batch_indices, batch_indices, cache_tensors
 from imgcls.data.preprocess import Preprocessing, to_model_input
+from imgcls.device import autocast, resolve_device, rng_states, set_rng_states, to_device
 from imgcls.errors import CheckpointError, ConfigError
-from imgcls.inference import autocast, batched_logits
+from imgcls.inference import batched_logits
 from imgcls.losses import correct_predictions, distillation_loss
 from imgcls.metrics import choose_thresholds, classification_metrics, mean_average_precision, multilabel_metrics
 from imgcls.models.registry import is_classic
@@ -48,6 +50,9 @@ from imgcls.train_state import (
 from imgcls.transfer import set_backbone_trainable
 
 log = logging.getLogger(__name__)
+
+# Steps between reads of the running loss (each read makes the host wait for a GPU).
+SYNC_EVERY = 20
 
 
 @dataclass
@@ -74,9 +79,11 @@ def _teacher_input(x: torch.Tensor, student: Preprocessing, teacher: Preprocessi
     """Re-normalise the student's (possibly mixed) input with the teacher's mean and std."""
     if (student.mean, student.std) == (teacher.mean, teacher.std):
         return x
-    shape = (1, -1, 1, 1)
-    pixels = x * torch.tensor(student.std).view(shape) + torch.tensor(student.mean).view(shape)
-    return (pixels - torch.tensor(teacher.mean).view(shape)) / torch.tensor(teacher.std).view(shape)
+
+    def column(values: tuple[float, ...]) -> torch.Tensor:
+        return torch.tensor(values, device=x.device).view(1, -1, 1, 1)
+
+    return (x * column(student.std) + column(student.mean) - column(teacher.mean)) / column(teacher.std)
 
 
 def train_one_epoch(
@@ -94,7 +101,12 @@ def train_one_epoch(
 
     `progress` of an interrupted epoch continues it after its last step; `stop()` true after
     an optimizer step raises EpochInterrupted carrying the progress and RNG states, and
-    `periodic` saves them when it is due."""
+    `periodic` saves them when it is due.
+
+    Batches are drawn and augmented on the CPU from `generator`, then moved to the run's
+    device as uint8 (a quarter of the float32 bytes) and normalised there. The running sums
+    stay on the device and are read every SYNC_EVERY steps, so a GPU is not made to wait
+    for the host after every step."""
     config, model = run.config, run.model
     tc, augment = config.train, config.augment
     model.train()
@@ -107,15 +119,17 @@ def train_one_epoch(
     done = progress or EpochProgress()
     if done.generator_state is not None:  # the batch order is redrawn above; the draws go on from here
         generator.set_state(done.generator_state)
-        torch.set_rng_state(done.torch_state)
+        set_rng_states({"torch": done.torch_state, "cuda": done.cuda_state}, run.device)
     start = time.perf_counter() - done.seconds
+    # loss sum, correct predictions: float64 on the device, the same sums as adding floats
+    sums = torch.tensor([done.loss_sum, done.correct], dtype=torch.float64, device=run.device)
     bar = progress_bar(total=sum(len(b) for b in batches), desc=desc, unit="img")
     bar.update(sum(len(b) for b in batches[: done.step]))
     try:
         for i, index in enumerate(batches[done.step :], start=done.step):
             batch = augment_batch(apply_per_image(images[index], run.per_image), augment, generator)
-            hard = labels[index]
-            x = to_model_input(batch, run.preprocessing, channels_last=tc.channels_last)
+            hard = to_device(labels[index], run.device)
+            x = to_model_input(to_device(batch, run.device), run.preprocessing, channels_last=tc.channels_last)
             target = hard
             if mixing_enabled(augment):
                 x, target = mix_batch(x, hard, len(run.sources.classes), augment, generator)
@@ -128,40 +142,54 @@ def train_one_epoch(
                         teacher_logits = run.teacher.model(teacher_x).float()
                     loss = distillation_loss(logits, teacher_logits, loss, alpha=config.distill.alpha,
                                              temperature=config.distill.temperature)  # fmt: skip
-            (loss / tc.accumulate).backward()
+            run.scaler.scale(loss / tc.accumulate).backward()
             stepped = (i + 1) % tc.accumulate == 0 or i + 1 == len(batches)
             if stepped:
                 _optimizer_step(run)
-            done.loss_sum += loss.item() * len(hard)
-            done.correct += correct_predictions(logits, hard)  # against the unmixed labels
+            sums[0] += loss.detach().double() * len(hard)
+            sums[1] += correct_predictions(logits, hard)  # against the unmixed labels
             done.seen += len(hard)
             done.step = i + 1
             bar.update(len(hard))
-            bar.set_postfix(loss=f"{done.loss_sum / done.seen:.4f}", refresh=False)
+            if done.step % SYNC_EVERY == 0:
+                bar.set_postfix(loss=f"{sums[0].item() / done.seen:.4f}", refresh=False)
             if stepped and done.step < len(batches):
                 if stop is not None and stop():
-                    raise EpochInterrupted(_snapshot(done, generator, start), len(batches))
+                    raise EpochInterrupted(_snapshot(done, sums, generator, run.device, start), len(batches))
                 if periodic is not None and periodic.due():
-                    periodic(_snapshot(done, generator, start))
+                    periodic(_snapshot(done, sums, generator, run.device, start))
     finally:
         bar.close()
+    done.loss_sum, done.correct = sums[0].item(), int(sums[1].item())
     loss_sum, correct, seen = distributed.all_reduce_sums(done.loss_sum, done.correct, done.seen)
     return EpochStats(loss_sum / max(seen, 1), correct / max(seen, 1), int(seen), time.perf_counter() - start)
 
 
-def _snapshot(done: EpochProgress, generator: torch.Generator, start: float) -> EpochProgress:
+def _snapshot(
+    done: EpochProgress, sums: torch.Tensor, generator: torch.Generator, device: torch.device, start: float
+) -> EpochProgress:
     """A copy of an epoch's progress with the RNG states after its last step (reading them
     draws nothing, so saving never changes the run)."""
-    return replace(done, seconds=time.perf_counter() - start, generator_state=generator.get_state(),
-                   torch_state=torch.get_rng_state())  # fmt: skip
+    states = rng_states(device)
+    return replace(done, loss_sum=sums[0].item(), correct=int(sums[1].item()), seconds=time.perf_counter() - start,
+                   generator_state=generator.get_state(), torch_state=states["torch"],
+                   cuda_state=states.get("cuda"))  # fmt: skip
 
 
 def _optimizer_step(run: TrainingRun) -> None:
+    """Clip (on the true gradients: unscaled first), step, update the loss scale, schedule, EMA.
+    With float16 the scaler skips a step whose gradients overflowed and lowers the scale."""
     if run.config.optim.clip_grad_norm:
+        run.scaler.unscale_(run.optimizer)
         nn.utils.clip_grad_norm_(run.model.parameters(), run.config.optim.clip_grad_norm)
-    run.optimizer.step()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
-    run.scheduler.step()
+    with warnings.catch_warnings():
+        # A first float16 step skipped for overflow makes PyTorch warn that the schedule moved
+        # before the optimizer did; the schedule counts steps taken or skipped alike.
+        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)`", UserWarning)
+        run.scheduler.step()
     if run.ema is not None:
         run.ema.update(run.model, step=run.scheduler.last_epoch)
 
@@ -175,14 +203,14 @@ def evaluate(
     batch_size: int = 256,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = True,
+    device: torch.device | None = None,
 ) -> tuple[float, float, torch.Tensor]:
     """(loss, accuracy, probabilities) on a labelled set, in eval mode.
 
     Multi-label targets (N, K): binary cross-entropy, independent sigmoid probabilities, and
     mAP in the place of accuracy (it ranks the epochs and picks the best checkpoint)."""
-    logits = batched_logits(
-        model, images, preprocessing, batch_size=batch_size, channels_last=channels_last, autocast_dtype=autocast_dtype
-    )
+    logits = batched_logits(model, images, preprocessing, batch_size=batch_size, channels_last=channels_last,
+                            autocast_dtype=autocast_dtype, device=device)  # fmt: skip
     if labels.ndim == 2:
         loss = nn.functional.binary_cross_entropy_with_logits(logits, labels).item()
         probs = logits.sigmoid()
@@ -219,17 +247,18 @@ def fit(config: Config | None, run_dir: Path, *, resume: bool = False) -> FitRes
     With resume, the run continues from run_dir/last.safetensors with run_dir/config.yaml
     (config may then be None)."""
     run_dir = Path(run_dir)
-    distributed.init_from_environment(torch.device("cpu"))
-    if not distributed.is_main():  # rank 0 alone writes the run's files and log
-        return _fit(config or load_config(run_dir / "config.yaml"), run_dir, resume)
     if resume:
         if not (run_dir / "last.safetensors").is_file():
             raise CheckpointError(f"nothing to resume: {run_dir / 'last.safetensors'} does not exist.")
         config = load_config(run_dir / "config.yaml")
-        clear_temporaries(run_dir)
-        log.info("resuming %s with its saved config.yaml", run_dir)
     elif config is None:
         raise ConfigError("fit needs a config unless it resumes a run.")
+    distributed.init_from_environment(resolve_device(config.train.device))
+    if not distributed.is_main():  # rank 0 alone writes the run's files and log
+        return _fit(config, run_dir, resume)
+    if resume:
+        clear_temporaries(run_dir)
+        log.info("resuming %s with its saved config.yaml", run_dir)
     elif (run_dir / "last.safetensors").exists():
         raise ConfigError(f"{run_dir} already holds a run. Pass --resume to continue it, or choose another --out.")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -272,8 +301,8 @@ def _fit(config: Config, run_dir: Path, resume: bool) -> FitResult:
         from imgcls.train_semi import fit_semi_run
 
         return fit_semi_run(config, run_dir, resume, started)
-    run = prepare(config, torch.device("cpu"))
-    run.ddp = distributed.wrap(run.model, sync_bn=tc.sync_bn, device=torch.device("cpu"))
+    run = prepare(config)
+    run.ddp = distributed.wrap(run.model, sync_bn=tc.sync_bn, device=run.device)
     history: list[dict] = []
     start_epoch, best_acc, partial = 1, -1.0, None
     if resume:
@@ -345,7 +374,8 @@ def _train_epoch(
     # without it saved ~2 s an epoch on the fashion-mnist recipe but chose epoch 15 of 18
     # (0.9484 on test with the flip) over the last one (0.9500).
     val_loss, val_acc, _ = evaluate(run.eval_model, val_x, val_y, run.preprocessing, batch_size=tc.eval_batch_size,
-                                    autocast_dtype=run.autocast_dtype, channels_last=tc.channels_last)  # fmt: skip
+                                    autocast_dtype=run.autocast_dtype, channels_last=tc.channels_last,
+                                    device=run.device)  # fmt: skip
     if run.plateau is not None:
         run.plateau.update(val_loss)
     history.append({
@@ -369,9 +399,8 @@ def _final_metrics(
     model = run.eval_model
     model.load_state_dict(ckpt.split_prefix(tensors, ckpt.MODEL_PREFIX))
     tc = run.config.train
-    _, _, probs = evaluate(
-        model, val_x, val_y, run.preprocessing, batch_size=tc.eval_batch_size, channels_last=tc.channels_last
-    )
+    _, _, probs = evaluate(model, val_x, val_y, run.preprocessing, batch_size=tc.eval_batch_size,
+                           channels_last=tc.channels_last, device=run.device)  # fmt: skip
     skipped = run.train.skipped + run.val.skipped
     if run.multilabel:
         thresholds, fallback = choose_thresholds(val_y.numpy(), probs.numpy())

@@ -11,7 +11,7 @@ import torch
 
 from imgcls import checkpoint as ckpt
 from imgcls.config import Config
-from imgcls.prepare import TrainingRun
+from imgcls.prepare import TrainingRun, precision_name
 
 
 def store_thresholds(path: Path, thresholds, fallback: float) -> None:
@@ -77,7 +77,8 @@ def write_run_report(
         "val images": len(run.val),
         "image size": f"{config.data.img_size} px, {run.train.channels} channel(s)",
         "epochs": f"{len(history)} of {config.train.epochs}",
-        "precision": "bfloat16 autocast" if run.autocast_dtype else "float32",
+        "precision": precision_name(run.autocast_dtype),
+        "device": str(run.device),
         "run seconds": round(seconds, 1),
     }
     write_outputs(run_dir, metrics, history, summary, val=run.val, probs=probs.numpy(), train=run.train)

@@ -35,8 +35,8 @@ from imgcls.data.cache import ImageCache, build_cache
 from imgcls.data.loader import cache_tensors
 from imgcls.data.preprocess import to_model_input
 from imgcls.data.sources import Sample, list_images
+from imgcls.device import autocast, to_device
 from imgcls.errors import ConfigError, DataError
-from imgcls.inference import autocast
 from imgcls.optim import build_schedule
 from imgcls.prepare import TrainingRun, prepare
 from imgcls.progress import progress_bar
@@ -140,18 +140,20 @@ def train_one_epoch_semi(
             x_lab = weak_view(run, images[li], generator)
             weak = weak_view(run, unlabeled[ui], generator)
             views = [x_lab, weak] + ([strong_view(weak, generator, transform)] if semi.method == "fixmatch" else [])
-            x = to_model_input(torch.cat(views), run.preprocessing, channels_last=tc.channels_last)
+            x = to_model_input(to_device(torch.cat(views), run.device), run.preprocessing,
+                               channels_last=tc.channels_last)  # fmt: skip
+            targets = to_device(labels[li], run.device)
             with autocast(run.autocast_dtype, x.device):
                 logits = model(x).float()
             lab_logits, weak_logits = logits[: len(li)], logits[len(li) : len(li) + len(ui)]
             student = logits[len(li) + len(ui) :] if semi.method == "fixmatch" else weak_logits
             pseudo, mask = select_pseudo_labels(weak_logits, semi.threshold)
             unl_loss = (nn.functional.cross_entropy(student, pseudo, reduction="none") * mask).mean()
-            loss = run.loss_fn(lab_logits, labels[li]) + semi.weight * unl_loss
-            loss.backward()
+            loss = run.loss_fn(lab_logits, targets) + semi.weight * unl_loss
+            run.scaler.scale(loss).backward()
             _optimizer_step(run)
             loss_sum += loss.item() * len(li)
-            correct += (lab_logits.argmax(1) == labels[li]).sum().item()
+            correct += (lab_logits.argmax(1) == targets).sum().item()
             seen, masked, unl_seen = seen + len(li), masked + int(mask.sum()), unl_seen + len(ui)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", pseudo=f"{masked / unl_seen:.2f}", refresh=False)
@@ -168,7 +170,7 @@ def semi_steps(n_unlabeled: int, n_labelled: int, batch_size: int, mu: int) -> i
 def fit_semi_run(config: Config, run_dir: Path, resume: bool, started: float) -> FitResult:
     """`fit` with unlabeled images: called by imgcls.train._fit when config.semi.unlabeled is set."""
     tc = config.train
-    run = prepare(config, torch.device("cpu"))
+    run = prepare(config)
     check_semi_config(config, run)
     unlabeled = decode_unlabeled(config, run)
     run.train.skipped.extend(unlabeled.skipped)  # metrics.json's skipped_files lists them with the labelled ones
@@ -191,7 +193,7 @@ def fit_semi_run(config: Config, run_dir: Path, resume: bool, started: float) ->
             stats = train_one_epoch_semi(run, labelled, unl_x, generator, desc=f"epoch {epoch}/{tc.epochs}")
             val_loss, val_acc, _ = evaluate(run.eval_model, val_x, val_y, run.preprocessing,
                                             batch_size=tc.eval_batch_size, autocast_dtype=run.autocast_dtype,
-                                            channels_last=tc.channels_last)  # fmt: skip
+                                            channels_last=tc.channels_last, device=run.device)  # fmt: skip
             if run.plateau is not None:
                 run.plateau.update(val_loss)
             history.append({"epoch": epoch, "train_loss": round(stats.loss, 6), "train_acc": round(stats.accuracy, 6),

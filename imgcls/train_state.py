@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 EMA_PREFIX = "ema."
-RNG_GENERATOR, RNG_TORCH = "rng.generator", "rng.torch"  # tensors of an interrupted epoch's RNG states
+# tensors of an interrupted epoch's RNG states (the GPU's too when it trained on CUDA)
+RNG_GENERATOR, RNG_TORCH, RNG_CUDA = "rng.generator", "rng.torch", "rng.cuda"
 
 
 @dataclass
@@ -46,6 +47,7 @@ class EpochProgress:
     lr: float | None = None  # the rate at the epoch's start, for its history row
     generator_state: torch.Tensor | None = field(default=None, repr=False)
     torch_state: torch.Tensor | None = field(default=None, repr=False)
+    cuda_state: torch.Tensor | None = field(default=None, repr=False)
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if not k.endswith("_state")}
@@ -110,7 +112,10 @@ def restore(path: Path, run: TrainingRun) -> tuple[dict, EpochProgress | None]:
         partial = state.get("partial")
         progress = None
         if partial is not None:
-            progress = EpochProgress(**partial, generator_state=tensors[RNG_GENERATOR], torch_state=tensors[RNG_TORCH])
+            progress = EpochProgress(**partial, generator_state=tensors[RNG_GENERATOR], torch_state=tensors[RNG_TORCH],
+                                     cuda_state=tensors.get(RNG_CUDA))  # fmt: skip
+        if state.get("scaler") and run.scaler.is_enabled():
+            run.scaler.load_state_dict(state["scaler"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(
             f"{path}: its training state does not fit this run ({type(err).__name__}: {err}); "
@@ -131,10 +136,13 @@ def save_last(
     optim_tensors, optim_state = ckpt.optimizer_to_tensors(run.optimizer)
     resume = {"epoch": history[-1]["epoch"] if history else 0, "best_val_acc": best_acc, "history": history,
               "optimizer": optim_state, "scheduler": run.scheduler.state_dict(),
-              "plateau": run.plateau.to_dict() if run.plateau is not None else None}  # fmt: skip
+              "plateau": run.plateau.to_dict() if run.plateau is not None else None,
+              "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None}  # fmt: skip
     if partial is not None:
         resume["partial"] = partial.to_json()
         tensors.update({RNG_GENERATOR: partial.generator_state, RNG_TORCH: partial.torch_state})
+        if partial.cuda_state is not None:
+            tensors[RNG_CUDA] = partial.cuda_state
     ckpt.save_checkpoint(run_dir / "last.safetensors", {**tensors, **optim_tensors}, {**meta, "resume": resume})
     write_history(run_dir / "history.csv", history)
 
