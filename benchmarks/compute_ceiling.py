@@ -108,7 +108,7 @@ def make_imgcls_epoch(recipe: str, folder: Path) -> tuple[Callable[[int], None],
     images, labels = images[:whole], labels[:whole]
 
     def epoch(i: int) -> None:
-        train_one_epoch(run, images, labels, torch.Generator().manual_seed(epoch_seed(0, i)))
+        train_one_epoch(run, (images, labels), torch.Generator().manual_seed(epoch_seed(0, i)))
 
     return epoch, whole
 

@@ -12,6 +12,10 @@ its 10,000-image validation folder; the same 20,000 packed once into tar shards
     whole and per epoch (history.csv). Both processes share the same 2 cores here, so this
     measures the overhead of DDP, not a speed-up; on a machine with more cores (or several
     machines) each process brings its own.
+(3) Training from the shards (5 MB shards, 9 of them: enough for every reader to have its
+    own): decoded into the cache first (`data.stream=never`), then streamed through the
+    shuffle buffer with 1 and 2 reader processes, and streamed by 2 torchrun processes with
+    one reader each; best-epoch images/s against training from the folder's cache in (2).
 
     .venv/bin/python benchmarks/distributed.py
 """
@@ -64,6 +68,22 @@ def main() -> None:
               f"{runs[devices][1]:,.0f} images/s")  # fmt: skip
     print(f"two processes / one: whole run {runs[2][0] / runs[1][0]:.2f}x the time, "
           f"epoch speed {runs[2][1] / runs[1][1]:.2f}x")  # fmt: skip
+    small = DATA / "fm-20k-shards-5mb"
+    if not (small / "index.json").is_file():
+        write_shards(train_folder, small, shard_bytes=5 * 2**20)
+    sources = {
+        "shards -> cache": ("--set", "data.stream=never"),
+        "streamed, 1 reader": ("--set", "data.stream=always", "--set", "data.decode_workers=1"),
+        "streamed, 2 readers": ("--set", "data.stream=always", "--set", "data.decode_workers=2"),
+        "streamed, 2 processes x 1 reader": ("--set", "data.stream=always", "--set", "data.decode_workers=1",
+                                             "--devices", "2"),
+    }  # fmt: skip
+    for name, extra in sources.items():
+        run, seconds = train(f"shards-{name.split(',')[0].split()[0]}-{len(extra)}", small, "--val", val_folder,
+                             *ARGS, *extra)  # fmt: skip
+        rate = epoch_rate(run)
+        print(f"train {name:34s} whole run {seconds:5.1f} s, best epoch {rate:7,.0f} images/s = "
+              f"{rate / runs[1][1]:.2f}x the folder's cache")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -39,6 +39,10 @@ class DataConfig:
     # multi-label when a manifest has a row with no label or several.
     task: Literal["auto", "single-label", "multi-label"] = "auto"
     allow_outside: bool = False  # let a manifest name files outside its own folder
+    # Tar shards: stream them through a shuffle buffer (always), decode them into the cache
+    # (never), or stream when the decoded training images would not fit in memory (auto).
+    stream: Literal["auto", "always", "never"] = "auto"
+    stream_buffer: int = 2048  # images each stream reader shuffles among
 
 
 @dataclass(frozen=True)
@@ -324,6 +328,7 @@ def validate(config: Config) -> None:
         (config.data.img_size >= 8, "data.img_size must be at least 8 pixels"),
         (0.0 < config.data.val_fraction < 1.0, "data.val_fraction must be between 0 and 1"),
         (config.data.max_pixels > 0, "data.max_pixels must be positive"),
+        (config.data.stream_buffer >= 1, "data.stream_buffer must be at least 1"),
         (0.0 <= config.augment.translate < 0.5, "augment.translate must be in [0, 0.5)"),
         (0.0 <= config.augment.cutout <= 1.0, "augment.cutout must be in [0, 1]"),
         (config.train.epochs >= 1, "train.epochs must be at least 1"),

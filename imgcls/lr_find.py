@@ -16,6 +16,7 @@ from imgcls.data.augment import augment_batch
 from imgcls.data.loader import batch_indices, cache_tensors
 from imgcls.data.preprocess import to_model_input
 from imgcls.device import autocast, to_device
+from imgcls.errors import ConfigError
 from imgcls.prepare import prepare
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ def suggest_lr(lrs: list[float], losses: list[float]) -> float:
 def find_lr(config: Config, *, start: float = 1e-6, end: float = 1.0, steps: int = 200) -> LrFinderResult:
     torch.manual_seed(config.train.seed)
     run = prepare(config)
+    if run.stream is not None:
+        raise ConfigError("lr-find trains from decoded images; set data.stream=never for it.")
     images, labels = cache_tensors(run.train)
     generator = torch.Generator().manual_seed(config.train.seed)
     for group in run.optimizer.param_groups:

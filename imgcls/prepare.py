@@ -21,6 +21,7 @@ from imgcls.data.cache import ImageCache, build_cache
 from imgcls.data.loader import steps_per_epoch
 from imgcls.data.preprocess import Preprocessing, channel_stats
 from imgcls.data.sources import DataSources, resolve_training_data
+from imgcls.data.stream import ShardStream
 from imgcls.device import choose_autocast, grad_scaler, resolve_device
 from imgcls.errors import CheckpointError, ConfigError, DataError
 from imgcls.losses import balanced_class_weights, build_loss, build_multilabel_loss, positive_weights
@@ -28,6 +29,7 @@ from imgcls.models import create_model
 from imgcls.models.registry import resolve
 from imgcls.models.seed import SeedNet, kaiming_init
 from imgcls.optim import PlateauState, build_optimizer, build_schedule
+from imgcls.streaming import streamed_training_set, use_stream
 from imgcls.transfer import load_pretrained, set_backbone_trainable
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,9 @@ class TrainingRun:
     ema: nn.Module | None = None  # timm's ModelEmaV3; its .module is what is evaluated and saved
     teacher: Teacher | None = None
     ddp: nn.Module | None = None  # DistributedDataParallel around model, with several processes
+    # Streamed training (imgcls.streaming): batches come from here, and `train` holds the
+    # training set's labels and paths but no pixels.
+    stream: ShardStream | None = None
 
     @property
     def eval_model(self) -> nn.Module:
@@ -192,8 +197,14 @@ def prepare(config: Config, device: torch.device | None = None) -> TrainingRun:
         check_multilabel_config(config)
     log.info("data: %s; %d classes, %d train and %d val images", sources.layout, len(sources.classes),
              len(sources.train), len(sources.val))  # fmt: skip
-    train, val = decode_sources(config, sources)
-    mean, std = pretrained_normalisation(config, train.channels) or channel_stats(train.images)
+    stream, stats = None, None
+    if use_stream(config, sources):
+        train, stream, stats = streamed_training_set(config, sources)
+        val = build_cache(sources.val, channels=train.channels, desc="decode val", size=data.img_size,
+                          resize=data.resize, max_pixels=data.max_pixels, workers=data.decode_workers)  # fmt: skip
+    else:
+        train, val = decode_sources(config, sources)
+    mean, std = pretrained_normalisation(config, train.channels) or stats or channel_stats(train.images)
     pre = Preprocessing(data.img_size, train.channels, mean, std, data.resize, data.max_pixels,
                         test_flip=config.augment.test_flip)  # fmt: skip
     model = build_model(config, len(sources.classes), pre)
@@ -224,7 +235,7 @@ def prepare(config: Config, device: torch.device | None = None) -> TrainingRun:
     return TrainingRun(
         config, sources, train, val, pre, model, optimizer, scheduler, plateau, loss_fn,
         dtype, device, grad_scaler(dtype, device), per_image=build_per_image_transform(config.augment, data.img_size),
-        ema=ema, teacher=_teacher(config, sources, pre, device),
+        ema=ema, teacher=_teacher(config, sources, pre, device), stream=stream,
     )  # fmt: skip
 
 

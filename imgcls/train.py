@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from imgcls.metrics import choose_thresholds, classification_metrics, mean_avera
 from imgcls.models.registry import is_classic
 from imgcls.prepare import TrainingRun, prepare
 from imgcls.progress import progress_bar
+from imgcls.streaming import stream_epoch, stream_workers
 from imgcls.train_outputs import store_thresholds, write_outputs, write_run_report
 from imgcls.train_state import (
     EpochInterrupted,
@@ -88,16 +89,17 @@ def _teacher_input(x: torch.Tensor, student: Preprocessing, teacher: Preprocessi
 
 def train_one_epoch(
     run: TrainingRun,
-    images: torch.Tensor,
-    labels: torch.Tensor,
+    data: tuple[torch.Tensor, torch.Tensor] | None,
     generator: torch.Generator,
     desc: str = "train",
     *,
+    epoch: int = 1,
     progress: EpochProgress | None = None,
     stop: Callable[[], bool] | None = None,
     periodic: PeriodicSave | None = None,
 ) -> EpochStats:
-    """One pass over (N, H, W, C) uint8 images with per-image random augmentation.
+    """One pass over the training set with per-image random augmentation: `data` is the
+    cache's (N, H, W, C) uint8 images and labels, or None for the run's stream of shards.
 
     `progress` of an interrupted epoch continues it after its last step; `stop()` true after
     an optimizer step raises EpochInterrupted carrying the progress and RNG states, and
@@ -110,25 +112,21 @@ def train_one_epoch(
     config, model = run.config, run.model
     tc, augment = config.train, config.augment
     model.train()
-    if tc.balanced_sampling:
-        batches = list(balanced_batch_indices(labels, tc.batch_size, generator=generator))
-    else:
-        batches = list(batch_indices(len(labels), tc.batch_size, shuffle=True, generator=generator))
-    batches = distributed.shard_batches(batches)  # this process's share of each global batch
     forward = run.ddp or model
     done = progress or EpochProgress()
-    if done.generator_state is not None:  # the batch order is redrawn above; the draws go on from here
+    steps, total, before, batches = _epoch_batches(run, data, generator, epoch, done.step)
+    if done.generator_state is not None:  # the batch order is drawn above; the draws go on from here
         generator.set_state(done.generator_state)
         set_rng_states({"torch": done.torch_state, "cuda": done.cuda_state}, run.device)
     start = time.perf_counter() - done.seconds
     # loss sum, correct predictions: float64 on the device, the same sums as adding floats
     sums = torch.tensor([done.loss_sum, done.correct], dtype=torch.float64, device=run.device)
-    bar = progress_bar(total=sum(len(b) for b in batches), desc=desc, unit="img")
-    bar.update(sum(len(b) for b in batches[: done.step]))
+    bar = progress_bar(total=total, desc=desc, unit="img")
+    bar.update(before)
     try:
-        for i, index in enumerate(batches[done.step :], start=done.step):
-            batch = augment_batch(apply_per_image(images[index], run.per_image), augment, generator)
-            hard = to_device(labels[index], run.device)
+        for i, (images, labels) in enumerate(batches, start=done.step):
+            batch = augment_batch(apply_per_image(images, run.per_image), augment, generator)
+            hard = to_device(labels, run.device)
             x = to_model_input(to_device(batch, run.device), run.preprocessing, channels_last=tc.channels_last)
             target = hard
             if mixing_enabled(augment):
@@ -143,7 +141,7 @@ def train_one_epoch(
                     loss = distillation_loss(logits, teacher_logits, loss, alpha=config.distill.alpha,
                                              temperature=config.distill.temperature)  # fmt: skip
             run.scaler.scale(loss / tc.accumulate).backward()
-            stepped = (i + 1) % tc.accumulate == 0 or i + 1 == len(batches)
+            stepped = (i + 1) % tc.accumulate == 0 or i + 1 == steps
             if stepped:
                 _optimizer_step(run)
             sums[0] += loss.detach().double() * len(hard)
@@ -153,9 +151,9 @@ def train_one_epoch(
             bar.update(len(hard))
             if done.step % SYNC_EVERY == 0:
                 bar.set_postfix(loss=f"{sums[0].item() / done.seen:.4f}", refresh=False)
-            if stepped and done.step < len(batches):
+            if stepped and done.step < steps:
                 if stop is not None and stop():
-                    raise EpochInterrupted(_snapshot(done, sums, generator, run.device, start), len(batches))
+                    raise EpochInterrupted(_snapshot(done, sums, generator, run.device, start), steps)
                 if periodic is not None and periodic.due():
                     periodic(_snapshot(done, sums, generator, run.device, start))
     finally:
@@ -163,6 +161,31 @@ def train_one_epoch(
     done.loss_sum, done.correct = sums[0].item(), int(sums[1].item())
     loss_sum, correct, seen = distributed.all_reduce_sums(done.loss_sum, done.correct, done.seen)
     return EpochStats(loss_sum / max(seen, 1), correct / max(seen, 1), int(seen), time.perf_counter() - start)
+
+
+def _epoch_batches(
+    run: TrainingRun,
+    data: tuple[torch.Tensor, torch.Tensor] | None,
+    generator: torch.Generator,
+    epoch: int,
+    start: int,
+) -> tuple[int, int, int, Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+    """(steps, images in the epoch, images before step `start`, this process's (images, labels)
+    batches from step `start` on)."""
+    tc = run.config.train
+    if data is None:
+        workers = stream_workers(run.config)
+        steps, batches = stream_epoch(run.stream, run.train, epoch, workers, start)
+        return steps, steps * run.stream.batch_size, start * run.stream.batch_size, batches
+    images, labels = data
+    if tc.balanced_sampling:
+        order = list(balanced_batch_indices(labels, tc.batch_size, generator=generator))
+    else:
+        order = list(batch_indices(len(labels), tc.batch_size, shuffle=True, generator=generator))
+    order = distributed.shard_batches(order)  # this process's share of each global batch
+    sizes = [len(index) for index in order]
+    batches = ((images[index], labels[index]) for index in order[start:])
+    return len(order), sum(sizes), sum(sizes[:start]), batches
 
 
 def _snapshot(
@@ -311,14 +334,14 @@ def _fit(config: Config, run_dir: Path, resume: bool) -> FitResult:
         where = f"in epoch {start_epoch} after step {partial.step}" if partial else f"after epoch {state['epoch']}"
         log.info("resumed %s", where)
 
-    train_x, train_y = cache_tensors(run.train)
+    train = None if run.stream is not None else cache_tensors(run.train)  # streamed: read as it trains
     val_x, val_y = cache_tensors(run.val)
     with stop_on_sigint() as stop:
         for epoch in range(start_epoch, tc.epochs + 1):
             if tc.early_stopping and history and _epochs_without_progress(history) >= tc.early_stopping:
                 log.info("early stopping: no validation progress in %d epochs", tc.early_stopping)
                 break
-            data = (train_x, train_y, val_x, val_y)
+            data = (train, val_x, val_y)
             best_acc = _train_epoch(run_dir, run, epoch, history, best_acc, partial, stop, data)
             partial = None
             if stop() and epoch < tc.epochs:
@@ -340,12 +363,12 @@ def _stopped(run_dir: Path, where: str) -> None:
 
 def _train_epoch(
     run_dir: Path, run: TrainingRun, epoch: int, history: list[dict], best_acc: float,
-    partial: EpochProgress | None, stop: Callable[[], bool], data: tuple[torch.Tensor, ...],
+    partial: EpochProgress | None, stop: Callable[[], bool], data: tuple,
 ) -> float:  # fmt: skip
     """Train (or finish) one epoch, evaluate, save; returns the best accuracy so far. On a
     stop request inside the epoch, saves last.safetensors with its progress and stops."""
     config, tc = run.config, run.config.train
-    train_x, train_y, val_x, val_y = data
+    train, val_x, val_y = data
     if config.transfer.freeze_backbone and config.transfer.unfreeze_after:
         set_backbone_trainable(run.model, epoch > config.transfer.unfreeze_after)
     if partial is None:
@@ -363,7 +386,7 @@ def _train_epoch(
     saving = tc.checkpoint_minutes and distributed.is_main()  # rank 0 alone writes
     periodic = PeriodicSave(save_inside, tc.checkpoint_minutes * 60) if saving else None
     try:
-        stats = train_one_epoch(run, train_x, train_y, generator, desc=f"epoch {epoch}/{tc.epochs}",
+        stats = train_one_epoch(run, train, generator, desc=f"epoch {epoch}/{tc.epochs}", epoch=epoch,
                                 progress=partial, stop=stop, periodic=periodic)  # fmt: skip
     except EpochInterrupted as stopped:
         if not distributed.is_main():

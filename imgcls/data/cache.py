@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from imgcls.data.decode import decode_image
-from imgcls.data.shards import read_member, shard_member
+from imgcls.data.shards import read_source
 from imgcls.data.sources import Sample
 from imgcls.data.spill import fill_memmap, spill_folder
 from imgcls.errors import DataError
@@ -62,8 +62,7 @@ def _decode_chunk(
     out: list[np.ndarray | str] = []
     for path in paths:
         try:
-            inside = shard_member(path)  # SHARD.tar/MEMBER: read out of the tar (imgcls.data.shards)
-            source = read_member(*inside) if inside else Path(path)
+            source = read_source(path)  # SHARD.tar/MEMBER: read out of the tar (imgcls.data.shards)
             out.append(decode_image(source, size=size, resize=resize, channels=channels, max_pixels=max_pixels,
                                     name=path))  # fmt: skip
         except DataError as err:

@@ -185,6 +185,17 @@ def read_member(shard: Path, member: str) -> bytes:
     return handle.read()
 
 
+def read_source(path: str | Path) -> Path | bytes:
+    """What to decode for a sample's path: the file itself, or its bytes out of a shard."""
+    inside = shard_member(path)
+    if inside is None:
+        return Path(path)
+    try:
+        return read_member(*inside)
+    except (OSError, tarfile.TarError) as err:
+        raise DataError(f"{path}: cannot read it out of its shard ({err}).") from None
+
+
 def shard_evaluation_samples(root: Path, classes: tuple[str, ...]):
     """The samples `evaluate` uses from shards: the test split, else val, else train."""
     index = read_index(Path(root))

@@ -11,6 +11,7 @@ import logging
 import numpy as np
 
 from imgcls.data.decode import decode_image
+from imgcls.data.shards import read_source
 from imgcls.errors import DataError
 from imgcls.report.predictions import Predictions
 
@@ -57,7 +58,7 @@ def thumbnail(pixels: np.ndarray, side: int = THUMB) -> str:
 def load_thumbnail(path: str) -> str | None:
     try:
         # The file as the user sees it (not resized for the model); pixel limit as for training.
-        return thumbnail(decode_image(path, size=None, max_pixels=64_000_000))
+        return thumbnail(decode_image(read_source(path), size=None, max_pixels=64_000_000, name=path))
     except DataError as err:
         log.warning("report gallery: %s", err)
         return None
