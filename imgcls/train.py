@@ -232,8 +232,13 @@ def evaluate(
 
     Multi-label targets (N, K): binary cross-entropy, independent sigmoid probabilities, and
     mAP in the place of accuracy (it ranks the epochs and picks the best checkpoint)."""
-    logits = batched_logits(model, images, preprocessing, batch_size=batch_size, channels_last=channels_last,
-                            autocast_dtype=autocast_dtype, device=device)  # fmt: skip
+    was_training = model.training
+    model.eval()  # batch norm from its running statistics, no dropout; and validation never updates them
+    try:
+        logits = batched_logits(model, images, preprocessing, batch_size=batch_size, channels_last=channels_last,
+                                autocast_dtype=autocast_dtype, device=device)  # fmt: skip
+    finally:
+        model.train(was_training)
     if labels.ndim == 2:
         loss = nn.functional.binary_cross_entropy_with_logits(logits, labels).item()
         probs = logits.sigmoid()

@@ -312,3 +312,25 @@ def test_a_few_steps_lower_a_toy_regression_loss(name, lr):
         optimizer.step()
     end = loss().item()
     assert end < 0.5 * start
+
+
+def test_validation_runs_in_eval_mode_and_leaves_batch_norm_alone():
+    """Batch statistics of the validation images must neither decide the scores nor end up
+    in the saved running statistics; the model goes back to training mode afterwards."""
+    from imgcls.train import evaluate
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Dropout(0.5), nn.LazyLinear(3))
+    model(torch.zeros(2, 1, 8, 8))
+    model[1].running_mean.fill_(5.0)  # far from any batch's own statistics
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = distinct_images(16, size=8, channels=1)
+    labels = torch.arange(16) % 3
+    pre = Preprocessing(8, 1, (0.5,), (0.25,))
+    model.train()
+    _, _, probs = evaluate(model, images, labels, pre, batch_size=8, channels_last=False)
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    model.eval()
+    with torch.no_grad():
+        expected = model(to_model_input(images, pre, channels_last=False)).softmax(1)
+    assert torch.allclose(probs, expected, atol=1e-6)
