@@ -12,37 +12,52 @@ path runs with `--precision fp16`, which is how CI exercises the CUDA code witho
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import os
 
 import torch
 
 from imgcls.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
 def resolve_device(name: str = "auto") -> torch.device:
     """auto: CUDA when PyTorch sees a GPU, else the CPU. Under torchrun each process takes
-    the GPU of its LOCAL_RANK (`cuda` or `auto`); `cuda:N` names one GPU explicitly."""
+    the GPU of its LOCAL_RANK (`cuda` or `auto`), or the one GPU it is shown (schedulers that
+    give each process its own CUDA_VISIBLE_DEVICES); `cuda:N` names one GPU, one process."""
     name = name.strip().lower()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":
         return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                f"train.device {name!r}: PyTorch sees no CUDA GPU here (this torch build: "
-                f"{torch.__version__}, CUDA {torch.version.cuda or 'none'}). Use --device cpu, or install a "
-                "CUDA build of torch on a machine with a GPU."
-            )
-        if name == "cuda":
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        index, count = name.removeprefix("cuda:"), torch.cuda.device_count()
-        if not index.isdigit() or int(index) >= count:
-            raise ConfigError(f"train.device {name!r}: this machine has GPUs cuda:0 to cuda:{count - 1}.")
-        return torch.device("cuda", int(index))
-    raise ConfigError(f"train.device {name!r}: choose auto, cpu, cuda or cuda:N.")
+    if name != "cuda" and not name.startswith("cuda:"):
+        raise ConfigError(f"train.device {name!r}: choose auto, cpu, cuda or cuda:N.")
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"train.device {name!r}: PyTorch sees no CUDA GPU here (this torch build: "
+            f"{torch.__version__}, CUDA {torch.version.cuda or 'none'}). Use --device cpu, or install a "
+            "CUDA build of torch on a machine with a GPU."
+        )
+    count, processes = torch.cuda.device_count(), int(os.environ.get("WORLD_SIZE", "1"))
+    if name == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local < count:
+            return torch.device("cuda", local)
+        if count == 1:
+            return torch.device("cuda", 0)
+        raise ConfigError(f"process {local} of this machine has no GPU of its own: there are {count}. "
+                          f"Start at most {count} processes a machine (--devices / --nproc-per-node).")  # fmt: skip
+    if processes > 1:
+        raise ConfigError(f"train.device {name!r} would put all {processes} processes on one GPU; use "
+                          "--device cuda, and each process takes the GPU of its local rank.")  # fmt: skip
+    index = name.removeprefix("cuda:")
+    if not index.isdigit() or int(index) >= count:
+        raise ConfigError(f"train.device {name!r}: this machine has GPUs cuda:0 to cuda:{count - 1}.")
+    return torch.device("cuda", int(index))
 
 
 def cpu_has_bf16() -> bool:
@@ -63,7 +78,10 @@ def choose_autocast(precision: str, device: torch.device) -> torch.dtype | None:
     if precision != "auto":
         return DTYPES[precision]
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # Compute capability 8 (Ampere) and later have bfloat16 tensor cores; earlier GPUs
+        # only emulate it (which torch.cuda.is_bf16_supported() counts as support).
+        major, _ = torch.cuda.get_device_capability(device)
+        return torch.bfloat16 if major >= 8 else torch.float16
     return torch.bfloat16 if cpu_has_bf16() else None
 
 
@@ -81,11 +99,21 @@ def grad_scaler(dtype: torch.dtype | None, device: torch.device) -> torch.amp.Gr
 
 
 def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A CPU batch on `device`: pinned and copied without blocking on CUDA (PyTorch's pinned
-    allocator caches the page-locked blocks and keeps each one until its copy is done)."""
-    if device.type == "cpu":
+    """A CPU tensor on `device`. On CUDA it is pinned and copied without blocking, so the host
+    goes on preparing the next batch instead of waiting for the copy (a copy from pageable
+    memory makes the host wait for the GPU's queue); PyTorch's pinned allocator caches the
+    page-locked blocks and keeps each one until its copy is done."""
+    if device.type == "cpu" or batch.device == device:
         return batch
     return batch.pin_memory().to(device, non_blocking=True)
+
+
+@functools.lru_cache(maxsize=64)
+def constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A small constant tensor (normalisation scales and shifts), made once per device: each
+    new one on a GPU would be a copy that makes the host wait."""
+    with torch.inference_mode(False):  # usable both inside and outside inference mode
+        return to_device(torch.tensor(values, dtype=dtype), device)
 
 
 def rng_states(device: torch.device) -> dict[str, torch.Tensor]:
@@ -96,7 +124,11 @@ def rng_states(device: torch.device) -> dict[str, torch.Tensor]:
     return states
 
 
-def set_rng_states(states: dict[str, torch.Tensor], device: torch.device) -> None:
+def set_rng_states(states: dict[str, torch.Tensor | None], device: torch.device) -> None:
     torch.set_rng_state(states["torch"])
-    if device.type == "cuda" and "cuda" in states:
-        torch.cuda.set_rng_state(states["cuda"], device)
+    if device.type != "cuda":
+        return
+    if states.get("cuda") is None:  # saved by a run on the CPU, resumed on a GPU
+        log.warning("the saved epoch has no GPU random state: its dropout draws will differ from an uninterrupted run")
+        return
+    torch.cuda.set_rng_state(states["cuda"], device)

@@ -54,7 +54,9 @@ def init_from_environment(device: torch.device) -> None:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)  # cuda:LOCAL_RANK (imgcls.device.resolve_device)
-    torch.distributed.init_process_group(backend, timeout=TIMEOUT)
+        torch.distributed.init_process_group(backend, timeout=TIMEOUT, device_id=device)  # binds NCCL to it
+    else:
+        torch.distributed.init_process_group(backend, timeout=TIMEOUT)
     if not is_main():
         logging.getLogger("imgcls").setLevel(logging.WARNING)
     log.info("process group: %d processes (%s)", world_size(), backend)

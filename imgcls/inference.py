@@ -47,5 +47,5 @@ def batched_logits(
                 if channels_last:
                     mirrored = mirrored.contiguous(memory_format=torch.channels_last)
                 logits = (logits + model(mirrored).float()) / 2
-            outputs.append(logits.cpu())
-    return torch.cat(outputs) if outputs else torch.empty(0)
+            outputs.append(logits)
+    return torch.cat(outputs).cpu() if outputs else torch.empty(0)  # one copy back: each waits for the GPU

@@ -191,6 +191,8 @@ def prepare(config: Config, device: torch.device | None = None) -> TrainingRun:
     data, tc = config.data, config.train
     check_model_config(config)
     device = device or resolve_device(tc.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # else pinned memory and new tensors would open a context on cuda:0
     sources = resolve_training_data(data.train, data.val, val_fraction=data.val_fraction, seed=tc.seed,
                                     task=data.task, allow_outside=data.allow_outside)  # fmt: skip
     if sources.task == "multi-label":

@@ -28,7 +28,7 @@ from imgcls.config import Config, load_config, save_config
 from imgcls.data.augment import apply_per_image, augment_batch, mix_batch, mixing_enabled
 from imgcls.data.loader import balanced_batch_indices, batch_indices, cache_tensors
 from imgcls.data.preprocess import Preprocessing, to_model_input
-from imgcls.device import autocast, resolve_device, rng_states, set_rng_states, to_device
+from imgcls.device import autocast, constant, resolve_device, rng_states, set_rng_states, to_device
 from imgcls.errors import CheckpointError, ConfigError
 from imgcls.inference import batched_logits
 from imgcls.losses import correct_predictions, distillation_loss
@@ -82,7 +82,7 @@ def _teacher_input(x: torch.Tensor, student: Preprocessing, teacher: Preprocessi
         return x
 
     def column(values: tuple[float, ...]) -> torch.Tensor:
-        return torch.tensor(values, device=x.device).view(1, -1, 1, 1)
+        return constant(tuple(values), x.device).view(1, -1, 1, 1)
 
     return (x * column(student.std) + column(student.mean) - column(teacher.mean)) / column(teacher.std)
 
@@ -133,13 +133,15 @@ def train_one_epoch(
                 x, target = mix_batch(x, hard, len(run.sources.classes), augment, generator)
             with autocast(run.autocast_dtype, x.device):
                 logits = forward(x).float()
-                loss = run.loss_fn(logits, target)
+                teacher_logits = None
                 if run.teacher is not None:
                     with torch.no_grad():
                         teacher_x = _teacher_input(x, run.preprocessing, run.teacher.preprocessing)
                         teacher_logits = run.teacher.model(teacher_x).float()
-                    loss = distillation_loss(logits, teacher_logits, loss, alpha=config.distill.alpha,
-                                             temperature=config.distill.temperature)  # fmt: skip
+            loss = run.loss_fn(logits, target)  # in float32, outside autocast
+            if teacher_logits is not None:
+                loss = distillation_loss(logits, teacher_logits, loss, alpha=config.distill.alpha,
+                                         temperature=config.distill.temperature)  # fmt: skip
             run.scaler.scale(loss / tc.accumulate).backward()
             stepped = (i + 1) % tc.accumulate == 0 or i + 1 == steps
             if stepped:
@@ -375,7 +377,11 @@ def _train_epoch(
     config, tc = run.config, run.config.train
     train, val_x, val_y = data
     if config.transfer.freeze_backbone and config.transfer.unfreeze_after:
+        trainable = [p.requires_grad for p in run.model.parameters()]
         set_backbone_trainable(run.model, epoch > config.transfer.unfreeze_after)
+        if run.ddp is not None and trainable != [p.requires_grad for p in run.model.parameters()]:
+            # DDP averages the gradients of the parameters that were trainable when it was built
+            run.ddp = distributed.wrap(run.model, sync_bn=False, device=run.device)
     if partial is None:
         torch.manual_seed(epoch_seed(tc.seed, epoch))  # dropout and torchvision's per-image draws
         partial = EpochProgress(lr=run.optimizer.param_groups[0]["lr"])

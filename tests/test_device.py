@@ -49,6 +49,21 @@ def test_cuda_takes_the_gpu_of_the_local_rank(monkeypatch):
     assert dev.resolve_device("cuda:0") == torch.device("cuda", 0)
     with pytest.raises(ConfigError, match="cuda:0 to cuda:1"):
         dev.resolve_device("cuda:2")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(ConfigError, match="at most 2 processes"):
+        dev.resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # the scheduler shows each process its own GPU
+    assert dev.resolve_device("cuda") == torch.device("cuda", 0)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(ConfigError, match="all 4 processes on one GPU"):
+        dev.resolve_device("cuda:0")
+
+
+def test_resuming_on_a_gpu_an_epoch_saved_on_the_cpu_warns_instead_of_failing(monkeypatch, caplog):
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda *args: pytest.fail("no GPU state to set"))
+    state = torch.get_rng_state()
+    dev.set_rng_states({"torch": state, "cuda": None}, torch.device("cuda", 0))
+    assert "no GPU random state" in caplog.text
 
 
 def test_precision_choices(monkeypatch):
@@ -57,9 +72,9 @@ def test_precision_choices(monkeypatch):
     assert dev.choose_autocast("bf16", cpu) is torch.bfloat16
     assert dev.choose_autocast("fp16", cpu) is torch.float16
     assert dev.choose_autocast("auto", cpu) is (torch.bfloat16 if dev.cpu_has_bf16() else None)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)  # a GPU older than Ampere
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (7, 5))  # T4: bfloat16 only emulated
     assert dev.choose_autocast("auto", cuda) is torch.float16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (8, 0))  # A100
     assert dev.choose_autocast("auto", cuda) is torch.bfloat16
     assert dev.grad_scaler(torch.float16, cpu).is_enabled()
     assert not dev.grad_scaler(torch.bfloat16, cpu).is_enabled() and not dev.grad_scaler(None, cpu).is_enabled()

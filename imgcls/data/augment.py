@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from imgcls.config import AugmentConfig
+from imgcls.device import to_device
 
 # --- 1. batch shifts and flips -----------------------------------------------------------
 
@@ -182,7 +183,7 @@ def _randint(high: int, generator: torch.Generator) -> int:
 
 def _mixup(x, one_hot, alpha, generator):
     lam = float(_beta(alpha, generator))
-    perm = torch.randperm(len(x), generator=generator).to(x.device)
+    perm = to_device(torch.randperm(len(x), generator=generator), x.device)
     return lam * x + (1.0 - lam) * x[perm], lam * one_hot + (1.0 - lam) * one_hot[perm]
 
 
@@ -191,7 +192,7 @@ def _cutmix(x, one_hot, alpha, generator):
     image; lam is then corrected to the share of pixels actually kept (Yun et al. 2019)."""
     height, width = x.shape[-2:]
     lam = float(_beta(alpha, generator))
-    perm = torch.randperm(len(x), generator=generator).to(x.device)
+    perm = to_device(torch.randperm(len(x), generator=generator), x.device)
     cut = (1.0 - lam) ** 0.5
     cut_h, cut_w = int(height * cut), int(width * cut)
     cy, cx = _randint(height, generator), _randint(width, generator)
@@ -214,7 +215,7 @@ def _ricap(x, one_hot, beta, generator):
     targets = torch.zeros_like(one_hot)
     corners = [(0, 0, w, h), (w, 0, width - w, h), (0, h, w, height - h), (w, h, width - w, height - h)]
     for left, top, pw, ph in corners:
-        perm = torch.randperm(len(x), generator=generator).to(x.device)
+        perm = to_device(torch.randperm(len(x), generator=generator), x.device)
         sx, sy = _randint(width - pw + 1, generator), _randint(height - ph + 1, generator)
         out[..., top : top + ph, left : left + pw] = x[perm][..., sy : sy + ph, sx : sx + pw]
         targets += (pw * ph / (width * height)) * one_hot[perm]

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from imgcls.device import constant
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -70,6 +72,6 @@ def to_model_input(
 
     The permuted view already has channels_last strides, so that layout costs nothing.
     """
-    scale, shift = (torch.tensor(v, dtype=dtype, device=images.device) for v in preprocessing.scale_shift())
+    scale, shift = (constant(tuple(v), images.device, dtype) for v in preprocessing.scale_shift())
     x = (images.to(dtype) * scale - shift).permute(0, 3, 1, 2)
     return x if channels_last else x.contiguous()
