@@ -79,8 +79,8 @@ def main() -> None:
                                              "--devices", "2"),
     }  # fmt: skip
     for name, extra in sources.items():
-        run, seconds = train(f"shards-{name.split(',')[0].split()[0]}-{len(extra)}", small, "--val", val_folder,
-                             *ARGS, *extra)  # fmt: skip
+        slug = "".join(c if c.isalnum() else "-" for c in name)
+        run, seconds = train(f"shards-{slug}", small, "--val", val_folder, *ARGS, *extra)
         rate = epoch_rate(run)
         print(f"train {name:34s} whole run {seconds:5.1f} s, best epoch {rate:7,.0f} images/s = "
               f"{rate / runs[1][1]:.2f}x the folder's cache")  # fmt: skip
