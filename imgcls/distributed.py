@@ -92,15 +92,43 @@ def shard_batches(batches: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return [b[r::world] for b in batches if len(b) >= world]
 
 
+def _collective_device() -> torch.device:
+    """Where collectives take their tensors: nccl reduces GPU tensors only, gloo CPU tensors."""
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_reduce_sums(*values: float) -> tuple[float, ...]:
     """Sums over the processes (train loss and correct counts), so every rank reports the same."""
     if world_size() == 1:
         return values
-    # nccl reduces GPU tensors only; gloo CPU tensors
-    on = torch.device("cuda", torch.cuda.current_device()) if torch.distributed.get_backend() == "nccl" else None
-    tensor = torch.tensor(values, dtype=torch.float64, device=on)
+    tensor = torch.tensor(values, dtype=torch.float64, device=_collective_device())
     torch.distributed.all_reduce(tensor)
     return tuple(tensor.tolist())
+
+
+def my_rows(total: int) -> slice:
+    """This process's share of `total` rows to evaluate: rows r, r+W, r+2W, ..."""
+    return slice(rank(), total, world_size())
+
+
+def gather_rows(local: torch.Tensor, total: int) -> torch.Tensor:
+    """Every process's `my_rows` results put back in row order, on every process (on the CPU),
+    so all ranks see the same validation scores and take the same decisions (best epoch,
+    early stopping, plateau schedule)."""
+    world = world_size()
+    if world == 1:
+        return local
+    per = -(-total // world)  # all_gather wants equal sizes: pad the shorter shares
+    padded = torch.zeros((per, *local.shape[1:]), dtype=local.dtype, device=_collective_device())
+    padded[: len(local)] = local.to(padded.device)
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    torch.distributed.all_gather(parts, padded)
+    rows = torch.empty((total, *local.shape[1:]), dtype=local.dtype)
+    for r, part in enumerate(parts):
+        rows[r::world] = part[: len(range(r, total, world))].cpu()
+    return rows
 
 
 def barrier() -> None:

@@ -229,16 +229,21 @@ def evaluate(
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = True,
     device: torch.device | None = None,
+    shared: bool = False,
 ) -> tuple[float, float, torch.Tensor]:
-    """(loss, accuracy, probabilities) on a labelled set, in eval mode.
+    """(loss, accuracy, probabilities) on a labelled set, in eval mode. `shared`: the processes
+    of a distributed run each score their share of the images and gather the scores.
 
     Multi-label targets (N, K): binary cross-entropy, independent sigmoid probabilities, and
     mAP in the place of accuracy (it ranks the epochs and picks the best checkpoint)."""
     was_training = model.training
     model.eval()  # batch norm from its running statistics, no dropout; and validation never updates them
     try:
-        logits = batched_logits(model, images, preprocessing, batch_size=batch_size, channels_last=channels_last,
-                                autocast_dtype=autocast_dtype, device=device)  # fmt: skip
+        rows = distributed.my_rows(len(images)) if shared else slice(None)
+        logits = batched_logits(model, images[rows], preprocessing, batch_size=batch_size,
+                                channels_last=channels_last, autocast_dtype=autocast_dtype, device=device)  # fmt: skip
+        if shared:
+            logits = distributed.gather_rows(logits, len(images))
     finally:
         model.train(was_training)
     if labels.ndim == 2:
@@ -409,7 +414,7 @@ def _train_epoch(
     # (0.9484 on test with the flip) over the last one (0.9500).
     val_loss, val_acc, _ = evaluate(run.eval_model, val_x, val_y, run.preprocessing, batch_size=tc.eval_batch_size,
                                     autocast_dtype=run.autocast_dtype, channels_last=tc.channels_last,
-                                    device=run.device)  # fmt: skip
+                                    device=run.device, shared=True)  # fmt: skip
     if run.plateau is not None:
         run.plateau.update(val_loss)
     history.append({
@@ -419,7 +424,7 @@ def _train_epoch(
     log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.1f s (%.0f img/s)",
              epoch, tc.epochs, stats.loss, stats.accuracy, val_loss, val_acc, stats.seconds,
              stats.images / stats.seconds)  # fmt: skip
-    if not distributed.is_main():  # every rank evaluated the same weights: the same best, unsaved
+    if not distributed.is_main():  # every rank has the same scores, so the same best, unsaved
         return max(best_acc, val_acc)
     return save_epoch(run_dir, run, history, best_acc)
 

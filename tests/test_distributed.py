@@ -133,3 +133,24 @@ def test_a_killed_worker_stops_the_job_and_resume_finishes_it(runs, tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     assert main(["-q", "train", "--resume", "--out", str(run)]) == 0
     assert [int(row["epoch"]) for row in history(run)] == list(range(1, done + 2))
+
+
+def _gather_in_process(rank: int, init_file: str, results) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        total = 7  # odd: the shares differ in size (4 and 3 rows)
+        rows = torch.arange(total * 3, dtype=torch.float32).view(total, 3)
+        mine = rows[distributed.my_rows(total)] * 1.0  # what this process scored
+        results[rank] = distributed.gather_rows(mine, total).tolist()
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_validation_scores_are_shared_out_and_gathered_in_order(tmp_path):
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_gather_in_process, args=(str(tmp_path / "store"), results), nprocs=2)
+        expected = torch.arange(21, dtype=torch.float32).view(7, 3).tolist()
+        assert results[0] == results[1] == expected
