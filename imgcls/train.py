@@ -114,6 +114,10 @@ def train_one_epoch(
     model.train()
     forward = run.ddp or model
     done = progress or EpochProgress()
+    if progress is not None and not distributed.is_main():
+        # The saved running sums are rank 0's share (it alone saves): the others count from here,
+        # so the epoch's loss and accuracy average over rank 0's first steps and everyone's rest.
+        done = replace(progress, loss_sum=0.0, correct=0, seen=0)
     steps, total, before, batches = _epoch_batches(run, data, generator, epoch, done.step)
     if done.generator_state is not None:  # the batch order is drawn above; the draws go on from here
         generator.set_state(done.generator_state)
