@@ -30,14 +30,12 @@ from imgcls.data.loader import balanced_batch_indices, batch_indices, cache_tens
 from imgcls.data.preprocess import Preprocessing, to_model_input
 from imgcls.device import autocast, constant, resolve_device, rng_states, set_rng_states, to_device
 from imgcls.errors import CheckpointError, ConfigError
-from imgcls.inference import batched_logits
 from imgcls.losses import correct_predictions, distillation_loss
-from imgcls.metrics import choose_thresholds, classification_metrics, mean_average_precision, multilabel_metrics
 from imgcls.models.registry import is_classic
 from imgcls.prepare import TrainingRun, prepare
 from imgcls.progress import progress_bar
 from imgcls.streaming import stream_epoch, stream_workers
-from imgcls.train_outputs import store_thresholds, write_outputs, write_run_report
+from imgcls.train_outputs import write_outputs, write_run_report
 from imgcls.train_state import (
     EpochInterrupted,
     EpochProgress,
@@ -49,6 +47,7 @@ from imgcls.train_state import (
     write_history,
 )
 from imgcls.transfer import set_backbone_trainable
+from imgcls.validate import evaluate, final_metrics
 
 log = logging.getLogger(__name__)
 
@@ -223,42 +222,6 @@ def _optimizer_step(run: TrainingRun) -> None:
         run.ema.update(run.model, step=run.scheduler.last_epoch)
 
 
-def evaluate(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    preprocessing: Preprocessing,
-    *,
-    batch_size: int = 256,
-    autocast_dtype: torch.dtype | None = None,
-    channels_last: bool = True,
-    device: torch.device | None = None,
-    shared: bool = False,
-) -> tuple[float, float, torch.Tensor]:
-    """(loss, accuracy, probabilities) on a labelled set, in eval mode. `shared`: the processes
-    of a distributed run each score their share of the images and gather the scores.
-
-    Multi-label targets (N, K): binary cross-entropy, independent sigmoid probabilities, and
-    mAP in the place of accuracy (it ranks the epochs and picks the best checkpoint)."""
-    was_training = model.training
-    model.eval()  # batch norm from its running statistics, no dropout; and validation never updates them
-    try:
-        rows = distributed.my_rows(len(images)) if shared else slice(None)
-        logits = batched_logits(model, images[rows], preprocessing, batch_size=batch_size,
-                                channels_last=channels_last, autocast_dtype=autocast_dtype, device=device)  # fmt: skip
-        if shared:
-            logits = distributed.gather_rows(logits, len(images))
-    finally:
-        model.train(was_training)
-    if labels.ndim == 2:
-        loss = nn.functional.binary_cross_entropy_with_logits(logits, labels).item()
-        probs = logits.sigmoid()
-        return loss, mean_average_precision(labels.numpy(), probs.numpy()) or 0.0, probs
-    loss = nn.functional.cross_entropy(logits, labels).item()
-    accuracy = (logits.argmax(1) == labels).float().mean().item()
-    return loss, accuracy, logits.softmax(1)
-
-
 def save_epoch(run_dir: Path, run: TrainingRun, history: list[dict], best_acc: float) -> float:
     """best.safetensors when validation accuracy improved, then last.safetensors (with the
     optimizer, schedule and EMA state) and history.csv; returns the best accuracy so far."""
@@ -366,7 +329,7 @@ def _fit(config: Config, run_dir: Path, resume: bool) -> FitResult:
     distributed.barrier()  # best.safetensors is complete before anyone reads it
     if not distributed.is_main():
         return FitResult(run_dir, {}, history, run_dir / "best.safetensors")
-    metrics, probs = _final_metrics(run_dir, run, val_x, val_y)
+    metrics, probs = final_metrics(run_dir, run, val_x, val_y)
     write_run_report(run_dir, run, metrics, history, time.perf_counter() - started, probs)
     return FitResult(run_dir, metrics, history, run_dir / "best.safetensors")
 
@@ -431,25 +394,3 @@ def _train_epoch(
     if not distributed.is_main():  # every rank has the same scores, so the same best, unsaved
         return max(best_acc, val_acc)
     return save_epoch(run_dir, run, history, best_acc)
-
-
-def _final_metrics(
-    run_dir: Path, run: TrainingRun, val_x: torch.Tensor, val_y: torch.Tensor
-) -> tuple[dict, torch.Tensor]:
-    """Metrics and probabilities of the best checkpoint on val, in float32, as `imgcls evaluate`
-    computes them."""
-    tensors, _ = ckpt.load_checkpoint(run_dir / "best.safetensors")
-    model = run.eval_model
-    model.load_state_dict(ckpt.split_prefix(tensors, ckpt.MODEL_PREFIX))
-    tc = run.config.train
-    _, _, probs = evaluate(model, val_x, val_y, run.preprocessing, batch_size=tc.eval_batch_size,
-                           channels_last=tc.channels_last, device=run.device)  # fmt: skip
-    skipped = run.train.skipped + run.val.skipped
-    if run.multilabel:
-        thresholds, fallback = choose_thresholds(val_y.numpy(), probs.numpy())
-        metrics = multilabel_metrics(val_y.numpy(), probs.numpy(), run.sources.classes, thresholds, fallback, skipped)
-        store_thresholds(run_dir / "best.safetensors", thresholds, fallback)
-    else:
-        metrics = classification_metrics(val_y.numpy(), probs.numpy(), run.sources.classes, skipped)
-    ckpt.write_json(run_dir / "metrics.json", metrics)
-    return metrics, probs

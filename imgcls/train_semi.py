@@ -43,15 +43,14 @@ from imgcls.progress import progress_bar
 from imgcls.train import (
     EpochStats,
     FitResult,
-    _final_metrics,
     _optimizer_step,
     _stopped,
     epoch_seed,
-    evaluate,
     save_epoch,
 )
 from imgcls.train_outputs import write_run_report
 from imgcls.train_state import restore, stop_on_sigint
+from imgcls.validate import evaluate, final_metrics
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +204,6 @@ def fit_semi_run(config: Config, run_dir: Path, resume: bool, started: float) ->
             best_acc = save_epoch(run_dir, run, history, best_acc)
             if stop() and epoch < tc.epochs:
                 _stopped(run_dir, f"after epoch {epoch}")
-    metrics, probs = _final_metrics(run_dir, run, val_x, val_y)
+    metrics, probs = final_metrics(run_dir, run, val_x, val_y)
     write_run_report(run_dir, run, metrics, history, time.perf_counter() - started, probs)
     return FitResult(run_dir, metrics, history, run_dir / "best.safetensors")

@@ -317,7 +317,7 @@ def test_a_few_steps_lower_a_toy_regression_loss(name, lr):
 def test_validation_runs_in_eval_mode_and_leaves_batch_norm_alone():
     """Batch statistics of the validation images must neither decide the scores nor end up
     in the saved running statistics; the model goes back to training mode afterwards."""
-    from imgcls.train import evaluate
+    from imgcls.validate import evaluate
 
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Dropout(0.5), nn.LazyLinear(3))
     model(torch.zeros(2, 1, 8, 8))

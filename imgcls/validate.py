@@ -1,0 +1,76 @@
+"""Scoring a model while it trains: each epoch's validation (shared out over the processes of a
+distributed run), and the final metrics of the best checkpoint, computed as `imgcls evaluate`
+computes them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from imgcls import checkpoint as ckpt
+from imgcls import distributed
+from imgcls.data.preprocess import Preprocessing
+from imgcls.inference import batched_logits
+from imgcls.metrics import choose_thresholds, classification_metrics, mean_average_precision, multilabel_metrics
+from imgcls.prepare import TrainingRun
+from imgcls.train_outputs import store_thresholds
+
+
+def evaluate(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    preprocessing: Preprocessing,
+    *,
+    batch_size: int = 256,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = True,
+    device: torch.device | None = None,
+    shared: bool = False,
+) -> tuple[float, float, torch.Tensor]:
+    """(loss, accuracy, probabilities) on a labelled set, in eval mode. `shared`: the processes
+    of a distributed run each score their share of the images and gather the scores.
+
+    Multi-label targets (N, K): binary cross-entropy, independent sigmoid probabilities, and
+    mAP in the place of accuracy (it ranks the epochs and picks the best checkpoint)."""
+    was_training = model.training
+    model.eval()  # batch norm from its running statistics, no dropout; and validation never updates them
+    try:
+        rows = distributed.my_rows(len(images)) if shared else slice(None)
+        logits = batched_logits(model, images[rows], preprocessing, batch_size=batch_size,
+                                channels_last=channels_last, autocast_dtype=autocast_dtype, device=device)  # fmt: skip
+        if shared:
+            logits = distributed.gather_rows(logits, len(images))
+    finally:
+        model.train(was_training)
+    if labels.ndim == 2:
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, labels).item()
+        probs = logits.sigmoid()
+        return loss, mean_average_precision(labels.numpy(), probs.numpy()) or 0.0, probs
+    loss = nn.functional.cross_entropy(logits, labels).item()
+    accuracy = (logits.argmax(1) == labels).float().mean().item()
+    return loss, accuracy, logits.softmax(1)
+
+
+def final_metrics(
+    run_dir: Path, run: TrainingRun, val_x: torch.Tensor, val_y: torch.Tensor
+) -> tuple[dict, torch.Tensor]:
+    """Metrics and probabilities of the best checkpoint on val, in float32, as `imgcls evaluate`
+    computes them."""
+    tensors, _ = ckpt.load_checkpoint(run_dir / "best.safetensors")
+    model = run.eval_model
+    model.load_state_dict(ckpt.split_prefix(tensors, ckpt.MODEL_PREFIX))
+    tc = run.config.train
+    _, _, probs = evaluate(model, val_x, val_y, run.preprocessing, batch_size=tc.eval_batch_size,
+                           channels_last=tc.channels_last, device=run.device)  # fmt: skip
+    skipped = run.train.skipped + run.val.skipped
+    if run.multilabel:
+        thresholds, fallback = choose_thresholds(val_y.numpy(), probs.numpy())
+        metrics = multilabel_metrics(val_y.numpy(), probs.numpy(), run.sources.classes, thresholds, fallback, skipped)
+        store_thresholds(run_dir / "best.safetensors", thresholds, fallback)
+    else:
+        metrics = classification_metrics(val_y.numpy(), probs.numpy(), run.sources.classes, skipped)
+    ckpt.write_json(run_dir / "metrics.json", metrics)
+    return metrics, probs
