@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 # Keep the suite within two cores and quiet: no progress bars in captured output.
@@ -49,6 +50,14 @@ def make_class_folders(root: Path, per_class: int, *, seed: int = 0, junk: bool 
         (first / "empty.jpg").write_bytes(b"")
         (root / ".ipynb_checkpoints").mkdir(exist_ok=True)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """Runs with train.threads=1 (for exact resumption) set torch's thread count for the process."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

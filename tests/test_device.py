@@ -23,13 +23,6 @@ FAST = ["--img-size", "16", "--batch-size", "8", "--model", "lenet", "--epochs",
         "--set", "train.threads=1", "--set", "train.eval_batch_size=64", "--set", "augment.mixup=0.2"]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_auto_is_the_cpu_without_a_gpu_and_cuda_without_one_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert dev.resolve_device("auto") == torch.device("cpu")

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 import imgcls.train as train_module
 from imgcls import checkpoint as ckpt
@@ -29,13 +28,6 @@ FAST = ["--img-size", "16", "--batch-size", "8", "--model", "lenet", "--epochs",
         "--set", "train.threads=1", "--set", "train.eval_batch_size=64", "--set", "train.ema=true",
         "--set", "augment.rotation=10", "--set", "augment.mixup=0.2"]  # fmt: skip
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import signal
 from pathlib import Path
 
 import pytest
-import torch
 
 import imgcls.streaming as streaming
 import imgcls.train as train_module
@@ -25,13 +24,6 @@ from tests.test_distributed import torchrun
 # One reader process, one torch thread: a run and its resumed copy compute the same floats.
 FAST = ["--img-size", "16", "--batch-size", "8", "--model", "lenet", "--epochs", "2", "--set", "train.threads=1",
         "--set", "data.decode_workers=1", "--set", "data.stream_buffer=16", "--set", "augment.mixup=0.2"]  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
