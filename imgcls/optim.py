@@ -53,18 +53,21 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     lr = base_lr(config, batch_size)
     groups = parameter_groups(model, config.weight_decay, lr=lr, head=head, head_lr_scale=head_lr_scale)
+    # On CUDA one fused kernel updates every parameter, and float16's GradScaler hands it the
+    # overflow flag instead of reading it back to the host each step.
+    fused = True if next(model.parameters()).is_cuda else None
     if config.name == "sgd":
         nesterov = config.nesterov and config.momentum > 0
-        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, nesterov=nesterov)
+        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, nesterov=nesterov, fused=fused)
     if config.name == "adam":
-        return torch.optim.Adam(groups, lr=lr)
+        return torch.optim.Adam(groups, lr=lr, fused=fused)
     if config.name == "rmsprop":
         return torch.optim.RMSprop(groups, lr=lr, momentum=config.momentum, alpha=0.9, eps=1e-3)
     if config.name == "adabound":
         from imgcls.adabound import AdaBound
 
         return AdaBound(groups, lr=lr, final_lr=config.final_lr, gamma=config.adabound_gamma)
-    return torch.optim.AdamW(groups, lr=lr)
+    return torch.optim.AdamW(groups, lr=lr, fused=fused)
 
 
 @dataclass
