@@ -127,6 +127,9 @@ def test_server_recognizes_searches_and_protects_enrolment(setup, tmp_path):
         assert answer.status_code == 200 and answer.json()["candidates"][0]["label"] == "猫"
         found = client.post("/search?k=3", content=bird, headers={"content-type": "image/png"})
         assert found.status_code == 200 and len(found.json()["matches"]) == 3
+        names = {Path(p).name for p in json.loads((gallery / "items.json").read_text(encoding="utf-8"))["paths"]}
+        for match in found.json()["matches"]:  # a file's name, not where the server keeps it
+            assert "/" not in match["name"] and match["name"] in names and "path" not in match
 
         files = [("file", (f"b{i}.png", bird, "image/png")) for i in range(2)]
         assert client.post("/gallery/bird", files=files).status_code == 401

@@ -126,7 +126,9 @@ def retrieval_router(
             result = await run_in_threadpool(locked, search, gallery, embedded[0], ["upload"], k=k)
         except GalleryError as err:
             return _error(409, str(err))
-        return {"matches": result[0].to_json()["matches"]}
+        # A file's name, never its folders: the server's paths are not the client's business.
+        return {"matches": [{"name": Path(m.path).name, "label": m.label, "similarity": m.similarity}
+                            for m in result[0].matches]}  # fmt: skip
 
     @router.get("/gallery")
     def gallery_info() -> dict:
