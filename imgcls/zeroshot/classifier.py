@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from imgcls.data.preprocess import Preprocessing
+from imgcls.device import choose_autocast
 from imgcls.errors import ConfigError
 from imgcls.inference import batched_logits
 from imgcls.models.clip_backbone import DEFAULT_CLIP_MODEL, load_clip
@@ -137,9 +138,14 @@ def zeroshot_predictor(
     pre = clip_preprocessing(clip.visual)
     log.info("zero-shot %s (%s): %d labels x %d prompts", arch, path, len(labels), len(prompts))
 
+    # bfloat16 where the CPU has it: ViT-B-32 embedded 1.6x faster here, each image's embedding
+    # within cosine 0.99994 of float32's (measured with random weights; no weights to download).
+    dtype = choose_autocast("auto", torch.device("cpu"))
+
     def run(images: np.ndarray) -> np.ndarray:
         pixels = torch.from_numpy(np.ascontiguousarray(images))
-        return batched_logits(model, pixels, pre, batch_size=len(images), channels_last=False).softmax(1).numpy()
+        logits = batched_logits(model, pixels, pre, batch_size=len(images), channels_last=False, autocast_dtype=dtype)
+        return logits.softmax(1).numpy()
 
     meta = {
         "task": "single-label",
