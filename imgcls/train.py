@@ -290,6 +290,9 @@ def _fit(config: Config, run_dir: Path, resume: bool) -> FitResult:
     if tc.threads:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
+    single = "a classic model" if is_classic(config.model.name) else "--unlabeled" if config.semi.unlabeled else None
+    if single and distributed.world_size() > 1:  # each process would fit and write on its own
+        raise ConfigError(f"{single} trains in one process; run it without torchrun or --devices.")
     if is_classic(config.model.name):
         from imgcls.train_classic import fit_classic_run
 

@@ -154,3 +154,12 @@ def test_validation_scores_are_shared_out_and_gathered_in_order(tmp_path):
         mp.spawn(_gather_in_process, args=(str(tmp_path / "store"), results), nprocs=2)
         expected = torch.arange(21, dtype=torch.float32).view(7, 3).tolist()
         assert results[0] == results[1] == expected
+
+
+def test_what_trains_in_one_process_is_refused_under_torchrun(monkeypatch, tmp_path, capsys):
+    data = make_class_folders(tmp_path / "data", per_class=6, junk=False)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)  # as if torchrun had started two
+    assert main(["-q", "train", str(data), "--out", str(tmp_path / "semi"), "--unlabeled", str(data)]) == 2
+    assert "--unlabeled trains in one process" in capsys.readouterr().err
+    assert main(["-q", "train", str(data), "--out", str(tmp_path / "hog"), "--model", "hog-svm"]) == 2
+    assert "a classic model trains in one process" in capsys.readouterr().err
