@@ -143,7 +143,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else None
     metrics = evaluate_checkpoint(Path(args.checkpoint), Path(args.data), out, tta=args.tta,
-                                  allow_outside=args.allow_outside)  # fmt: skip
+                                  allow_outside=args.allow_outside, runtime=args.runtime)  # fmt: skip
     if args.json:
         _print(json.dumps(metrics, ensure_ascii=False))
         return 0
@@ -311,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
     p.add_argument("--tta", action="store_true", help="average each image with its mirror image; report the effect")
     p.add_argument("--allow-outside", action="store_true", help="let a manifest name files outside its folder")
+    p.add_argument("--runtime", choices=["torch", "onnx", "cuda"], default="torch",
+                   help="run a checkpoint on PyTorch (CPU), ONNX Runtime, or PyTorch on a CUDA GPU")  # fmt: skip
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", parents=[common], help="draw the report of a run or evaluation folder again")
@@ -331,8 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--out", help="also write path, top-k labels and scores to this CSV file")
     p.add_argument("--copy-to", metavar="DIR", help="copy each image into DIR/<predicted class>/")
-    runtime_help = f"run a checkpoint on PyTorch or ONNX Runtime (auto: ONNX from {AUTO_ONNX_IMAGES} images on)"
-    p.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto", help=runtime_help)
+    runtime_help = (f"run a checkpoint on PyTorch (CPU), ONNX Runtime or PyTorch on a CUDA GPU (auto: ONNX from "
+                    f"{AUTO_ONNX_IMAGES} images on)")  # fmt: skip
+    p.add_argument("--runtime", choices=["auto", "torch", "onnx", "cuda"], default="auto", help=runtime_help)
     p.add_argument("--threshold", type=_probability, help="multi-label: one threshold for every label "
                    "(default: each label's own, chosen on validation)")  # fmt: skip
     p.set_defaults(func=cmd_predict)
@@ -360,8 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted request body (10 MB)")
     p.add_argument("--topk", type=int, default=5, help="labels answered when the request does not say (5)")
-    p.add_argument("--runtime", choices=["onnx", "torch"], default="onnx",
-                   help="run a checkpoint on ONNX Runtime (default: faster here) or PyTorch")  # fmt: skip
+    p.add_argument("--runtime", choices=["onnx", "torch", "cuda"], default="onnx",
+                   help="run a checkpoint on ONNX Runtime (default: faster on CPU), PyTorch, or on a GPU")  # fmt: skip
     p.add_argument("--gallery", help="also answer POST /recognize and /search from this gallery folder")
     p.add_argument("--admin-token", default=os.environ.get("IMGCLS_ADMIN_TOKEN"),
                    help="allow enrolment (POST /gallery/LABEL) with this bearer token (or $IMGCLS_ADMIN_TOKEN); "

@@ -46,13 +46,14 @@ def evaluate_checkpoint(
     batch_size: int | None = None,
     tta: bool = False,
     allow_outside: bool = False,
+    runtime: str = "torch",
 ) -> dict:
     """Metrics of a model on DATA's test/ (else val/, else all of it); written to out_dir.
 
     With tta, the metrics are those of flip test-time augmentation, and metrics["tta"] gives
     accuracy and macro-F1 without and with it."""
     started = time.perf_counter()
-    predictor = Predictor.from_file(checkpoint)
+    predictor = Predictor.from_file(checkpoint, runtime=runtime)
     samples, folder = resolve_evaluation_data(
         data, predictor.classes, multilabel=predictor.multilabel, allow_outside=allow_outside
     )

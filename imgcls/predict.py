@@ -26,6 +26,7 @@ from imgcls import checkpoint as ckpt
 from imgcls.data.decode import decode_image
 from imgcls.data.preprocess import Preprocessing
 from imgcls.data.sources import is_image_file, list_images
+from imgcls.device import choose_autocast, resolve_device
 from imgcls.errors import ImgclsError
 from imgcls.inference import batched_logits, is_multilabel, prepare_for_inference, to_probabilities
 from imgcls.models.registry import is_classic
@@ -160,14 +161,19 @@ class Predictor:
             run = _onnx_run(network, pre, meta, path)
             if run is not None:
                 return cls(run, tuple(meta["classes"]), pre, meta, runtime="onnxruntime")
-        network = prepare_for_inference(network)
+        # runtime "cuda": PyTorch on the GPU, under the autocast its training would choose
+        # (bfloat16 from Ampere on, else float16); "torch": the CPU in float32.
+        device = resolve_device("cuda") if runtime == "cuda" else torch.device("cpu")
+        dtype = choose_autocast("auto", device) if device.type == "cuda" else None
+        network = prepare_for_inference(network).to(device)
         multilabel = is_multilabel(meta)
 
         def run(images: np.ndarray) -> np.ndarray:
             pixels = torch.from_numpy(np.ascontiguousarray(images))
-            return to_probabilities(batched_logits(network, pixels, pre, batch_size=len(images)), multilabel).numpy()
+            logits = batched_logits(network, pixels, pre, batch_size=len(images), device=device, autocast_dtype=dtype)
+            return to_probabilities(logits, multilabel).numpy()
 
-        return cls(run, tuple(meta["classes"]), pre, meta)
+        return cls(run, tuple(meta["classes"]), pre, meta, runtime="torch" if device.type == "cpu" else "torch-cuda")
 
     @classmethod
     def from_onnx(cls, path: str | Path, threads: int = 0) -> Predictor:

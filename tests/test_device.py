@@ -141,3 +141,24 @@ def test_float16_with_loss_scaling_trains_and_resumes_exactly(data, tmp_path, mo
     monkeypatch.setattr(train_module, "_optimizer_step", real_step)
     assert main(["-q", "train", "--resume", "--out", str(run)]) == 0
     assert _outcome(run) == _outcome(straight)
+
+
+def test_inference_runtimes_from_the_command_line(data, tmp_path, monkeypatch, capsys):
+    """evaluate/predict --runtime: ONNX Runtime scores like PyTorch; cuda without a GPU says so."""
+    run = tmp_path / "run"
+    assert main(["-q", "train", str(data), "--out", str(run), "--img-size", "16", "--model", "lenet",
+                 "--epochs", "1", "--set", "train.threads=1"]) == 0  # fmt: skip
+    capsys.readouterr()
+    checkpoint = str(run / "best.safetensors")
+    scores = {}
+    for runtime in ("torch", "onnx"):
+        out = tmp_path / runtime
+        assert main(["-q", "evaluate", checkpoint, str(data), "--json", "--runtime", runtime, "--out", str(out)]) == 0
+        scores[runtime] = json.loads(capsys.readouterr().out)
+        assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["runtime"] == {
+            "torch": "torch", "onnx": "onnxruntime"}[runtime]  # fmt: skip
+    assert scores["onnx"]["accuracy"] == scores["torch"]["accuracy"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    image = str(next((data / "bird").iterdir()))
+    assert main(["-q", "predict", checkpoint, image, "--runtime", "cuda"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
