@@ -12,6 +12,7 @@ RNG states, so `--resume` finishes that epoch exactly as if it had never stopped
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
@@ -111,7 +112,6 @@ def train_one_epoch(
     config, model = run.config, run.model
     tc, augment = config.train, config.augment
     model.train()
-    forward = run.ddp or model
     done = progress or EpochProgress()
     if progress is not None and not distributed.is_main():
         # The saved running sums are rank 0's share (it alone saves): the others count from here,
@@ -134,19 +134,8 @@ def train_one_epoch(
             target = hard
             if mixing_enabled(augment):
                 x, target = mix_batch(x, hard, len(run.sources.classes), augment, generator)
-            with autocast(run.autocast_dtype, x.device):
-                logits = forward(x).float()
-                teacher_logits = None
-                if run.teacher is not None:
-                    with torch.no_grad():
-                        teacher_x = _teacher_input(x, run.preprocessing, run.teacher.preprocessing)
-                        teacher_logits = run.teacher.model(teacher_x).float()
-            loss = run.loss_fn(logits, target)  # in float32, outside autocast
-            if teacher_logits is not None:
-                loss = distillation_loss(logits, teacher_logits, loss, alpha=config.distill.alpha,
-                                         temperature=config.distill.temperature)  # fmt: skip
-            run.scaler.scale(loss / tc.accumulate).backward()
             stepped = (i + 1) % tc.accumulate == 0 or i + 1 == steps
+            logits, loss = _forward_backward(run, x, target, sync=stepped)
             if stepped:
                 _optimizer_step(run)
             sums[0] += loss.detach().double() * len(hard)
@@ -166,6 +155,30 @@ def train_one_epoch(
     done.loss_sum, done.correct = sums[0].item(), int(sums[1].item())
     loss_sum, correct, seen = distributed.all_reduce_sums(done.loss_sum, done.correct, done.seen)
     return EpochStats(loss_sum / max(seen, 1), correct / max(seen, 1), int(seen), time.perf_counter() - start)
+
+
+def _forward_backward(
+    run: TrainingRun, x: torch.Tensor, target: torch.Tensor, *, sync: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and loss of one batch; its gradients accumulate (scaled for float16). With several
+    processes, DDP averages them only on the batch before an optimizer step (`sync`): the
+    accumulated sum is the same, with one all-reduce per step instead of one per batch."""
+    config = run.config
+    forward = run.ddp or run.model
+    with run.ddp.no_sync() if run.ddp is not None and not sync else contextlib.nullcontext():
+        with autocast(run.autocast_dtype, x.device):
+            logits = forward(x).float()
+            teacher_logits = None
+            if run.teacher is not None:
+                with torch.no_grad():
+                    teacher_x = _teacher_input(x, run.preprocessing, run.teacher.preprocessing)
+                    teacher_logits = run.teacher.model(teacher_x).float()
+        loss = run.loss_fn(logits, target)  # in float32, outside autocast
+        if teacher_logits is not None:
+            loss = distillation_loss(logits, teacher_logits, loss, alpha=config.distill.alpha,
+                                     temperature=config.distill.temperature)  # fmt: skip
+        run.scaler.scale(loss / config.train.accumulate).backward()
+    return logits, loss
 
 
 def _epoch_batches(
