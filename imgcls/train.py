@@ -13,6 +13,7 @@ RNG states, so `--resume` finishes that epoch exactly as if it had never stopped
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 import warnings
@@ -147,9 +148,9 @@ def train_one_epoch(
                 bar.set_postfix(loss=f"{sums[0].item() / done.seen:.4f}", refresh=False)
             if stepped and done.step < steps:
                 if stop is not None and stop():
-                    raise EpochInterrupted(_snapshot(done, sums, generator, run.device, start), steps)
+                    raise EpochInterrupted(snapshot(done, generator, run.device, start, sums), steps)
                 if periodic is not None and periodic.due():
-                    periodic(_snapshot(done, sums, generator, run.device, start))
+                    periodic(snapshot(done, generator, run.device, start, sums))
     finally:
         bar.close()
     done.loss_sum, done.correct = sums[0].item(), int(sums[1].item())
@@ -206,15 +207,18 @@ def _epoch_batches(
     return len(order), sum(sizes), sum(sizes[:start]), batches
 
 
-def _snapshot(
-    done: EpochProgress, sums: torch.Tensor, generator: torch.Generator, device: torch.device, start: float
-) -> EpochProgress:
-    """A copy of an epoch's progress with the RNG states after its last step (reading them
-    draws nothing, so saving never changes the run)."""
+def snapshot(
+    done: EpochProgress, generator: torch.Generator, device: torch.device, start: float,
+    sums: torch.Tensor | None = None,
+) -> EpochProgress:  # fmt: skip
+    """A copy of an epoch's progress (with the running `sums` kept on the device, when given)
+    and the RNG states after its last step (reading them draws nothing, so saving never
+    changes the run)."""
+    if sums is not None:
+        done = replace(done, loss_sum=sums[0].item(), correct=int(sums[1].item()))
     states = rng_states(device)
-    return replace(done, loss_sum=sums[0].item(), correct=int(sums[1].item()), seconds=time.perf_counter() - start,
-                   generator_state=generator.get_state(), torch_state=states["torch"],
-                   cuda_state=states.get("cuda"))  # fmt: skip
+    return replace(done, seconds=time.perf_counter() - start, generator_state=generator.get_state(),
+                   torch_state=states["torch"], cuda_state=states.get("cuda"))  # fmt: skip
 
 
 def _optimizer_step(run: TrainingRun) -> None:
@@ -356,6 +360,30 @@ def _stopped(run_dir: Path, where: str) -> None:
     raise KeyboardInterrupt
 
 
+def train_resumably(
+    run_dir: Path, run: TrainingRun, epoch: int, history: list[dict], best_acc: float,
+    one_epoch: Callable[..., EpochStats],
+) -> EpochStats:  # fmt: skip
+    """one_epoch(periodic=...), saving last.safetensors inside the epoch when `periodic` is due
+    and when a stop request interrupts it (then the run stops, saying how to resume)."""
+
+    def save_inside(progress: EpochProgress) -> None:
+        last = history[-1] if history else {"epoch": 0, "val_acc": None}
+        meta = run.metadata(epoch=last["epoch"], val_accuracy=last["val_acc"], ema=run.ema is not None)
+        save_last(run_dir, run, history, best_acc, meta, partial=progress)
+        log.info("saved %s in epoch %d after step %d", run_dir / "last.safetensors", epoch, progress.step)
+
+    minutes = run.config.train.checkpoint_minutes
+    saving = minutes and distributed.is_main()  # rank 0 alone writes
+    try:
+        return one_epoch(periodic=PeriodicSave(save_inside, minutes * 60) if saving else None)
+    except EpochInterrupted as stopped:
+        if not distributed.is_main():
+            raise KeyboardInterrupt from None
+        save_inside(stopped.progress)
+        _stopped(run_dir, f"in epoch {epoch} after step {stopped.progress.step} of {stopped.total_steps}")
+
+
 def _train_epoch(
     run_dir: Path, run: TrainingRun, epoch: int, history: list[dict], best_acc: float,
     partial: EpochProgress | None, stop: Callable[[], bool], data: tuple,
@@ -376,22 +404,9 @@ def _train_epoch(
     lr = partial.lr
     generator = torch.Generator().manual_seed(epoch_seed(tc.seed, epoch))
 
-    def save_inside(progress: EpochProgress) -> None:
-        last = history[-1] if history else {"epoch": 0, "val_acc": None}
-        meta = run.metadata(epoch=last["epoch"], val_accuracy=last["val_acc"], ema=run.ema is not None)
-        save_last(run_dir, run, history, best_acc, meta, partial=progress)
-        log.info("saved %s in epoch %d after step %d", run_dir / "last.safetensors", epoch, progress.step)
-
-    saving = tc.checkpoint_minutes and distributed.is_main()  # rank 0 alone writes
-    periodic = PeriodicSave(save_inside, tc.checkpoint_minutes * 60) if saving else None
-    try:
-        stats = train_one_epoch(run, train, generator, desc=f"epoch {epoch}/{tc.epochs}", epoch=epoch,
-                                progress=partial, stop=stop, periodic=periodic)  # fmt: skip
-    except EpochInterrupted as stopped:
-        if not distributed.is_main():
-            raise KeyboardInterrupt from None
-        save_inside(stopped.progress)
-        _stopped(run_dir, f"in epoch {epoch} after step {stopped.progress.step} of {stopped.total_steps}")
+    one_epoch = functools.partial(train_one_epoch, run, train, generator, desc=f"epoch {epoch}/{tc.epochs}",
+                                  epoch=epoch, progress=partial, stop=stop)  # fmt: skip
+    stats = train_resumably(run_dir, run, epoch, history, best_acc, one_epoch)
     # Validated as the model will predict, mirror test-time augmentation included: checking
     # without it saved ~2 s an epoch on the fashion-mnist recipe but chose epoch 15 of 18
     # (0.9484 on test with the flip) over the last one (0.9500).

@@ -14,14 +14,17 @@ Two methods (config section `semi`):
 
 An epoch is one pass over the unlabeled images (labelled batches cycle as often as needed),
 so the learning-rate schedule is rebuilt for that number of steps. Ctrl-C stops after the
-current epoch (a second one at once); `--resume` continues from the last finished epoch.
+current step and saves the epoch's progress, as periodic saves do (train.checkpoint_minutes);
+`--resume` finishes that epoch exactly as if it had never stopped.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +38,7 @@ from imgcls.data.cache import ImageCache, build_cache
 from imgcls.data.loader import cache_tensors
 from imgcls.data.preprocess import to_model_input
 from imgcls.data.sources import Sample, list_images
-from imgcls.device import autocast, to_device
+from imgcls.device import autocast, set_rng_states, to_device
 from imgcls.errors import ConfigError, DataError
 from imgcls.optim import build_schedule
 from imgcls.prepare import TrainingRun, prepare
@@ -47,9 +50,11 @@ from imgcls.train import (
     _stopped,
     epoch_seed,
     save_epoch,
+    snapshot,
+    train_resumably,
 )
 from imgcls.train_outputs import write_run_report
-from imgcls.train_state import restore, stop_on_sigint
+from imgcls.train_state import EpochInterrupted, EpochProgress, PeriodicSave, restore, stop_on_sigint
 from imgcls.validate import evaluate, final_metrics
 
 log = logging.getLogger(__name__)
@@ -117,9 +122,11 @@ def check_semi_config(config: Config, run: TrainingRun) -> None:
 
 def train_one_epoch_semi(
     run: TrainingRun, labelled: tuple[torch.Tensor, torch.Tensor], unlabeled: torch.Tensor,
-    generator: torch.Generator, desc: str = "train",
+    generator: torch.Generator, desc: str = "train", *, progress: EpochProgress | None = None,
+    stop: Callable[[], bool] | None = None, periodic: PeriodicSave | None = None,
 ) -> SemiStats:  # fmt: skip
-    """One pass over the unlabeled images in steps of (batch_size labelled, mu * batch_size unlabeled)."""
+    """One pass over the unlabeled images in steps of (batch_size labelled, mu * batch_size
+    unlabeled); `progress`, `stop` and `periodic` as in imgcls.train.train_one_epoch."""
     config, model = run.config, run.model
     semi, tc = config.semi, config.train
     images, labels = labelled
@@ -130,10 +137,15 @@ def train_one_epoch_semi(
     lab_order = torch.cat([torch.randperm(len(labels), generator=generator) for _ in range(passes)])
     transform = strong_transform()
     model.train()
-    start, loss_sum, correct, seen, masked, unl_seen = time.perf_counter(), 0.0, 0, 0, 0, 0
+    done = progress or EpochProgress()
+    if done.generator_state is not None:  # the orders are drawn above; the draws go on from here
+        generator.set_state(done.generator_state)
+        set_rng_states({"torch": done.torch_state, "cuda": done.cuda_state}, run.device)
+    start = time.perf_counter() - done.seconds
     bar = progress_bar(total=steps, desc=desc, unit="step")
+    bar.update(done.step)
     try:
-        for step in range(steps):
+        for step in range(done.step, steps):
             li = lab_order[step * batch : (step + 1) * batch]
             ui = unl_order[step * unl_batch : (step + 1) * unl_batch]
             x_lab = weak_view(run, images[li], generator)
@@ -151,15 +163,24 @@ def train_one_epoch_semi(
             loss = run.loss_fn(lab_logits, targets) + semi.weight * unl_loss
             run.scaler.scale(loss).backward()
             _optimizer_step(run)
-            loss_sum += loss.item() * len(li)
-            correct += (lab_logits.argmax(1) == targets).sum().item()
-            seen, masked, unl_seen = seen + len(li), masked + int(mask.sum()), unl_seen + len(ui)
+            done.loss_sum += loss.item() * len(li)
+            done.correct += int((lab_logits.argmax(1) == targets).sum())
+            done.seen, done.unlabeled_seen = done.seen + len(li), done.unlabeled_seen + len(ui)
+            done.pseudo_labelled += int(mask.sum())
+            done.step = step + 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", pseudo=f"{masked / unl_seen:.2f}", refresh=False)
+            bar.set_postfix(loss=f"{done.loss_sum / done.seen:.4f}",
+                            pseudo=f"{done.pseudo_labelled / done.unlabeled_seen:.2f}", refresh=False)  # fmt: skip
+            if done.step < steps:
+                if stop is not None and stop():
+                    raise EpochInterrupted(snapshot(done, generator, run.device, start), steps)
+                if periodic is not None and periodic.due():
+                    periodic(snapshot(done, generator, run.device, start))
     finally:
         bar.close()
-    seconds = time.perf_counter() - start
-    return SemiStats(loss_sum / max(seen, 1), correct / max(seen, 1), seen, seconds, masked / max(unl_seen, 1))
+    seen = max(done.seen, 1)
+    return SemiStats(done.loss_sum / seen, done.correct / seen, done.seen, time.perf_counter() - start,
+                     done.pseudo_labelled / max(done.unlabeled_seen, 1))  # fmt: skip
 
 
 def semi_steps(n_unlabeled: int, n_labelled: int, batch_size: int, mu: int) -> int:
@@ -178,18 +199,23 @@ def fit_semi_run(config: Config, run_dir: Path, resume: bool, started: float) ->
     log.info("semi-supervised (%s): %d labelled + %d unlabeled images, mu %d, threshold %.2f; %d steps per epoch "
              "(one pass over the unlabeled images), %d in the whole run", config.semi.method, len(run.train),
              len(unlabeled), config.semi.mu, config.semi.threshold, steps, steps * tc.epochs)  # fmt: skip
-    history, start_epoch, best_acc = [], 1, -1.0
+    history, start_epoch, best_acc, partial = [], 1, -1.0, None
     if resume:
-        state, _ = restore(run_dir / "last.safetensors", run)
+        state, partial = restore(run_dir / "last.safetensors", run)
         history, start_epoch, best_acc = state["history"], state["epoch"] + 1, state["best_val_acc"]
     labelled, (val_x, val_y) = cache_tensors(run.train), cache_tensors(run.val)
     unl_x = torch.from_numpy(unlabeled.images)
     with stop_on_sigint() as stop:
         for epoch in range(start_epoch, tc.epochs + 1):
-            torch.manual_seed(epoch_seed(tc.seed, epoch))  # RandAugment's draws come from torch's global RNG
+            if partial is None:
+                torch.manual_seed(epoch_seed(tc.seed, epoch))  # RandAugment's draws come from torch's global RNG
+                partial = EpochProgress(lr=run.optimizer.param_groups[0]["lr"])
+            lr = partial.lr
             generator = torch.Generator().manual_seed(epoch_seed(tc.seed, epoch))
-            lr = run.optimizer.param_groups[0]["lr"]
-            stats = train_one_epoch_semi(run, labelled, unl_x, generator, desc=f"epoch {epoch}/{tc.epochs}")
+            one_epoch = functools.partial(train_one_epoch_semi, run, labelled, unl_x, generator,
+                                          desc=f"epoch {epoch}/{tc.epochs}", progress=partial, stop=stop)  # fmt: skip
+            stats = train_resumably(run_dir, run, epoch, history, best_acc, one_epoch)
+            partial = None
             val_loss, val_acc, _ = evaluate(run.eval_model, val_x, val_y, run.preprocessing,
                                             batch_size=tc.eval_batch_size, autocast_dtype=run.autocast_dtype,
                                             channels_last=tc.channels_last, device=run.device)  # fmt: skip

@@ -45,6 +45,8 @@ class EpochProgress:
     seen: int = 0
     seconds: float = 0.0
     lr: float | None = None  # the rate at the epoch's start, for its history row
+    pseudo_labelled: int = 0  # semi-supervised: unlabeled images whose prediction passed the threshold
+    unlabeled_seen: int = 0
     generator_state: torch.Tensor | None = field(default=None, repr=False)
     torch_state: torch.Tensor | None = field(default=None, repr=False)
     cuda_state: torch.Tensor | None = field(default=None, repr=False)

@@ -117,3 +117,38 @@ def test_short_semi_supervised_run_completes_and_checkpoints(tmp_path, method):
     assert meta["resume"]["scheduler"]["last_epoch"] == 4
     model, _, _ = ckpt.load_model(run / "best.safetensors")
     assert model(torch.zeros(1, 3, 16, 16)).shape == (1, 3)
+
+
+def test_ctrl_c_inside_a_semi_supervised_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch):
+    """A SIGINT after step 6 of 8 (epoch 2, step 2): the epoch's progress, pseudo-label counts
+    and RNG states are saved, and the resumed run ends exactly as the uninterrupted one."""
+    import os
+    import signal
+
+    import imgcls.train_semi as semi_module
+
+    data = make_class_folders(tmp_path / "data", per_class=6, seed=1, junk=False)
+    unlabeled = make_class_folders(tmp_path / "unlabeled", per_class=6, seed=2, junk=False)
+    args = ["train", str(data), "--unlabeled", str(unlabeled), "--epochs", "2", "--img-size", "16", "--batch-size",
+            "4", "--model", "lenet", "--set", "semi.mu=1", "--set", "train.threads=1", "-q"]  # fmt: skip
+    straight = tmp_path / "straight"
+    assert main([*args, "--out", str(straight)]) == 0
+
+    real_step, steps = semi_module._optimizer_step, {"n": 0}
+
+    def step_then_ctrl_c(run):
+        real_step(run)
+        steps["n"] += 1
+        if steps["n"] == 6:  # 18 unlabeled images // (mu 1 x batch 4) = 4 steps an epoch
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(semi_module, "_optimizer_step", step_then_ctrl_c)
+    run = tmp_path / "run"
+    assert main([*args, "--out", str(run)]) == 130
+    state = ckpt.read_metadata(run / "last.safetensors")["resume"]
+    assert state["epoch"] == 1 and state["partial"]["step"] == 2 and state["partial"]["unlabeled_seen"] == 8
+    monkeypatch.setattr(semi_module, "_optimizer_step", real_step)
+    assert main(["train", "--resume", "--out", str(run), "-q"]) == 0
+    assert (run / "metrics.json").read_text() == (straight / "metrics.json").read_text()
+    no_seconds = [line.rsplit(",", 1)[0] for line in (straight / "history.csv").read_text().splitlines()]
+    assert [line.rsplit(",", 1)[0] for line in (run / "history.csv").read_text().splitlines()] == no_seconds
