@@ -46,6 +46,8 @@ from imgcls.train_state import (
     restore,
     save_last,
     stop_on_sigint,
+    stopped,
+    train_resumably,
     write_history,
 )
 from imgcls.transfer import set_backbone_trainable
@@ -344,7 +346,7 @@ def _fit(config: Config, run_dir: Path, resume: bool) -> FitResult:
             best_acc = _train_epoch(run_dir, run, epoch, history, best_acc, partial, stop, data)
             partial = None
             if stop() and epoch < tc.epochs:
-                _stopped(run_dir, f"after epoch {epoch}")
+                stopped(run_dir, f"after epoch {epoch}")
 
     distributed.barrier()  # best.safetensors is complete before anyone reads it
     if not distributed.is_main():
@@ -352,36 +354,6 @@ def _fit(config: Config, run_dir: Path, resume: bool) -> FitResult:
     metrics, probs = final_metrics(run_dir, run, val_x, val_y)
     write_run_report(run_dir, run, metrics, history, time.perf_counter() - started, probs)
     return FitResult(run_dir, metrics, history, run_dir / "best.safetensors")
-
-
-def _stopped(run_dir: Path, where: str) -> None:
-    log.warning("interrupted %s; saved %s. Continue with: imgcls train --resume --out %s",
-                where, run_dir / "last.safetensors", run_dir)  # fmt: skip
-    raise KeyboardInterrupt
-
-
-def train_resumably(
-    run_dir: Path, run: TrainingRun, epoch: int, history: list[dict], best_acc: float,
-    one_epoch: Callable[..., EpochStats],
-) -> EpochStats:  # fmt: skip
-    """one_epoch(periodic=...), saving last.safetensors inside the epoch when `periodic` is due
-    and when a stop request interrupts it (then the run stops, saying how to resume)."""
-
-    def save_inside(progress: EpochProgress) -> None:
-        last = history[-1] if history else {"epoch": 0, "val_acc": None}
-        meta = run.metadata(epoch=last["epoch"], val_accuracy=last["val_acc"], ema=run.ema is not None)
-        save_last(run_dir, run, history, best_acc, meta, partial=progress)
-        log.info("saved %s in epoch %d after step %d", run_dir / "last.safetensors", epoch, progress.step)
-
-    minutes = run.config.train.checkpoint_minutes
-    saving = minutes and distributed.is_main()  # rank 0 alone writes
-    try:
-        return one_epoch(periodic=PeriodicSave(save_inside, minutes * 60) if saving else None)
-    except EpochInterrupted as stopped:
-        if not distributed.is_main():
-            raise KeyboardInterrupt from None
-        save_inside(stopped.progress)
-        _stopped(run_dir, f"in epoch {epoch} after step {stopped.progress.step} of {stopped.total_steps}")
 
 
 def _train_epoch(

@@ -47,14 +47,20 @@ from imgcls.train import (
     EpochStats,
     FitResult,
     _optimizer_step,
-    _stopped,
     epoch_seed,
     save_epoch,
     snapshot,
-    train_resumably,
 )
 from imgcls.train_outputs import write_run_report
-from imgcls.train_state import EpochInterrupted, EpochProgress, PeriodicSave, restore, stop_on_sigint
+from imgcls.train_state import (
+    EpochInterrupted,
+    EpochProgress,
+    PeriodicSave,
+    restore,
+    stop_on_sigint,
+    stopped,
+    train_resumably,
+)
 from imgcls.validate import evaluate, final_metrics
 
 log = logging.getLogger(__name__)
@@ -229,7 +235,7 @@ def fit_semi_run(config: Config, run_dir: Path, resume: bool, started: float) ->
                      stats.seconds)  # fmt: skip
             best_acc = save_epoch(run_dir, run, history, best_acc)
             if stop() and epoch < tc.epochs:
-                _stopped(run_dir, f"after epoch {epoch}")
+                stopped(run_dir, f"after epoch {epoch}")
     metrics, probs = final_metrics(run_dir, run, val_x, val_y)
     write_run_report(run_dir, run, metrics, history, time.perf_counter() - started, probs)
     return FitResult(run_dir, metrics, history, run_dir / "best.safetensors")

@@ -19,14 +19,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from imgcls import checkpoint as ckpt
+from imgcls import distributed
 from imgcls.errors import CheckpointError
 from imgcls.prepare import TrainingRun
 
 log = logging.getLogger(__name__)
+Stats = TypeVar("Stats")  # what an epoch function returns (EpochStats, SemiStats)
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 EMA_PREFIX = "ema."
@@ -169,3 +172,35 @@ def stop_on_sigint() -> Iterator[Callable[[], bool]]:
         yield requested.is_set
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def stopped(run_dir: Path, where: str) -> None:
+    """Say where the run stopped and how to continue it, then stop (exit status 130)."""
+    log.warning("interrupted %s; saved %s. Continue with: imgcls train --resume --out %s",
+                where, run_dir / "last.safetensors", run_dir)  # fmt: skip
+    raise KeyboardInterrupt
+
+
+def train_resumably(
+    run_dir: Path, run: TrainingRun, epoch: int, history: list[dict], best_acc: float,
+    one_epoch: Callable[..., Stats],
+) -> Stats:  # fmt: skip
+    """one_epoch(periodic=...), saving last.safetensors inside the epoch when `periodic` is due
+    and when a stop request interrupts it (then the run stops, saying how to resume)."""
+
+    def save_inside(progress: EpochProgress) -> None:
+        last = history[-1] if history else {"epoch": 0, "val_acc": None}
+        meta = run.metadata(epoch=last["epoch"], val_accuracy=last["val_acc"], ema=run.ema is not None)
+        save_last(run_dir, run, history, best_acc, meta, partial=progress)
+        log.info("saved %s in epoch %d after step %d", run_dir / "last.safetensors", epoch, progress.step)
+
+    minutes = run.config.train.checkpoint_minutes
+    saving = minutes and distributed.is_main()  # rank 0 alone writes
+    try:
+        return one_epoch(periodic=PeriodicSave(save_inside, minutes * 60) if saving else None)
+    except EpochInterrupted as interrupted:
+        if not distributed.is_main():
+            raise KeyboardInterrupt from None
+        save_inside(interrupted.progress)
+        where = f"in epoch {epoch} after step {interrupted.progress.step} of {interrupted.total_steps}"
+        stopped(run_dir, where)
