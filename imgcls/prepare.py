@@ -82,12 +82,19 @@ class TrainingRun:
         }
 
 
+def decode_val(config: Config, sources: DataSources, channels: int) -> ImageCache:
+    """The validation images, decoded once with the training set's channel count."""
+    data = config.data
+    return build_cache(sources.val, size=data.img_size, resize=data.resize, channels=channels,
+                       max_pixels=data.max_pixels, workers=data.decode_workers, desc="decode val")  # fmt: skip
+
+
 def decode_sources(config: Config, sources: DataSources) -> tuple[ImageCache, ImageCache]:
     data = config.data
-    channels = None if data.channels == "auto" else int(data.channels)
-    common = dict(size=data.img_size, resize=data.resize, max_pixels=data.max_pixels, workers=data.decode_workers)
-    train = build_cache(sources.train, channels=channels, desc="decode train", **common)
-    val = build_cache(sources.val, channels=train.channels, desc="decode val", **common)
+    train = build_cache(sources.train, size=data.img_size, resize=data.resize,
+                        channels=None if data.channels == "auto" else int(data.channels), max_pixels=data.max_pixels,
+                        workers=data.decode_workers, desc="decode train")  # fmt: skip
+    val = decode_val(config, sources, train.channels)
     if train.labels.ndim == 2:  # multi-label: a class is present when any image has it
         missing = [name for i, name in enumerate(sources.classes) if not train.labels[:, i].any()]
     else:
@@ -202,8 +209,7 @@ def prepare(config: Config, device: torch.device | None = None) -> TrainingRun:
     stream, stats = None, None
     if use_stream(config, sources):
         train, stream, stats = streamed_training_set(config, sources)
-        val = build_cache(sources.val, channels=train.channels, desc="decode val", size=data.img_size,
-                          resize=data.resize, max_pixels=data.max_pixels, workers=data.decode_workers)  # fmt: skip
+        val = decode_val(config, sources, train.channels)
     else:
         train, val = decode_sources(config, sources)
     mean, std = pretrained_normalisation(config, train.channels) or stats or channel_stats(train.images)
