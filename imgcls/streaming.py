@@ -69,7 +69,7 @@ def check_stream_config(config: Config) -> None:
                           "reads shards front to back. Set data.stream=never to decode the training set.")  # fmt: skip
 
 
-def streamed_training_set(config: Config, sources: DataSources) -> tuple[ImageCache, ShardStream, tuple | None]:
+def streamed_training_set(config: Config, sources: DataSources) -> tuple[ImageCache, ShardStream, tuple]:
     """(the training set without its pixels, the stream of its batches, (mean, std) of a sample)."""
     check_stream_config(config)
     data, tc = config.data, config.train
