@@ -10,7 +10,11 @@ Part 1, planted: a seeded subset (default 5,000 train / 1,000 test PNGs) is writ
 `check_dataset` runs once; for each detector the script prints precision and recall against
 what was planted, and the seconds of each stage. Label errors also get precision among the
 top 100 of the ranking. A near-duplicate threshold sweep over the same subset shows how the
-defaults were chosen: recall per kind of copy against the pairs flagged among distinct images.
+defaults were chosen: recall per kind of copy against the pairs flagged among distinct images,
+for the pixel rule and for the crop rule (aligned RMS limit). A second set of crops, written to
+.data/doctor-crops/ from 100 unplanted training images per kind (one side, two sides, four
+sides, rescaled back to 28 px, random cuts of 1-5% and 5-8% on 1-4 sides), shows which crops
+are found, with the candidate counts and seconds of the crop search.
 
 Part 2, real: `check_dataset` on all 60,000 + 10,000 Fashion-MNIST PNGs (.data/fashion-mnist,
 written by `imgcls data get` when missing): exact and near-duplicates within and across the
@@ -39,8 +43,14 @@ from PIL import Image
 
 from imgcls.data.builtin import FASHION_MNIST_CLASSES, load_fashion_mnist
 from imgcls.data.doctor import check_dataset
-from imgcls.data.doctor_near import NearThresholds, hamming_pairs, pixel_distance
-from imgcls.data.doctor_scan import list_dataset, scan_files
+from imgcls.data.doctor_near import (
+    CROP_BOXES,
+    NearThresholds,
+    hamming_pairs,
+    near_duplicate_pairs,
+    pixel_distance,
+)
+from imgcls.data.doctor_scan import inspect_file, list_dataset, scan_files
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / ".data"
@@ -126,6 +136,7 @@ def part_planted(args) -> None:
     total = time.perf_counter() - start
     print(f"\n== planted problems: {args.train:,} train + {args.test:,} test Fashion-MNIST PNGs, seed {args.seed}")
     print(f"check_dataset: {report['files']:,} files in {total:.1f} s; stages (s): {report['seconds']}")
+    print(f"  near-duplicate search: {search_summary(report['near_duplicate_search'])}")
     exact = {frozenset(r["path"] for r in g) for g in report["leakage"]}
     print(f"exact duplicates across train/test: {pr(exact, truth['exact'])}")
     near = {frozenset((p["a"]["path"], p["b"]["path"])) for p in report["near_duplicates"]}
@@ -145,10 +156,21 @@ def part_planted(args) -> None:
     corrupt = {u["path"] for u in report["unreadable"]}
     print(f"corrupt files: {pr(corrupt, truth['corrupt'])}")
     print(f"conflicting labels (none planted): {report['findings']['conflict']}")
-    sweep(root, truth)
+    sweep(root, truth, rng)
 
 
-def sweep(root: Path, truth: dict) -> None:
+def search_summary(search: dict) -> str:
+    """The candidate counts and seconds of a near-duplicate search, on one line."""
+    crop = search.get("seconds_crop", {})
+    return (
+        f"{search.get('candidates', 0):,} pHash candidates for the pixel rule ({search.get('seconds_pixels')} s); "
+        f"crop rule: "
+        f"{search.get('crop_candidates', 0):,} hash candidates over {len(CROP_BOXES)} tried crops, "
+        f"{search.get('crop_fitted', 0):,} left by the linear fit and aligned; seconds {crop}"
+    )
+
+
+def sweep(root: Path, truth: dict, rng: np.random.Generator) -> None:
     """Recall per kind of planted copy, and pairs flagged among distinct images, per threshold."""
     records = [r for r in scan_files(list_dataset(root), max_pixels=64_000_000) if r.error is None]
     index = {r.path: k for k, r in enumerate(records)}
@@ -175,6 +197,101 @@ def sweep(root: Path, truth: dict) -> None:
         false = (keep & (kinds == "")).sum()
         print(f"{p:>3} {d:>3} {x:>6} {recall[0]:>8.2f} {recall[1]:>6.2f} {recall[2]:>6.2f} {false:>23,}")
 
+    # The crop rule on top of the default pixel rule: recall and distinct pairs per aligned RMS limit.
+    limits = (0.010, 0.012, 0.014, 0.016, 0.018, 0.020, 0.025)
+    found = near_duplicate_pairs(phash, dhash, thumbs, NearThresholds(crop_pixels=max(limits)))
+    total = {k: sum(1 for v in planted.values() if v == k) for k in ("resized", "jpeg", "crop")}
+    print("\ncrop rule sweep (default pixel rule, plus cropped copies whose aligned RMS difference <= R):")
+    print(f"{'R':>6} {'resized':>8} {'jpeg':>6} {'crop':>6} {'distinct pairs flagged':>23}")
+    for limit in (None, *limits):
+        flagged = {frozenset((p.i, p.j)) for p in found if p.aligned is None or (limit and p.aligned <= limit)}
+        recall = [sum(planted.get(f) == k for f in flagged) / total[k] for k in total]
+        false = sum(1 for f in flagged if f not in planted and f not in exact)
+        name = f"{limit:.3f}" if limit else "none"
+        print(f"{name:>6} {recall[0]:>8.2f} {recall[1]:>6.2f} {recall[2]:>6.2f} {false:>23,}")
+    crop_kinds(records, truth, rng)
+
+
+CROP_KINDS = {
+    "1 px off each side (3.6%)": (1, 1, 1, 1),
+    "2 px off each side (7%)": (2, 2, 2, 2),
+    "2 px off one side": "one-side",
+    "1 px off two adjacent sides": "corner",
+    "1 px off each side, rescaled to 28": "rescaled",
+    "random 1-5% off 1-4 sides": (0.01, 0.05),
+    "random 5-8% off 1-4 sides": (0.05, 0.08),
+}
+
+
+def crop_copy(img: Image.Image, kind, rng: np.random.Generator) -> Image.Image:
+    """A cropped copy of a 28x28 image, as CROP_KINDS describes it."""
+    w, h = img.size
+    if kind == "one-side":
+        cut = [0, 0, 0, 0]
+        cut[rng.integers(4)] = 2
+        return img.crop((cut[0], cut[1], w - cut[2], h - cut[3]))
+    if kind == "corner":
+        side = rng.integers(4)
+        cut = [int(k in (side, (side + 1) % 4)) for k in range(4)]
+        return img.crop((cut[0], cut[1], w - cut[2], h - cut[3]))
+    if kind == "rescaled":
+        return img.crop((1, 1, w - 1, h - 1)).resize((w, h), Image.BICUBIC)
+    if isinstance(kind[0], float):  # random fractions, cut from an 8x enlargement (sub-pixel)
+        big = img.resize((8 * w, 8 * h), Image.BICUBIC)
+        sides = rng.choice(4, rng.integers(1, 5), replace=False)
+        cut = np.zeros(4)
+        cut[sides] = rng.uniform(*kind, len(sides))
+        left, top, right, bottom = (cut * 8 * np.array([w, h, w, h])).round().astype(int)
+        part = big.crop((left, top, 8 * w - right, 8 * h - bottom))
+        size = (w, h) if rng.random() < 0.5 else (round(part.width / 8), round(part.height / 8))
+        return part.resize(size, Image.BICUBIC)
+    left, top, right, bottom = kind
+    return img.crop((left, top, w - right, h - bottom))
+
+
+def crop_kinds(records: list, truth: dict, rng: np.random.Generator, per_kind: int = 100) -> None:
+    """Which crops the default near-duplicate rules find, and what it costs: cropped copies of unplanted
+    training images next to the planted subset."""
+    used = {path for pair in list(truth["near"]) + list(truth["exact"]) for path in pair} | set(truth["flipped"])
+    sources = [k for k, r in enumerate(records) if r.split == "train" and r.path not in used]
+    chosen = rng.choice(sources, per_kind * len(CROP_KINDS), replace=False)
+    folder = DATA / "doctor-crops"
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    copies, kind_of = [], {}
+    for n, (name, kind) in enumerate(CROP_KINDS.items()):
+        for m, k in enumerate(chosen[n * per_kind : (n + 1) * per_kind]):
+            path = folder / f"k{n}-{m:03d}.png"
+            crop_copy(Image.open(records[k].path), kind, rng).save(path)
+            copies.append(inspect_file(str(path), "crops", "", 64_000_000))
+            kind_of[frozenset((int(k), len(records) + len(copies) - 1))] = name
+    everything = records + copies
+    search: dict = {}
+    start = time.perf_counter()
+    found = near_duplicate_pairs(
+        np.array([r.phash for r in everything], dtype=np.uint64),
+        np.array([r.dhash for r in everything], dtype=np.uint64),
+        np.stack([r.thumb for r in everything]),
+        stats=search,
+    )
+    seconds = time.perf_counter() - start
+    flagged = {frozenset((p.i, p.j)): p for p in found}
+    index = {r.path: k for k, r in enumerate(records)}
+    planted = {frozenset(index[p] for p in pair) for pair in list(truth["near"]) + list(truth["exact"])}
+    distinct = sum(1 for f in flagged if max(f) < len(records) and f not in planted)
+    stray = sum(1 for f in flagged if max(f) >= len(records) and f not in kind_of)  # a copy with another image
+    print(f"\ncropped copies of {per_kind} unplanted training images per kind, beside the {len(records):,} images:")
+    print(f"{'kind of copy':<38} {'found':>6} {'by pixels':>10} {'by crop':>8}")
+    for name in CROP_KINDS:
+        pairs = [f for f, v in kind_of.items() if v == name]
+        hits = [flagged[f] for f in pairs if f in flagged]
+        by_crop = sum(p.aligned is not None for p in hits)
+        print(f"{name:<38} {len(hits) / len(pairs):>6.2f} {len(hits) - by_crop:>10} {by_crop:>8}")
+    print(f"distinct pairs flagged among the {len(records):,} (planted copies aside): {distinct}; "
+          f"a crop with an image it was not cut from: {stray}")  # fmt: skip
+    print(f"near-duplicate search over {len(everything):,} images: {seconds:.1f} s; {search_summary(search)}")
+
 
 def part_real(args) -> None:
     root = DATA / "fashion-mnist"
@@ -192,6 +309,10 @@ def part_real(args) -> None:
         key = "/".join(sorted((p["a"]["split"], p["b"]["split"])))
         within[key] = within.get(key, 0) + 1
     print(f"  near-duplicate pairs: {len(report['near_duplicates']):,} ({within})")
+    cropped = [p for p in report["near_duplicates"] if "cropped" in p]
+    across = sum(p["a"]["split"] != p["b"]["split"] for p in cropped)
+    print(f"  of which cropped copies (found by alignment): {len(cropped):,}, {across} across train and test")
+    print(f"  near-duplicate search: {search_summary(report['near_duplicate_search'])}")
     print(f"  near-duplicate pairs across train and test (leakage): {len(report['near_leakage']):,}")
     involved = {p["b"]["path"] if p["b"]["split"] == "test" else p["a"]["path"] for p in report["near_leakage"]}
     print(f"  test images with a near-duplicate in train: {len(involved):,} of {report['splits']['test']['images']:,}")

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from imgcls.data.doctor import check_dataset, parse_kinds
+from imgcls.data import doctor_near
+from imgcls.data.doctor import check_dataset, parse_kinds, problems, summary_lines
 from imgcls.data.doctor_labels import find_label_errors
-from imgcls.data.doctor_near import hamming_pairs
+from imgcls.data.doctor_near import SIDE, NearThresholds, align_crops, hamming_cross, hamming_pairs
 from imgcls.errors import ConfigError
 
 
@@ -36,12 +38,23 @@ def near_copy(pixels: np.ndarray) -> np.ndarray:
     return np.asarray(Image.open(buffer))
 
 
-def test_hamming_pairs_is_exact_across_block_edges():
+def texture(seed: int, side: int = 64) -> np.ndarray:
+    """A grey picture with coarse and fine structure (random grids, upsampled): distinct seeds look distinct."""
+    rng = np.random.default_rng(seed)
+    coarse, fine = (
+        np.asarray(Image.fromarray(rng.integers(0, 256, (k, k), dtype=np.uint8)).resize((side, side), Image.BICUBIC))
+        for k in (6, 16)
+    )
+    return (0.7 * coarse + 0.3 * fine).astype(np.uint8)
+
+
+@pytest.mark.parametrize(("rows", "cols"), [(7, 13), (8, 16), (128, 4096)])  # odd blocks, 8-hit words, default
+def test_hamming_pairs_is_exact_across_block_edges(rows, cols):
     rng = np.random.default_rng(0)
     hashes = rng.integers(0, 2**63, 300, dtype=np.uint64)
     hashes[250] = hashes[3] ^ np.uint64(0b1011)  # 3 bits apart, in different row and column blocks
     hashes[17] = hashes[16]  # identical, at a block edge
-    got = hamming_pairs(hashes, 4, rows=7, cols=13)
+    got = hamming_pairs(hashes, 4, rows=rows, cols=cols)
     brute = {
         (i, j, bin(int(hashes[i]) ^ int(hashes[j])).count("1"))
         for i in range(300)
@@ -50,6 +63,32 @@ def test_hamming_pairs_is_exact_across_block_edges():
     }
     assert set(zip(*(a.tolist() for a in got), strict=True)) == brute
     assert {(3, 250, 3), (16, 17, 0)} <= brute
+
+    queries = hashes ^ np.uint64(1)  # every query 1 bit from its own hash: itself is never a pair
+    got = hamming_cross(queries, hashes, 5, rows=rows, cols=cols)
+    brute = {
+        (i, j, bin(int(queries[i]) ^ int(hashes[j])).count("1"))
+        for i in range(300)
+        for j in range(300)
+        if i != j and bin(int(queries[i]) ^ int(hashes[j])).count("1") <= 5
+    }
+    assert set(zip(*(a.tolist() for a in got), strict=True)) == brute
+    assert {(3, 250, 2), (250, 3, 2), (16, 17, 1), (17, 16, 1)} <= brute  # both orders; never itself
+
+
+def test_align_crops_recovers_the_cut():
+    """Thumbnails of a picture and of copies with known cuts: the alignment finds the cut (thumbnail px)."""
+    big = Image.fromarray(texture(7, 256))
+    thumb = [np.asarray(big.resize((SIDE, SIDE), Image.BILINEAR))]
+    cuts = [(8, 8, 8, 8), (16, 0, 0, 0), (0, 12, 6, 0), (4, 0, 4, 20)]  # of 256 px: 3%, 6%, 5% and 2%, 8%
+    for left, top, right, bottom in cuts:
+        copy = big.crop((left, top, 256 - right, 256 - bottom)).resize((SIDE, SIDE), Image.BILINEAR)
+        thumb.append(np.asarray(copy))
+    thumbs = np.stack(thumb)
+    n = len(cuts)
+    rms, boxes = align_crops(thumbs, np.zeros(n, int), np.arange(1, n + 1), np.zeros((n, 4)))
+    assert np.abs(boxes - np.array(cuts) * SIDE / 256).max() < 0.35  # within a third of a thumbnail pixel
+    assert rms.max() < 0.01
 
 
 @pytest.fixture
@@ -86,6 +125,69 @@ def test_near_duplicates_leakage_and_conflicts_but_not_similar_images(near_root)
     assert [_names(p) for p in report["near_conflicts"]] == [{"train/b/1.png", "train/c/conflict.jpg"}]
     assert report["exact_duplicates"] == []  # re-encoded copies are near, not exact
     assert report["findings"]["leakage"] == 1 and report["findings"]["conflict"] == 1
+
+
+@pytest.fixture
+def crop_root(tmp_path: Path) -> Path:
+    """train: textured pictures at 64 and 28 px; test: distinct ones, slightly cropped copies of some train
+    pictures (saved at the smaller size, rescaled back, zoomed), and look-alikes that are not copies."""
+    root = tmp_path / "crops"
+    for k in range(8):
+        save(texture(k), root / "train" / "a" / f"{k}.png")
+        save(texture(200 + k, 28), root / "train" / "b" / f"small{k}.png")
+        save(texture(100 + k), root / "test" / "a" / f"other{k}.png")
+    copies = {
+        "crop2.png": Image.fromarray(texture(0)).crop((2, 2, 62, 62)),  # 2 px (3%) off each side, saved at 60 px
+        "left3.png": Image.fromarray(texture(1)).crop((3, 0, 64, 64)),  # 3 px (5%) off one side
+        "corner.png": Image.fromarray(texture(2)).crop((0, 2, 62, 64)).resize((64, 64), Image.BICUBIC),  # rescaled
+        "zoom.jpg": Image.fromarray(texture(3)).crop((3, 3, 61, 61)).resize((96, 96), Image.BICUBIC),  # zoomed, JPEG
+        "small1.png": Image.fromarray(texture(200, 28)).crop((1, 1, 27, 27)),  # 1 px of 28 off each side
+        "small2.png": Image.fromarray(texture(201, 28)).crop((1, 0, 28, 27)),  # 1 px off two sides
+    }
+    for name, img in copies.items():
+        img.save(root / "test" / "a" / name)
+    patched = texture(5).copy()
+    patched[20:44, 20:44] = 255 - patched[20:44, 20:44]  # the same picture with another print
+    save(patched, root / "test" / "a" / "patched.png")
+    save(np.fliplr(texture(6)).copy(), root / "test" / "a" / "mirrored.png")
+    save(texture(7)[8:56, 8:56].copy(), root / "test" / "a" / "bigcrop.png")  # 12.5% off each side: not slight
+    return root
+
+
+def test_cropped_copies_are_found_and_distinct_images_are_not(crop_root):
+    report = check_dataset(crop_root, label_errors=False)
+    found = {frozenset(_names(p)): p for p in report["near_duplicates"]}
+    expected = {
+        ("train/a/0.png", "test/a/crop2.png"): (3.1, 3.1, 3.1, 3.1),  # percent off left, top, right, bottom
+        ("train/a/1.png", "test/a/left3.png"): (4.7, 0, 0, 0),
+        ("train/a/2.png", "test/a/corner.png"): (0, 3.1, 3.1, 0),
+        ("train/a/3.png", "test/a/zoom.jpg"): (4.7, 4.7, 4.7, 4.7),
+        ("train/b/small0.png", "test/a/small1.png"): (3.6, 3.6, 3.6, 3.6),
+        ("train/b/small1.png", "test/a/small2.png"): (3.6, 0, 0, 3.6),
+    }
+    assert set(found) == {frozenset(pair) for pair in expected}  # no look-alike, mirror or big crop
+    for (original, _), percent in expected.items():
+        pair = found[frozenset((original, _))]
+        cut_from = pair[pair["cropped"]["from"]]
+        assert f"{cut_from['split']}/{cut_from['label']}/{Path(cut_from['path']).name}" == original
+        assert np.allclose(list(pair["cropped"]["percent"].values()), percent, atol=1.0)
+        assert pair["cropped"]["aligned"] <= NearThresholds().crop_pixels
+        assert pair["pixels"] > NearThresholds().pixels  # as they are, the thumbnails differ too much
+    assert len(report["near_leakage"]) == 6 and report["near_leakage_counts"] == {"test/train": 6}
+    assert "6 near-duplicate pair(s) (6 where one is a slightly cropped copy of the other)" in problems(report)
+    assert any(line.endswith("(cropped)") for line in summary_lines(report))
+    assert report["near_duplicate_search"]["crop_fitted"] >= 6
+    assert json.loads(json.dumps(report))["near_duplicates"][0]["cropped"]["from"] in ("a", "b")
+
+
+def test_without_the_crop_search_cropped_copies_are_missed(crop_root, monkeypatch):
+    report = check_dataset(crop_root, near=NearThresholds(crop_pixels=None), label_errors=False)
+    assert report["near_duplicates"] == []
+    assert report["thresholds"]["near_duplicates"]["crop_pixels"] is None
+    monkeypatch.setattr(doctor_near, "CROP_MAX_IMAGES", 20)  # too many images for the crop search: said
+    report = check_dataset(crop_root, label_errors=False)
+    assert report["near_duplicates"] == [] and "not searched" in report["near_duplicate_search"]["crop_skipped"]
+    assert any("cropped copies not searched" in line for line in summary_lines(report))
 
 
 def test_near_duplicates_can_be_switched_off(near_root):

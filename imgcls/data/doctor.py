@@ -3,8 +3,9 @@
 One pass reads every file (doctor_scan); the checks then work on its records:
   - inventory per split and class: counts, imbalance, sizes, modes, formats, tiny, grey/colour, EXIF-rotated
   - unreadable files, with the decoder's reason
-  - exact duplicates (same bytes) and near-duplicates (doctor_near: perceptual hashes confirmed on pixels),
-    within and across splits; across splits they are train/val/test leakage
+  - exact duplicates (same bytes) and near-duplicates (doctor_near: perceptual hashes confirmed on pixels,
+    and slightly cropped copies found by aligning the crop), within and across splits; across splits they
+    are train/val/test leakage
   - conflicting labels: the same or a near-identical image under two classes
   - likely label errors (doctor_labels: out-of-fold probabilities and confident learning)
 The report is a JSON-ready dict; `findings(report)` counts each kind of problem for --fail-on.
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from imgcls.data.doctor_labels import MAX_IMAGES, find_label_errors
-from imgcls.data.doctor_near import NearThresholds, near_duplicate_pairs
+from imgcls.data.doctor_near import NearPair, NearThresholds, near_duplicate_pairs
 from imgcls.data.doctor_scan import FileRecord, dataset_splits, list_dataset, scan_files
 from imgcls.errors import ConfigError
 
@@ -79,18 +80,21 @@ def check_dataset(
     report.update(_exact_duplicates(readable))
 
     start = time.perf_counter()
-    pairs = []
+    pairs, search = [], {}
     if near is not None and len(readable) > 1:
         found = near_duplicate_pairs(
             np.array([r.phash for r in readable], dtype=np.uint64),
             np.array([r.dhash for r in readable], dtype=np.uint64),
             np.stack([r.thumb for r in readable]),
             near,
+            workers=workers,
+            stats=search,
         )
         # Identical files are already exact duplicates; a near pair is a different file.
-        pairs = [p for p in found if readable[p[0]].sha256 != readable[p[1]].sha256]
+        pairs = [p for p in found if readable[p.i].sha256 != readable[p.j].sha256]
     timings["near_duplicates"] = time.perf_counter() - start
     report.update(_near_duplicates(readable, pairs))
+    report["near_duplicate_search"] = search
     report["thresholds"] = {
         "near_duplicates": asdict(near) if near is not None else None,
         "tiny_side": SMALL_SIDE,
@@ -165,11 +169,19 @@ def _exact_duplicates(readable: list[FileRecord]) -> dict:
     }
 
 
-def _near_duplicates(readable: list[FileRecord], pairs: list[tuple]) -> dict:
-    items = [
-        {"a": _ref(readable[i]), "b": _ref(readable[j]), "phash": pd, "dhash": dd, "pixels": px}
-        for i, j, pd, dd, px in pairs
-    ]
+def _near_pair(readable: list[FileRecord], p: NearPair) -> dict:
+    item = {"a": _ref(readable[p.i]), "b": _ref(readable[p.j]), "phash": p.phash, "dhash": p.dhash, "pixels": p.pixels}
+    if p.crop is not None:  # one is a slightly cropped copy of the other
+        item["cropped"] = {
+            "from": "a" if p.original == p.i else "b",  # the image the other was cut from
+            "percent": dict(zip(("left", "top", "right", "bottom"), p.crop, strict=True)),
+            "aligned": p.aligned,  # RMS difference once aligned (16x16 cells, 0-1)
+        }
+    return item
+
+
+def _near_duplicates(readable: list[FileRecord], pairs: list[NearPair]) -> dict:
+    items = [_near_pair(readable, p) for p in pairs]
     across = [p for p in items if p["a"]["split"] != p["b"]["split"]]
     between: Counter = Counter()
     for p in across:
@@ -205,7 +217,9 @@ def problems(report: dict) -> list[str]:
     if report["exact_duplicates"]:
         lines.append(f"{len(report['exact_duplicates'])} group(s) of identical files")
     if report["near_duplicates"]:
-        lines.append(f"{len(report['near_duplicates'])} near-duplicate pair(s)")
+        cropped = sum("cropped" in p for p in report["near_duplicates"])
+        note = f" ({cropped} where one is a slightly cropped copy of the other)" if cropped else ""
+        lines.append(f"{len(report['near_duplicates'])} near-duplicate pair(s){note}")
     if report["leakage"]:
         lines.append(f"{len(report['leakage'])} identical file group(s) shared between splits (leakage)")
     if report["near_leakage"]:
@@ -249,12 +263,17 @@ def summary_lines(report: dict, *, examples: int = 10) -> list[str]:
     for kind, pairs in (("near leak", report["near_leakage"]), ("near conflict", report["near_conflicts"])):
         for p in pairs[:examples]:
             a, b = p["a"], p["b"]
-            lines.append(f"    {kind}: {a['split']}/{a['label']}: {a['path']} ~ {b['split']}/{b['label']}: {b['path']}")
+            crop = " (cropped)" if "cropped" in p else ""
+            lines.append(
+                f"    {kind}: {a['split']}/{a['label']}: {a['path']} ~ {b['split']}/{b['label']}: {b['path']}{crop}"
+            )
     for issue in report["label_errors"]["issues"][:examples]:
         lines.append(
             f"    label? {issue['path']}: given {issue['given']} ({issue['given_probability']:.2f}), "
             f"suggested {issue['suggested']} ({issue['suggested_probability']:.2f})"
         )
+    if report.get("near_duplicate_search", {}).get("crop_skipped"):
+        lines.append(f"  near-duplicates: {report['near_duplicate_search']['crop_skipped']}")
     if report["label_errors"].get("skipped_reason"):
         lines.append(f"  label errors: {report['label_errors']['skipped_reason']}")
     if not found:
