@@ -178,6 +178,10 @@ def test_cropped_copies_are_found_and_distinct_images_are_not(crop_root):
     assert any(line.endswith("(cropped)") for line in summary_lines(report))
     assert report["near_duplicate_search"]["crop_fitted"] >= 6
     assert json.loads(json.dumps(report))["near_duplicates"][0]["cropped"]["from"] in ("a", "b")
+    from imgcls.data.doctor_html import render_html
+
+    page = render_html(report)  # a crop is described by its cut, not by the unaligned difference
+    assert page.count("cropped copy of the") >= 6 and "left 5% cut off" in page  # in leakage and near-duplicates
 
 
 def test_without_the_crop_search_cropped_copies_are_missed(crop_root, monkeypatch):

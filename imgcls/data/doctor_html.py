@@ -100,6 +100,12 @@ def render_html(report: dict, *, limit: int = LIMIT) -> str:
     def pair(p: dict) -> str:
         a, b = p["a"], p["b"]
         head = f"pHash {p['phash']}, dHash {p['dhash']} bits, pixels {p['pixels']:.3f}"
+        if "cropped" in p:  # the unaligned pixel difference says little about a crop
+            crop = p["cropped"]
+            cut = ", ".join(f"{side} {share:.0f}%" for side, share in crop["percent"].items() if share >= 0.5)
+            first = "first" if crop["from"] == "a" else "second"
+            head = (f"cropped copy of the {first} image ({cut or 'under 0.5% a side'} cut off), "
+                    f"difference once aligned {crop['aligned']:.3f}")  # fmt: skip
         images = _img(a["path"], cache) + _img(b["path"], cache)
         return f'<div class="card">{images}<div>{head}</div>{_file(a)}{_file(b)}</div>'
 
