@@ -43,13 +43,9 @@ from PIL import Image
 
 from imgcls.data.builtin import FASHION_MNIST_CLASSES, load_fashion_mnist
 from imgcls.data.doctor import check_dataset
-from imgcls.data.doctor_near import (
-    CROP_BOXES,
-    NearThresholds,
-    hamming_pairs,
-    near_duplicate_pairs,
-    pixel_distance,
-)
+from imgcls.data.doctor_crops import CROP_BOXES
+from imgcls.data.doctor_hamming import hamming_pairs
+from imgcls.data.doctor_near import NearThresholds, near_duplicate_pairs, pixel_distance
 from imgcls.data.doctor_scan import inspect_file, list_dataset, scan_files
 
 HERE = Path(__file__).resolve().parent

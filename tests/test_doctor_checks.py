@@ -12,8 +12,10 @@ from PIL import Image
 
 from imgcls.data import doctor_near
 from imgcls.data.doctor import check_dataset, parse_kinds, problems, summary_lines
+from imgcls.data.doctor_crops import align_crops
+from imgcls.data.doctor_hamming import hamming_cross, hamming_pairs
 from imgcls.data.doctor_labels import find_label_errors
-from imgcls.data.doctor_near import SIDE, NearThresholds, align_crops, hamming_cross, hamming_pairs
+from imgcls.data.doctor_near import SIDE, NearThresholds
 from imgcls.errors import ConfigError
 
 
