@@ -100,6 +100,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     for key, value in (("unlabeled", args.unlabeled and str(Path(args.unlabeled).absolute())), ("method", args.semi)):
         if value:
             overrides.setdefault("semi", {})[key] = value
+    # A resumed run keeps its config.yaml, but may move to another device (another machine).
+    device = overrides.get("train", {}).pop("device", None) if args.resume else None
+    overrides = {section: values for section, values in overrides.items() if values}
     if args.resume and (overrides or args.recipe):
         given = ", ".join(f"{section}.{key}" for section, values in overrides.items() for key in values)
         raise ImgclsError(
@@ -113,7 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from imgcls import distributed
 
     try:
-        result = fit(config, Path(args.out), resume=args.resume)
+        result = fit(config, Path(args.out), resume=args.resume, device=device)
     finally:
         distributed.shutdown()
     if os.environ.get("RANK", "0") != "0":  # a torchrun worker: rank 0 speaks for the run

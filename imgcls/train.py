@@ -262,16 +262,18 @@ def _log_to_file(run_dir: Path) -> logging.Handler:
     return handler
 
 
-def fit(config: Config | None, run_dir: Path, *, resume: bool = False) -> FitResult:
+def fit(config: Config | None, run_dir: Path, *, resume: bool = False, device: str | None = None) -> FitResult:
     """Train a model as `config` says, writing everything of the run into run_dir.
 
     With resume, the run continues from run_dir/last.safetensors with run_dir/config.yaml
-    (config may then be None)."""
+    (config may then be None), on `device` when given instead of the saved train.device."""
     run_dir = Path(run_dir)
     if resume:
         if not (run_dir / "last.safetensors").is_file():
             raise CheckpointError(f"nothing to resume: {run_dir / 'last.safetensors'} does not exist.")
         config = load_config(run_dir / "config.yaml")
+        if device is not None:
+            config = replace(config, train=replace(config.train, device=device))
     elif config is None:
         raise ConfigError("fit needs a config unless it resumes a run.")
     distributed.init_from_environment(resolve_device(config.train.device))

@@ -162,3 +162,19 @@ def test_inference_runtimes_from_the_command_line(data, tmp_path, monkeypatch, c
     image = str(next((data / "bird").iterdir()))
     assert main(["-q", "predict", checkpoint, image, "--runtime", "cuda"]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_a_resumed_run_may_move_to_another_device(data, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    args = ["-q", "train", str(data), "--out", str(run), "--img-size", "16", "--model", "lenet", "--epochs", "1",
+            "--set", "train.threads=1", "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0
+    config = (run / "config.yaml").read_text(encoding="utf-8")
+    (run / "config.yaml").write_text(config.replace("epochs: 1", "epochs: 2"), encoding="utf-8")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["-q", "train", "--resume", "--out", str(run), "--device", "cuda"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+    assert main(["-q", "train", "--resume", "--out", str(run), "--device", "cpu"]) == 0
+    assert len((run / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs
+    assert main(["-q", "train", "--resume", "--out", str(run), "--epochs", "3"]) == 2  # other options: refused
+    assert "drop the other options (train.epochs)" in capsys.readouterr().err
