@@ -131,6 +131,16 @@ def gather_rows(local: torch.Tensor, total: int) -> torch.Tensor:
     return rows
 
 
+def merge_lists(items: list[dict], key: str) -> list[dict]:
+    """Every process's items, each `key` once, in rank order (a collective: all ranks call it)."""
+    if world_size() == 1:
+        return items
+    lists: list[list[dict] | None] = [None] * world_size()
+    torch.distributed.all_gather_object(lists, items)
+    seen: set = set()
+    return [item for part in lists for item in part if not (item[key] in seen or seen.add(item[key]))]
+
+
 def barrier() -> None:
     if world_size() > 1:
         torch.distributed.barrier()

@@ -350,6 +350,8 @@ def _fit(config: Config, run_dir: Path, resume: bool) -> FitResult:
             if stop() and epoch < tc.epochs:
                 stopped(run_dir, f"after epoch {epoch}")
 
+    if run.stream is not None:  # each process met the broken images of its own shards
+        run.train.skipped[:] = distributed.merge_lists(run.train.skipped, key="path")
     distributed.barrier()  # best.safetensors is complete before anyone reads it
     if not distributed.is_main():
         return FitResult(run_dir, {}, history, run_dir / "best.safetensors")

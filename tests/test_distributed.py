@@ -147,6 +147,25 @@ def _gather_in_process(rank: int, init_file: str, results) -> None:
         torch.distributed.destroy_process_group()
 
 
+def _merge_in_process(rank: int, init_file: str, results) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        mine = [{"path": "shared.png", "reason": "seen by both"}, {"path": f"only-{rank}.png", "reason": "own"}]
+        results[rank] = distributed.merge_lists(mine, key="path")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_lists_from_every_process_are_merged_once_each(tmp_path):
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_merge_in_process, args=(str(tmp_path / "store"), results), nprocs=2)
+        paths = [item["path"] for item in results[0]]
+        assert results[0] == results[1] and paths == ["shared.png", "only-0.png", "only-1.png"]
+
+
 def test_validation_scores_are_shared_out_and_gathered_in_order(tmp_path):
     import torch.multiprocessing as mp
 

@@ -98,4 +98,6 @@ def test_two_processes_stream_their_own_shards(shards, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     rows = (out / "history.csv").read_text().splitlines()
     assert len(rows) == 3 and done.stdout.count("best checkpoint:") == 1
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert len(metrics["skipped_files"]) == 2  # broken.png and empty.jpg, whichever process met them
     assert main(["-q", "evaluate", str(out / "best.safetensors"), str(shards), "--out", str(tmp_path / "eval")]) == 0
