@@ -25,7 +25,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -44,6 +44,7 @@ from imgcls.optim import build_schedule
 from imgcls.prepare import TrainingRun, prepare
 from imgcls.progress import progress_bar
 from imgcls.train import (
+    SYNC_EVERY,
     EpochStats,
     FitResult,
     _optimizer_step,
@@ -148,6 +149,8 @@ def train_one_epoch_semi(
         generator.set_state(done.generator_state)
         set_rng_states({"torch": done.torch_state, "cuda": done.cuda_state}, run.device)
     start = time.perf_counter() - done.seconds
+    # loss sum, correct answers, pseudo-labelled images: kept on the device, read every SYNC_EVERY steps
+    sums = torch.tensor([done.loss_sum, done.correct, done.pseudo_labelled], dtype=torch.float64, device=run.device)
     bar = progress_bar(total=steps, desc=desc, unit="step")
     bar.update(done.step)
     try:
@@ -169,24 +172,32 @@ def train_one_epoch_semi(
             loss = run.loss_fn(lab_logits, targets) + semi.weight * unl_loss
             run.scaler.scale(loss).backward()
             _optimizer_step(run)
-            done.loss_sum += loss.item() * len(li)
-            done.correct += int((lab_logits.argmax(1) == targets).sum())
+            sums[0] += loss.detach().double() * len(li)
+            sums[1] += (lab_logits.argmax(1) == targets).sum()
+            sums[2] += mask.sum()
             done.seen, done.unlabeled_seen = done.seen + len(li), done.unlabeled_seen + len(ui)
-            done.pseudo_labelled += int(mask.sum())
             done.step = step + 1
             bar.update(1)
-            bar.set_postfix(loss=f"{done.loss_sum / done.seen:.4f}",
-                            pseudo=f"{done.pseudo_labelled / done.unlabeled_seen:.2f}", refresh=False)  # fmt: skip
+            if done.step % SYNC_EVERY == 0:
+                loss_sum, _, pseudo = sums.tolist()
+                bar.set_postfix(loss=f"{loss_sum / done.seen:.4f}", pseudo=f"{pseudo / done.unlabeled_seen:.2f}",
+                                refresh=False)  # fmt: skip
             if done.step < steps:
                 if stop is not None and stop():
-                    raise EpochInterrupted(snapshot(done, generator, run.device, start), steps)
+                    raise EpochInterrupted(snapshot(_with_sums(done, sums), generator, run.device, start), steps)
                 if periodic is not None and periodic.due():
-                    periodic(snapshot(done, generator, run.device, start))
+                    periodic(snapshot(_with_sums(done, sums), generator, run.device, start))
     finally:
         bar.close()
+    done = _with_sums(done, sums)
     seen = max(done.seen, 1)
     return SemiStats(done.loss_sum / seen, done.correct / seen, done.seen, time.perf_counter() - start,
                      done.pseudo_labelled / max(done.unlabeled_seen, 1))  # fmt: skip
+
+
+def _with_sums(done: EpochProgress, sums: torch.Tensor) -> EpochProgress:
+    loss_sum, correct, pseudo = sums.tolist()
+    return replace(done, loss_sum=loss_sum, correct=int(correct), pseudo_labelled=int(pseudo))
 
 
 def semi_steps(n_unlabeled: int, n_labelled: int, batch_size: int, mu: int) -> int:
