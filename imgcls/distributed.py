@@ -137,8 +137,11 @@ def merge_lists(items: list[dict], key: str) -> list[dict]:
         return items
     lists: list[list[dict] | None] = [None] * world_size()
     torch.distributed.all_gather_object(lists, items)
-    seen: set = set()
-    return [item for part in lists for item in part if not (item[key] in seen or seen.add(item[key]))]
+    merged: dict = {}
+    for part in lists:
+        for item in part:
+            merged.setdefault(item[key], item)  # the first process to list it
+    return list(merged.values())
 
 
 def barrier() -> None:

@@ -31,6 +31,16 @@ def _with_header(data: bytes, header: dict) -> bytes:
     return struct.pack("<Q", len(text)) + text + data[8 + size :]
 
 
+def _edit_metadata(path, change) -> None:
+    """Rewrite a checkpoint's imgcls metadata with change(meta), leaving its checksum as it was."""
+    data = path.read_bytes()
+    _, header = _header(data)
+    meta = json.loads(header["__metadata__"][ckpt.METADATA_KEY])
+    change(meta)
+    header["__metadata__"][ckpt.METADATA_KEY] = json.dumps(meta)
+    path.write_bytes(_with_header(data, header))
+
+
 @pytest.fixture
 def saved(tmp_path) -> Path:
     path = tmp_path / "model.safetensors"
@@ -56,12 +66,7 @@ def test_one_changed_weight_byte_is_refused(saved, offset):
 
 
 def test_edited_metadata_is_refused(saved):
-    data = saved.read_bytes()
-    _, header = _header(data)
-    meta = json.loads(header["__metadata__"][ckpt.METADATA_KEY])
-    meta["classes"] = ["dog", "猫"]  # swapped: every prediction would be wrong
-    header["__metadata__"][ckpt.METADATA_KEY] = json.dumps(meta)
-    saved.write_bytes(_with_header(data, header))
+    _edit_metadata(saved, lambda meta: meta.update(classes=["dog", "猫"]))  # swapped: every prediction wrong
     assert ckpt.read_metadata(saved)["classes"] == ["dog", "猫"]  # readable, but not to be trusted:
     with pytest.raises(CheckpointError, match="model.safetensors.*damaged or edited"):
         ckpt.load_checkpoint(saved)
@@ -69,12 +74,7 @@ def test_edited_metadata_is_refused(saved):
 
 def test_checkpoint_without_checksum_still_loads(saved):
     """Files written before checksums existed have none; they load as before."""
-    data = saved.read_bytes()
-    _, header = _header(data)
-    meta = json.loads(header["__metadata__"][ckpt.METADATA_KEY])
-    del meta[ckpt.DIGEST_KEY]
-    header["__metadata__"][ckpt.METADATA_KEY] = json.dumps(meta)
-    saved.write_bytes(_with_header(data, header))
+    _edit_metadata(saved, lambda meta: meta.pop(ckpt.DIGEST_KEY))
     assert ckpt.load_checkpoint(saved)[1]["classes"] == ["猫", "dog"]
 
 
@@ -87,12 +87,7 @@ def test_truncated_file_names_the_file(saved, keep):
 
 
 def test_newer_schema_says_which_imgcls_wrote_it(saved):
-    data = saved.read_bytes()
-    _, header = _header(data)
-    meta = json.loads(header["__metadata__"][ckpt.METADATA_KEY])
-    meta.update(schema=ckpt.SCHEMA_VERSION + 1, imgcls_version="9.0.0")
-    header["__metadata__"][ckpt.METADATA_KEY] = json.dumps(meta)
-    saved.write_bytes(_with_header(data, header))
+    _edit_metadata(saved, lambda meta: meta.update(schema=ckpt.SCHEMA_VERSION + 1, imgcls_version="9.0.0"))
     with pytest.raises(CheckpointError) as info:
         ckpt.load_checkpoint(saved)
     message = str(info.value)
