@@ -35,12 +35,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     if name != "cuda" and not name.startswith("cuda:"):
-        raise ConfigError(f"train.device {name!r}: choose auto, cpu, cuda or cuda:N.")
+        raise ConfigError(f"device {name!r}: choose auto, cpu, cuda or cuda:N.")
     if not torch.cuda.is_available():
         raise ConfigError(
-            f"train.device {name!r}: PyTorch sees no CUDA GPU here (this torch build: "
-            f"{torch.__version__}, CUDA {torch.version.cuda or 'none'}). Use --device cpu, or install a "
-            "CUDA build of torch on a machine with a GPU."
+            f"device {name!r}: PyTorch sees no CUDA GPU here (this torch build: "
+            f"{torch.__version__}, CUDA {torch.version.cuda or 'none'}). Use the CPU (train --device cpu; "
+            "predict, evaluate, serve --runtime torch or onnx), or a machine with a GPU and a CUDA build of torch."
         )
     count, processes = torch.cuda.device_count(), int(os.environ.get("WORLD_SIZE", "1"))
     if name == "cuda":
@@ -52,11 +52,11 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise ConfigError(f"process {local} of this machine has no GPU of its own: there are {count}. "
                           f"Start at most {count} processes a machine (--devices / --nproc-per-node).")  # fmt: skip
     if processes > 1:
-        raise ConfigError(f"train.device {name!r} would put all {processes} processes on one GPU; use "
+        raise ConfigError(f"device {name!r} would put all {processes} processes on one GPU; use "
                           "--device cuda, and each process takes the GPU of its local rank.")  # fmt: skip
     index = name.removeprefix("cuda:")
     if not index.isdigit() or int(index) >= count:
-        raise ConfigError(f"train.device {name!r}: this machine has GPUs cuda:0 to cuda:{count - 1}.")
+        raise ConfigError(f"device {name!r}: this machine has GPUs cuda:0 to cuda:{count - 1}.")
     return torch.device("cuda", int(index))
 
 
