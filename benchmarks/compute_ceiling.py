@@ -93,8 +93,8 @@ def make_imgcls_epoch(recipe: str, folder: Path) -> tuple[Callable[[int], None],
     from imgcls.config import build_config
     from imgcls.data.loader import cache_tensors
     from imgcls.models.registry import config_defaults
-    from imgcls.prepare import prepare
-    from imgcls.train import epoch_seed, train_one_epoch
+    from imgcls.training.fit import epoch_seed, train_one_epoch
+    from imgcls.training.run import prepare
 
     rng = np.random.default_rng(0)
     for c in range(CLASSES):
@@ -144,16 +144,20 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"AVX512-BF16 {torch.cpu._is_avx512_bf16_supported()}, AMX {torch.cpu._is_amx_tile_supported()}")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"AVX512-BF16 {torch.cpu._is_avx512_bf16_supported()}, AMX {torch.cpu._is_amx_tile_supported()}"
+    )
     batch, model = args.batch, args.model
     kwargs = {"width": args.width} if args.width else {}
     flops_per_image = training_flops_per_image(model, **kwargs)
     optimizer = "SGD" if args.sgd else "AdamW"
-    print(f"{model} {kwargs or ''}, {SIZE}x{SIZE}x1, batch {batch}, {optimizer}, "
-          f"{flops_per_image / 1e6:.0f} MFLOP per training image; {args.steps} steps x {args.repeats} repeats, "
-          f"{args.warmup} warm-up; interleaved, median\n")  # fmt: skip
+    print(
+        f"{model} {kwargs or ''}, {SIZE}x{SIZE}x1, batch {batch}, {optimizer}, "
+        f"{flops_per_image / 1e6:.0f} MFLOP per training image; {args.steps} steps x {args.repeats} repeats, "
+        f"{args.warmup} warm-up; interleaved, median\n"
+    )
     train = {
         "NCHW fp32": (make_train_step(False, None, model, batch, sgd=args.sgd, **kwargs), args.steps),
         "channels_last fp32": (make_train_step(True, None, model, batch, sgd=args.sgd, **kwargs), args.steps),
@@ -184,9 +188,11 @@ def main() -> None:
         print(f"{name:32s} {gflops:8.0f}")
 
     best = max((k for k in rates if not k.startswith("imgcls")), key=rates.get)
-    print(f"\nsummary: compute_ceiling {model} b{batch}: "
-          + ", ".join(f"{k} {v:.0f} img/s" for k, v in rates.items())
-          + f" (best: {best}); matmul fp32 {flops['fp32']:.0f}, bf16 {flops['bf16']:.0f} GFLOP/s")  # fmt: skip
+    print(
+        f"\nsummary: compute_ceiling {model} b{batch}: "
+        + ", ".join(f"{k} {v:.0f} img/s" for k, v in rates.items())
+        + f" (best: {best}); matmul fp32 {flops['fp32']:.0f}, bf16 {flops['bf16']:.0f} GFLOP/s"
+    )
 
 
 if __name__ == "__main__":

@@ -42,11 +42,11 @@ import numpy as np
 from PIL import Image
 
 from imgcls.data.builtin import FASHION_MNIST_CLASSES, load_fashion_mnist
-from imgcls.data.doctor import check_dataset
-from imgcls.data.doctor_crops import CROP_BOXES
-from imgcls.data.doctor_hamming import hamming_pairs
-from imgcls.data.doctor_near import NearThresholds, near_duplicate_pairs, pixel_distance
-from imgcls.data.doctor_scan import inspect_file, list_dataset, scan_files
+from imgcls.doctor.check import check_dataset
+from imgcls.doctor.crops import CROP_BOXES
+from imgcls.doctor.hamming import hamming_pairs
+from imgcls.doctor.near import NearThresholds, near_duplicate_pairs, pixel_distance
+from imgcls.doctor.scan import inspect_file, list_dataset, scan_files
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / ".data"
@@ -186,8 +186,19 @@ def sweep(root: Path, truth: dict, rng: np.random.Generator) -> None:
     )
     print("\nnear-duplicate threshold sweep (pHash <= P and dHash <= D and 32x32 pixel distance <= X):")
     print(f"{'P':>3} {'D':>3} {'X':>6} {'resized':>8} {'jpeg':>6} {'crop':>6} {'distinct pairs flagged':>23}")
-    for p, d, x in [(4, 8, 0.02), (6, 10, 0.01), (6, 10, 0.015), (6, 10, 0.02), (6, 64, 0.015), (6, 10, 0.03),
-                    (6, 10, 0.05), (8, 12, 0.02), (12, 12, 0.03), (12, 64, 0.05), (6, 64, 1.0)]:  # fmt: skip
+    for p, d, x in [
+        (4, 8, 0.02),
+        (6, 10, 0.01),
+        (6, 10, 0.015),
+        (6, 10, 0.02),
+        (6, 64, 0.015),
+        (6, 10, 0.03),
+        (6, 10, 0.05),
+        (8, 12, 0.02),
+        (12, 12, 0.03),
+        (12, 64, 0.05),
+        (6, 64, 1.0),
+    ]:
         keep = (pd <= p) & (dd <= d) & (px <= x)
         recall = [((kinds == k) & keep).sum() / max(1, (kinds == k).sum()) for k in ("resized", "jpeg", "crop")]
         false = (keep & (kinds == "")).sum()
@@ -284,8 +295,10 @@ def crop_kinds(records: list, truth: dict, rng: np.random.Generator, per_kind: i
         hits = [flagged[f] for f in pairs if f in flagged]
         by_crop = sum(p.aligned is not None for p in hits)
         print(f"{name:<38} {len(hits) / len(pairs):>6.2f} {len(hits) - by_crop:>10} {by_crop:>8}")
-    print(f"distinct pairs flagged among the {len(records):,} (planted copies aside): {distinct}; "
-          f"a crop with an image it was not cut from: {stray}")  # fmt: skip
+    print(
+        f"distinct pairs flagged among the {len(records):,} (planted copies aside): {distinct}; "
+        f"a crop with an image it was not cut from: {stray}"
+    )
     print(f"near-duplicate search over {len(everything):,} images: {seconds:.1f} s; {search_summary(search)}")
 
 
@@ -320,7 +333,7 @@ def part_real(args) -> None:
         key = f"{issue['given']} -> {issue['suggested']}"
         pairs[key] = pairs.get(key, 0) + 1
     print(f"  most common (given -> suggested): {sorted(pairs.items(), key=lambda kv: -kv[1])[:6]}")
-    from imgcls.data.doctor_html import write_html
+    from imgcls.doctor.html import write_html
 
     write_html(report, DATA / "doctor-fashion-mnist.html")
     (DATA / "doctor-fashion-mnist.json").write_text(json.dumps(report, ensure_ascii=False), encoding="utf-8")

@@ -53,8 +53,14 @@ def main() -> None:
     root = folders()
     data = [root / "train", "--val", root / "val"]
     teacher, seconds = train("distill-teacher-small-net", *data, "--recipe", "fashion-mnist", "--seed", "0")
-    rows = [("teacher small-net (fashion-mnist recipe)", test_accuracy(teacher, root / "test"),
-             val_accuracy(teacher), seconds)]  # fmt: skip
+    rows = [
+        (
+            "teacher small-net (fashion-mnist recipe)",
+            test_accuracy(teacher, root / "test"),
+            val_accuracy(teacher),
+            seconds,
+        )
+    ]
     kd = ["--teacher", teacher / "best.safetensors", "--kd-alpha", ALPHA, "--kd-temperature", TEMPERATURE]
     gains = []
     for seed in SEEDS:
@@ -63,8 +69,9 @@ def main() -> None:
         for mode, extra in (("alone", []), ("distilled", kd)):
             run, seconds = train(f"distill-{STUDENT}-e{STUDENT_EPOCHS}-{mode}-s{seed}", *student, *extra)
             accuracy[mode] = test_accuracy(run, root / "test")
-            rows.append((f"{STUDENT} {STUDENT_EPOCHS} epochs, seed {seed}, {mode}", accuracy[mode], val_accuracy(run),
-                         seconds))  # fmt: skip
+            rows.append(
+                (f"{STUDENT} {STUDENT_EPOCHS} epochs, seed {seed}, {mode}", accuracy[mode], val_accuracy(run), seconds)
+            )
         gains.append(accuracy["distilled"] - accuracy["alone"])
     print(f"\nFashion-MNIST, 10,000 training images, 28 px; KD alpha {ALPHA}, T {TEMPERATURE:g}; test = 10,000 images")
     print(f"{'run':44s} {'test acc':>9s} {'val acc':>8s} {'train s':>8s}")

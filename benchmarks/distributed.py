@@ -29,11 +29,21 @@ from train_speed import fashion_folders
 from transfer import DATA, train
 
 from imgcls.data.cache import build_cache, cpu_count
+from imgcls.data.resolve import resolve_training_data
 from imgcls.data.shards import shard_sources, write_shards
-from imgcls.data.sources import resolve_training_data
 
-ARGS = ("--model", "keras-cnn", "--img-size", "28", "--batch-size", "128", "--epochs", "2",
-        "--set", "augment.translate=0")  # fmt: skip
+ARGS = (
+    "--model",
+    "keras-cnn",
+    "--img-size",
+    "28",
+    "--batch-size",
+    "128",
+    "--epochs",
+    "2",
+    "--set",
+    "augment.translate=0",
+)
 
 
 def decode_rate(samples) -> float:
@@ -64,10 +74,14 @@ def main() -> None:
         extra = ("--devices", "2") if devices == 2 else ()
         run, seconds = train(f"distributed-{devices}", train_folder, "--val", val_folder, *ARGS, *extra)
         runs[devices] = (seconds, epoch_rate(run))
-        print(f"train from the cache, {devices} process(es): whole run {seconds:.1f} s, best epoch "
-              f"{runs[devices][1]:,.0f} images/s")  # fmt: skip
-    print(f"two processes / one: whole run {runs[2][0] / runs[1][0]:.2f}x the time, "
-          f"epoch speed {runs[2][1] / runs[1][1]:.2f}x")  # fmt: skip
+        print(
+            f"train from the cache, {devices} process(es): whole run {seconds:.1f} s, best epoch "
+            f"{runs[devices][1]:,.0f} images/s"
+        )
+    print(
+        f"two processes / one: whole run {runs[2][0] / runs[1][0]:.2f}x the time, "
+        f"epoch speed {runs[2][1] / runs[1][1]:.2f}x"
+    )
     small = DATA / "fm-20k-shards-5mb"
     if not (small / "index.json").is_file():
         write_shards(train_folder, small, shard_bytes=5 * 2**20)
@@ -75,15 +89,23 @@ def main() -> None:
         "shards -> cache": ("--set", "data.stream=never"),
         "streamed, 1 reader": ("--set", "data.stream=always", "--set", "data.decode_workers=1"),
         "streamed, 2 readers": ("--set", "data.stream=always", "--set", "data.decode_workers=2"),
-        "streamed, 2 processes x 1 reader": ("--set", "data.stream=always", "--set", "data.decode_workers=1",
-                                             "--devices", "2"),
-    }  # fmt: skip
+        "streamed, 2 processes x 1 reader": (
+            "--set",
+            "data.stream=always",
+            "--set",
+            "data.decode_workers=1",
+            "--devices",
+            "2",
+        ),
+    }
     for name, extra in sources.items():
         slug = "".join(c if c.isalnum() else "-" for c in name)
         run, seconds = train(f"shards-{slug}", small, "--val", val_folder, *ARGS, *extra)
         rate = epoch_rate(run)
-        print(f"train {name:34s} whole run {seconds:5.1f} s, best epoch {rate:7,.0f} images/s = "
-              f"{rate / runs[1][1]:.2f}x the folder's cache")  # fmt: skip
+        print(
+            f"train {name:34s} whole run {seconds:5.1f} s, best epoch {rate:7,.0f} images/s = "
+            f"{rate / runs[1][1]:.2f}x the folder's cache"
+        )
 
 
 if __name__ == "__main__":

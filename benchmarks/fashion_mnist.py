@@ -73,9 +73,16 @@ def run_one(name: str, extra: list[str]) -> dict:
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     walls = epoch_times(out, started)
     reached = {mark: next((t for t, a in zip(walls, accuracy, strict=True) if a >= mark), None) for mark in MARKS}
-    return {"name": name, "seconds": seconds, "accuracy": metrics["accuracy"], "epochs": len(history),
-            "curve": list(zip(walls, accuracy, strict=True)), "reached": reached, "peak_mb": peak_mb,
-            "load": (load, os.getloadavg()[0])}  # fmt: skip
+    return {
+        "name": name,
+        "seconds": seconds,
+        "accuracy": metrics["accuracy"],
+        "epochs": len(history),
+        "curve": list(zip(walls, accuracy, strict=True)),
+        "reached": reached,
+        "peak_mb": peak_mb,
+        "load": (load, os.getloadavg()[0]),
+    }
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -115,8 +122,10 @@ def main() -> None:
     print(f"\n{'run':10s} {'whole s':>8s} {'epochs':>6s} {'test acc':>8s} {marks} {'peak MB':>8s} {'load':>12s}")
     for r in results:
         marks = " ".join(f"{r['reached'][m]:7.0f}" if r["reached"][m] else f"{'-':>7s}" for m in MARKS)
-        print(f"{r['name']:10s} {r['seconds']:8.1f} {r['epochs']:6d} {r['accuracy']:8.4f} {marks} {r['peak_mb']:8.0f} "
-              f"{r['load'][0]:8.1f} / {r['load'][1]:.1f}")  # fmt: skip
+        print(
+            f"{r['name']:10s} {r['seconds']:8.1f} {r['epochs']:6d} {r['accuracy']:8.4f} {marks} {r['peak_mb']:8.0f} "
+            f"{r['load'][0]:8.1f} / {r['load'][1]:.1f}"
+        )
         print("  curve (s, acc): " + ", ".join(f"({t:.0f}, {a:.4f})" for t, a in r["curve"]))
     path = DATA / "fashion_mnist.png"
     plot(results, path)

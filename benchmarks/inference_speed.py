@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from imgcls.data.preprocess import Preprocessing
-from imgcls.export import quantize_int8, to_onnx_bytes
+from imgcls.inference.export import quantize_int8, to_onnx_bytes
+from imgcls.inference.onnx_runtime import probability_function, session
 from imgcls.models import create_model
-from imgcls.onnx_model import probability_function, session
 
 MODELS = {  # name: (img_size, channels, classes)
     "keras-cnn": (28, 1, 10),
@@ -36,7 +36,7 @@ MODELS = {  # name: (img_size, channels, classes)
 
 
 def torch_way(model, pre: Preprocessing, *, channels_last: bool, bf16: bool):
-    from imgcls.inference import batched_logits
+    from imgcls.inference.batched import batched_logits
 
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -67,8 +67,11 @@ def bench_model(name: str, seconds: float, repeats: int) -> list[dict]:
     pre = Preprocessing(size, channels, (0.5,) * channels, (0.25,) * channels)
     torch.manual_seed(0)
     model = create_model(name, num_classes=classes, in_chans=channels, img_size=size).eval()
-    meta = {"model": {"name": name, "kwargs": {}}, "classes": [str(i) for i in range(classes)],
-            "preprocess": pre.to_dict()}  # fmt: skip
+    meta = {
+        "model": {"name": name, "kwargs": {}},
+        "classes": [str(i) for i in range(classes)],
+        "preprocess": pre.to_dict(),
+    }
     fp32 = to_onnx_bytes(model, pre, meta, pixels=False)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (64, size, size, channels), np.uint8)
@@ -92,13 +95,17 @@ def bench_model(name: str, seconds: float, repeats: int) -> list[dict]:
     for way, run in ways.items():
         b1 = np.array(stats[way]["b1"]) * 1000
         probs = run(images[:32])
-        rows.append({
-            "model": name, "way": way,
-            "b1_median_ms": float(np.median(b1)), "b1_p99_ms": float(np.percentile(b1, 99)),
-            "b32_img_s": 32 / statistics.median(stats[way]["b32"]),
-            "max_diff": float(np.abs(probs - reference).max()),
-            "top1_vs_ort": float((run(images[:64]).argmax(1) == ort_top1).mean()),
-        })  # fmt: skip
+        rows.append(
+            {
+                "model": name,
+                "way": way,
+                "b1_median_ms": float(np.median(b1)),
+                "b1_p99_ms": float(np.percentile(b1, 99)),
+                "b32_img_s": 32 / statistics.median(stats[way]["b32"]),
+                "max_diff": float(np.abs(probs - reference).max()),
+                "top1_vs_ort": float((run(images[:64]).argmax(1) == ort_top1).mean()),
+            }
+        )
     base = rows[0]
     for row in rows:
         row["b1_speedup"] = base["b1_median_ms"] / row["b1_median_ms"]
@@ -120,9 +127,11 @@ def main() -> None:
     for name in args.models.split(","):
         rows = bench_model(name, args.seconds, args.repeats)
         for r in rows:
-            print(f"{r['model']:22s} {r['way']:27s} {r['b1_median_ms']:9.2f} {r['b1_p99_ms']:8.2f} "
-                  f"{r['b1_speedup']:5.2f} {r['b32_img_s']:9.0f} {r['b32_speedup']:5.2f} "
-                  f"{r['max_diff']:9.1e} {r['top1_vs_ort']:8.1%}")  # fmt: skip
+            print(
+                f"{r['model']:22s} {r['way']:27s} {r['b1_median_ms']:9.2f} {r['b1_p99_ms']:8.2f} "
+                f"{r['b1_speedup']:5.2f} {r['b32_img_s']:9.0f} {r['b32_speedup']:5.2f} "
+                f"{r['max_diff']:9.1e} {r['top1_vs_ort']:8.1%}"
+            )
         winner = max(rows, key=lambda r: r["b32_speedup"])
         best.append(f"{name}: {winner['way']} {winner['b32_speedup']:.2f}x at batch 32")
     print(f"load after {os.getloadavg()[0]:.1f}")

@@ -31,9 +31,26 @@ from transfer import DATA, imgcls, train
 
 from imgcls.data.builtin import FASHION_MNIST_CLASSES, load_fashion_mnist
 
-ARGS = ("--model", "small-net", "--img-size", "56", "--batch-size", "128", "--set", "optim.name=sgd",
-        "--set", "optim.lr=0.1", "--set", "optim.weight_decay=0.0005", "--set", "optim.warmup_epochs=1",
-        "--set", "model.kwargs.width=48", "--set", "augment.translate=0.0625")  # fmt: skip
+ARGS = (
+    "--model",
+    "small-net",
+    "--img-size",
+    "56",
+    "--batch-size",
+    "128",
+    "--set",
+    "optim.name=sgd",
+    "--set",
+    "optim.lr=0.1",
+    "--set",
+    "optim.weight_decay=0.0005",
+    "--set",
+    "optim.warmup_epochs=1",
+    "--set",
+    "model.kwargs.width=48",
+    "--set",
+    "augment.translate=0.0625",
+)
 
 
 def mosaics(split: str, count: int, out: Path, rng: np.random.Generator) -> Path:
@@ -79,13 +96,24 @@ def main() -> None:
     parser.add_argument("--loss", choices=["bce", "asl"], default="bce")
     args = parser.parse_args()
     root = build(args.train, args.test)
-    run, seconds = train(f"multilabel-{args.loss}-{args.epochs}", root / "train.csv", "--val", root / "test.csv",
-                         *ARGS, "--epochs", args.epochs, "--set", f"train.multilabel_loss={args.loss}")  # fmt: skip
+    run, seconds = train(
+        f"multilabel-{args.loss}-{args.epochs}",
+        root / "train.csv",
+        "--val",
+        root / "test.csv",
+        *ARGS,
+        "--epochs",
+        args.epochs,
+        "--set",
+        f"train.multilabel_loss={args.loss}",
+    )
     _, stdout = imgcls("evaluate", run / "best.safetensors", root / "test.csv", "--json")
     m = json.loads(stdout)
     print(f"fm-mosaics {args.train} train / {args.test} test, small-net 56 px, {args.epochs} epochs, loss {args.loss}")
-    print(f"  mAP {m['mAP']:.4f}  micro-F1 {m['micro_f1']:.4f}  macro-F1 {m['macro_f1']:.4f}  subset accuracy "
-          f"{m['subset_accuracy']:.4f}  Hamming loss {m['hamming_loss']:.4f}  train {seconds:.0f} s")  # fmt: skip
+    print(
+        f"  mAP {m['mAP']:.4f}  micro-F1 {m['micro_f1']:.4f}  macro-F1 {m['macro_f1']:.4f}  subset accuracy "
+        f"{m['subset_accuracy']:.4f}  Hamming loss {m['hamming_loss']:.4f}  train {seconds:.0f} s"
+    )
     for name, c in sorted(m["per_class"].items(), key=lambda kv: kv[1]["average_precision"]):
         print(f"  {name:12s} AP {c['average_precision']:.4f}  F1 {c['f1']:.4f}  threshold {c['threshold']:.2f}")
 

@@ -31,8 +31,8 @@ from torchvision import transforms
 from train_speed import DATA, fashion_folders
 
 from imgcls import checkpoint as ckpt
+from imgcls.inference.predictor import Predictor, expand_paths
 from imgcls.models import create_model
-from imgcls.predict import Predictor, expand_paths
 
 
 def find_checkpoint(train: Path, val: Path) -> Path:
@@ -42,8 +42,25 @@ def find_checkpoint(train: Path, val: Path) -> Path:
         return runs[-1]
     out = DATA / "runs" / "predict-speed-e1"
     if not (out / "best.safetensors").is_file():
-        cmd = [sys.executable, "-m", "imgcls", "train", str(train), "--val", str(val), "--model", "keras-cnn",
-               "--img-size", "28", "--batch-size", "64", "--epochs", "1", "--out", str(out)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "imgcls",
+            "train",
+            str(train),
+            "--val",
+            str(val),
+            "--model",
+            "keras-cnn",
+            "--img-size",
+            "28",
+            "--batch-size",
+            "64",
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+        ]
         subprocess.run(["rm", "-rf", str(out)], check=True)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return out / "best.safetensors"
@@ -61,8 +78,9 @@ def run_naive(checkpoint: Path, items: list) -> tuple[float, list[str]]:
     start = time.perf_counter()
     tensors, meta = ckpt.load_checkpoint(checkpoint)
     pre, classes = meta["preprocess"], meta["classes"]
-    model = create_model(meta["model"]["name"], num_classes=len(classes), in_chans=pre["channels"],
-                         img_size=pre["img_size"])  # fmt: skip
+    model = create_model(
+        meta["model"]["name"], num_classes=len(classes), in_chans=pre["channels"], img_size=pre["img_size"]
+    )
     model.load_state_dict(ckpt.split_prefix(tensors, ckpt.MODEL_PREFIX))
     model.eval()
     tf = transforms.Compose(
@@ -94,8 +112,10 @@ def main() -> None:
     all_items = expand_paths([str(val)])
     items = all_items[: args.n]
     n = len(items)
-    print(f"{n} images, checkpoint {checkpoint.relative_to(DATA.parent)}, torch {torch.get_num_threads()} threads, "
-          f"{args.repeats} interleaved repeats (median)")  # fmt: skip
+    print(
+        f"{n} images, checkpoint {checkpoint.relative_to(DATA.parent)}, torch {torch.get_num_threads()} threads, "
+        f"{args.repeats} interleaved repeats (median)"
+    )
     threads = torch.get_num_threads()
     ways = ["Predictor", "Predictor, ONNX Runtime", "naive", "naive, 1 thread", "imgcls predict (CLI)"]
     times: dict[str, list[float]] = {way: [] for way in ways}
@@ -119,12 +139,17 @@ def main() -> None:
     onnx_agree = sum(a == b for a, b in zip(fast, by_onnx, strict=True)) / n
     ratio = medians["naive"] / medians["Predictor"]
     onnx_ratio = medians["naive"] / medians["Predictor, ONNX Runtime"]
-    print(f"\nPredictor is {ratio:.1f}x the naive loop's speed ({onnx_ratio:.1f}x on ONNX Runtime); "
-          f"top-1 agreement {agree:.2%} (ONNX Runtime vs PyTorch: {onnx_agree:.2%}; {n} images)")  # fmt: skip
+    print(
+        f"\nPredictor is {ratio:.1f}x the naive loop's speed ({onnx_ratio:.1f}x on ONNX Runtime); "
+        f"top-1 agreement {agree:.2%} (ONNX Runtime vs PyTorch: {onnx_agree:.2%}; {n} images)"
+    )
     cli = medians.get("imgcls predict (CLI)")
-    print(f"summary: predict_speed N={n}: Predictor {n / medians['Predictor']:.0f} img/s, naive "
-          f"{n / medians['naive']:.0f} img/s, {ratio:.1f}x; on ONNX Runtime {onnx_ratio:.1f}x"
-          + (f"; CLI whole process {cli:.1f} s" if cli else "") + f"; top-1 agreement {agree:.2%}")  # fmt: skip
+    print(
+        f"summary: predict_speed N={n}: Predictor {n / medians['Predictor']:.0f} img/s, naive "
+        f"{n / medians['naive']:.0f} img/s, {ratio:.1f}x; on ONNX Runtime {onnx_ratio:.1f}x"
+        + (f"; CLI whole process {cli:.1f} s" if cli else "")
+        + f"; top-1 agreement {agree:.2%}"
+    )
     if min(agree, onnx_agree) < 0.99:
         sys.exit(f"predict_speed: top-1 agreement {agree:.2%} is below 99%")
 

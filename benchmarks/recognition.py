@@ -95,8 +95,10 @@ def recognition_table(train_emb, train_y, test_emb, test_y, classes, unseen_ids)
         scores = {name: [] for name in groups}
         for draw in range(DRAWS):
             rng = np.random.default_rng(draw)
-            picks = [rng.permutation(np.flatnonzero(train_y == c))[: SHOTS if c in unseen_ids else per_seen]
-                     for c in range(10)]  # fmt: skip
+            picks = [
+                rng.permutation(np.flatnonzero(train_y == c))[: SHOTS if c in unseen_ids else per_seen]
+                for c in range(10)
+            ]
             rows = np.concatenate(picks)
             correct, _, _ = recognition(train_emb[rows], train_y[rows], test_emb, test_y, classes, by)
             for name, mask in groups.items():
@@ -132,11 +134,13 @@ def open_set(train_emb, train_y, test_emb, test_y, classes, unseen_ids) -> None:
         known, unknown = measure & (test_y != never), measure & (test_y == never)
         auroc = roc_auc_score(unknown[measure], -similarity[measure])
         accept = similarity >= stats["threshold"]
-        print(f"{by}: enrolled {classes[enrolled]!r}, never enrolled {classes[never]!r}: AUROC of unknown {auroc:.4f}; "
-              f"threshold {stats['threshold']:.4f}: known images recognised and accepted "
-              f"{(correct & accept)[known].mean():.4f} (accepted {accept[known].mean():.4f}), never-enrolled "
-              f"rejected {(~accept[unknown]).mean():.4f}, enrolled-unseen recognised and accepted "
-              f"{(correct & accept)[measure & (test_y == enrolled)].mean():.4f}")  # fmt: skip
+        print(
+            f"{by}: enrolled {classes[enrolled]!r}, never enrolled {classes[never]!r}: AUROC of unknown {auroc:.4f}; "
+            f"threshold {stats['threshold']:.4f}: known images recognised and accepted "
+            f"{(correct & accept)[known].mean():.4f} (accepted {accept[known].mean():.4f}), never-enrolled "
+            f"rejected {(~accept[unknown]).mean():.4f}, enrolled-unseen recognised and accepted "
+            f"{(correct & accept)[measure & (test_y == enrolled)].mean():.4f}"
+        )
 
 
 def search_quality(test_emb, test_y, unseen_ids) -> None:
@@ -154,8 +158,10 @@ def search_quality(test_emb, test_y, unseen_ids) -> None:
     hits, precision, ap = np.concatenate(hits), np.concatenate(precision), np.concatenate(ap)
     unseen = np.isin(test_y, unseen_ids)
     for name, mask in (("all 10 classes", np.ones_like(unseen)), ("2 unseen classes", unseen), ("8 seen", ~unseen)):
-        print(f"{name:18s} Recall@10 {hits[mask].mean():.4f}  precision@10 {precision[mask].mean():.4f}  "
-              f"mAP {ap[mask].mean():.4f}")  # fmt: skip
+        print(
+            f"{name:18s} Recall@10 {hits[mask].mean():.4f}  precision@10 {precision[mask].mean():.4f}  "
+            f"mAP {ap[mask].mean():.4f}"
+        )
 
 
 def latency(vectors: np.ndarray, kinds: list[str], label: str) -> None:
@@ -205,8 +211,10 @@ def clustering(test_emb, test_y) -> None:
         assignments, method = cluster_embeddings(test_emb, k=k, min_cluster_size=size or 5)
         s = cluster_scores(list(test_y), assignments)
         found = len(set(assignments) - {-1})
-        print(f"{method}: {found} clusters, purity {s['purity']:.4f}, NMI {s['nmi']:.4f}, "
-              f"{s['outliers']} outliers, {time.perf_counter() - start:.1f} s")  # fmt: skip
+        print(
+            f"{method}: {found} clusters, purity {s['purity']:.4f}, NMI {s['nmi']:.4f}, "
+            f"{s['outliers']} outliers, {time.perf_counter() - start:.1f} s"
+        )
 
 
 def main() -> None:
@@ -215,7 +223,7 @@ def main() -> None:
     parser.add_argument("--hnsw-1m", action="store_true", help="also build HNSW over 1M vectors (minutes)")
     args = parser.parse_args()
     from imgcls.data.builtin import FASHION_MNIST_CLASSES, load_fashion_mnist
-    from imgcls.predict import Predictor
+    from imgcls.inference.predictor import Predictor
     from imgcls.retrieval.embed import Embedder
 
     if args.retrain or not (RUN / "best.safetensors").is_file():

@@ -63,10 +63,21 @@ def main() -> None:
     if not args.quick:  # ten minutes of both cores: the time-to-accuracy goal itself
         plan.append(("fashion_mnist.py", []))
     if args.all:  # what each capability reaches on real data; RESULTS.md records them
-        plan += [(script, []) for script in (
-            "soak.py", "distributed.py", "multilabel.py", "data_doctor.py", "recognition.py", "semi_supervised.py",
-            "transfer.py", "distillation.py", "small_data.py", "classic_baseline.py",
-        )]  # fmt: skip
+        plan += [
+            (script, [])
+            for script in (
+                "soak.py",
+                "distributed.py",
+                "multilabel.py",
+                "data_doctor.py",
+                "recognition.py",
+                "semi_supervised.py",
+                "transfer.py",
+                "distillation.py",
+                "small_data.py",
+                "classic_baseline.py",
+            )
+        ]
     results = [(script, *run(script, script_args)) for script, script_args in plan]
     print("\n=== summary")
     failed = 0

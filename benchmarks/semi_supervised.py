@@ -53,8 +53,11 @@ def build_folders(k: int) -> Path:
     for folder in sorted(p for p in (SOURCE / "train").iterdir() if p.is_dir()):
         files = sorted(folder.iterdir())
         order = rng.permutation(len(files))  # the same draw for every K: val and the first K are shared
-        parts = {"val": order[:VAL_PER_CLASS], "train": order[VAL_PER_CLASS : VAL_PER_CLASS + k],
-                 "unlabeled": order[VAL_PER_CLASS + k :]}  # fmt: skip
+        parts = {
+            "val": order[:VAL_PER_CLASS],
+            "train": order[VAL_PER_CLASS : VAL_PER_CLASS + k],
+            "unlabeled": order[VAL_PER_CLASS + k :],
+        }
         for part, indices in parts.items():
             target = root / part / folder.name
             target.mkdir(parents=True)
@@ -97,14 +100,16 @@ def compare(k: int, epochs: int, subset: int, method: str = "fixmatch") -> list[
     root = build_folders(k)
     labelled = ["--val", root / "val"]
     unlabeled = ["--unlabeled", root / "unlabeled", "--semi", method, "--set", f"semi.max_unlabeled={subset}"]
-    semi, semi_wall = train(f"semi-{k}-{method}-e{epochs}", root / "train", *labelled, *unlabeled, "--epochs", epochs,
-                            "--batch-size", 64)  # fmt: skip
+    semi, semi_wall = train(
+        f"semi-{k}-{method}-e{epochs}", root / "train", *labelled, *unlabeled, "--epochs", epochs, "--batch-size", 64
+    )
     budget = train_seconds(semi)
     probe, _ = train(f"semi-{k}-probe-e{epochs}", root / "train", *labelled, "--epochs", 5, "--batch-size", 16)
     per_epoch = train_seconds(probe) / 5
     sup_epochs = max(5, min(MAX_SUPERVISED_EPOCHS, round(budget / per_epoch)))
-    sup, sup_wall = train(f"semi-{k}-supervised-e{epochs}", root / "train", *labelled, "--epochs", sup_epochs,
-                          "--batch-size", 16)  # fmt: skip
+    sup, sup_wall = train(
+        f"semi-{k}-supervised-e{epochs}", root / "train", *labelled, "--epochs", sup_epochs, "--batch-size", 16
+    )
     return [
         (k, f"{method}, {epochs} epochs over {subset} unlabeled", test_accuracy(semi), budget, semi_wall),
         (k, f"supervised, {sup_epochs} epochs, batch 16", test_accuracy(sup), train_seconds(sup), sup_wall),

@@ -26,7 +26,7 @@ import numpy as np
 from predict_speed import find_checkpoint
 from train_speed import fashion_folders
 
-from imgcls.predict import expand_paths
+from imgcls.inference.predictor import expand_paths
 
 
 def free_port() -> int:
@@ -91,8 +91,15 @@ def run_server(checkpoint: Path, runtime: str, images: list[bytes], args) -> dic
         server.wait(10)
     ms = np.array(latencies) * 1000
     p50, p99 = np.percentile(ms, [50, 99])
-    return {"runtime": served_by, "rps": args.requests / seconds, "p50": p50, "p99": p99, "errors": errors,
-            "rss_before": before, "rss_after": after}  # fmt: skip
+    return {
+        "runtime": served_by,
+        "rps": args.requests / seconds,
+        "p50": p50,
+        "p99": p99,
+        "errors": errors,
+        "rss_before": before,
+        "rss_after": after,
+    }
 
 
 def main() -> None:
@@ -103,18 +110,24 @@ def main() -> None:
     train, val = fashion_folders()
     checkpoint = find_checkpoint(train, val)
     images = [path.read_bytes() for _, path in expand_paths([str(val)])[:500]]
-    print(f"{args.requests} requests, {args.concurrency} at a time, {len(images)} distinct PNGs, "
-          f"checkpoint {checkpoint.name}, load {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(
+        f"{args.requests} requests, {args.concurrency} at a time, {len(images)} distinct PNGs, "
+        f"checkpoint {checkpoint.name}, load {os.getloadavg()[0]:.1f}"
+    )
     rows = [run_server(checkpoint, runtime, images, args) for runtime in ("onnx", "torch")]
     print(f"\n{'runtime':12s} {'req/s':>7s} {'p50 ms':>7s} {'p99 ms':>7s} {'errors':>6s} {'RSS MB before/after':>20s}")
     for r in rows:
-        print(f"{r['runtime']:12s} {r['rps']:7.0f} {r['p50']:7.1f} {r['p99']:7.1f} {r['errors']:6d} "
-              f"{r['rss_before']:9.0f} / {r['rss_after']:.0f}")  # fmt: skip
+        print(
+            f"{r['runtime']:12s} {r['rps']:7.0f} {r['p50']:7.1f} {r['p99']:7.1f} {r['errors']:6d} "
+            f"{r['rss_before']:9.0f} / {r['rss_after']:.0f}"
+        )
     onnx, torch_row = rows
     print(f"load after {os.getloadavg()[0]:.1f}")
-    print(f"summary: serve_load {args.requests} x {args.concurrency}: {onnx['runtime']} {onnx['rps']:.0f} req/s "
-          f"(p99 {onnx['p99']:.0f} ms), torch {torch_row['rps']:.0f} req/s, {onnx['rps'] / torch_row['rps']:.2f}x; "
-          f"errors {onnx['errors'] + torch_row['errors']}")  # fmt: skip
+    print(
+        f"summary: serve_load {args.requests} x {args.concurrency}: {onnx['runtime']} {onnx['rps']:.0f} req/s "
+        f"(p99 {onnx['p99']:.0f} ms), torch {torch_row['rps']:.0f} req/s, {onnx['rps'] / torch_row['rps']:.2f}x; "
+        f"errors {onnx['errors'] + torch_row['errors']}"
+    )
     if onnx["errors"] or torch_row["errors"]:
         sys.exit("serve_load: some requests failed")
 

@@ -48,10 +48,14 @@ def main() -> None:
     for name, acc, val, epochs, seconds in rows:
         print(f"{name:32s} {acc:9.4f} {val:8.4f} {epochs:7d} {seconds:8.1f}")
     small, default, control = (row[1] for row in rows)
-    print(f"\nsmall-data - default: {100 * (small - default):+.1f} points; "
-          f"small-data - default at 50 epochs: {100 * (small - control):+.1f} points")  # fmt: skip
-    print(f"summary: small_data pullover-coat 140 img: small-data {small:.4f}, default {default:.4f}, "
-          f"default 50 epochs {control:.4f}")  # fmt: skip
+    print(
+        f"\nsmall-data - default: {100 * (small - default):+.1f} points; "
+        f"small-data - default at 50 epochs: {100 * (small - control):+.1f} points"
+    )
+    print(
+        f"summary: small_data pullover-coat 140 img: small-data {small:.4f}, default {default:.4f}, "
+        f"default 50 epochs {control:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 from serve_load import free_port, rss_mb
 
-from imgcls.cli import main as imgcls_main
+from imgcls.cli.main import main as imgcls_main
 
 COLOURS = {"red": (210, 60, 40), "blue": (40, 70, 200), "green": (60, 190, 70)}
 
@@ -70,8 +70,14 @@ def bomb_png(side: int = 30_000) -> bytes:
 
 
 def multipart(field: str, data: bytes, filename: str = "x.png", boundary: str = "soakboundary") -> tuple[bytes, str]:
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
-            f"Content-Type: image/png\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={boundary}"
 
 
@@ -173,8 +179,18 @@ def percentiles(values: list[float]) -> str:
 
 
 def start_server(checkpoint: Path, port: int, limit_mb: float) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "imgcls", "-q", "serve", str(checkpoint), "--port", str(port),
-           "--max-upload-mb", str(limit_mb)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "imgcls",
+        "-q",
+        "serve",
+        str(checkpoint),
+        "--port",
+        str(port),
+        "--max-upload-mb",
+        str(limit_mb),
+    ]
     server = subprocess.Popen(cmd)
     deadline = time.monotonic() + 120
     while True:
@@ -210,8 +226,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = make_data(Path(tmp) / "data")
         run_dir = Path(tmp) / "run"
-        train = ["-q", "train", str(data), "--out", str(run_dir), "--img-size", "32", "--epochs", "2",
-                 "--batch-size", "16"]  # fmt: skip
+        train = [
+            "-q",
+            "train",
+            str(data),
+            "--out",
+            str(run_dir),
+            "--img-size",
+            "32",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+        ]
         if imgcls_main(train) != 0:
             raise SystemExit("soak: training the tiny model failed")
         port = free_port()
@@ -226,8 +253,10 @@ def main() -> None:
             server.terminate()
             server.wait(10)
     lat, errors = result["latencies"], result["errors"]
-    print(f"{args.requests} requests ({len(lat['good'])} good, {len(lat['bad'])} bad), {args.concurrency} at a "
-          f"time, {args.slowloris} slowloris connections; load {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(
+        f"{args.requests} requests ({len(lat['good'])} good, {len(lat['bad'])} bad), {args.concurrency} at a "
+        f"time, {args.slowloris} slowloris connections; load {os.getloadavg()[0]:.1f}"
+    )
     print(f"requests/s            {args.requests / result['seconds']:.0f}")
     print(f"errors                {len(errors)}")
     for line in sorted(set(errors))[:10]:
@@ -236,8 +265,10 @@ def main() -> None:
     print(f"bad  p50/p95/p99 ms   {percentiles(lat['bad'])}")
     print(f"slowloris             {opened} opened, {closed} closed by the server")
     print(f"server RSS MB         {rss[0]:.0f} after warm-up, {rss[1]:.0f} half-way, {rss[2]:.0f} at the end")
-    print(f"summary: soak {args.requests} x {args.concurrency}: {len(errors)} errors, "
-          f"p99 good {percentiles(lat['good']).split(' / ')[2]} ms, RSS {rss[0]:.0f} -> {rss[2]:.0f} MB")  # fmt: skip
+    print(
+        f"summary: soak {args.requests} x {args.concurrency}: {len(errors)} errors, "
+        f"p99 good {percentiles(lat['good']).split(' / ')[2]} ms, RSS {rss[0]:.0f} -> {rss[2]:.0f} MB"
+    )
     if errors:
         sys.exit("soak: some requests did not get the answer they should")
 

@@ -59,10 +59,28 @@ def fashion_folders() -> tuple[Path, Path]:
 
 def imgcls_train_command(train: Path, val: Path, epochs: int, out: Path) -> list[str]:
     return [
-        sys.executable, "-m", "imgcls", "train", str(train), "--val", str(val),
-        "--model", "keras-cnn", "--img-size", "28", "--batch-size", str(BATCH), "--epochs", str(epochs),
-        "--set", "augment.hflip=false", "--set", "augment.translate=0", "--out", str(out),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "imgcls",
+        "train",
+        str(train),
+        "--val",
+        str(val),
+        "--model",
+        "keras-cnn",
+        "--img-size",
+        "28",
+        "--batch-size",
+        str(BATCH),
+        "--epochs",
+        str(epochs),
+        "--set",
+        "augment.hflip=false",
+        "--set",
+        "augment.translate=0",
+        "--out",
+        str(out),
+    ]
 
 
 def usual_pipeline(train_dir: str, val_dir: str, epochs: int) -> dict:
@@ -149,15 +167,19 @@ def main() -> None:
     t0 = time.perf_counter()
     train, val = fashion_folders()
     rel = HERE.parent
-    print(f"data: {train.relative_to(rel)} (20,000 PNGs), {val.relative_to(rel)} (10,000 PNGs); "
-          f"ready in {time.perf_counter() - t0:.1f} s")  # fmt: skip
+    print(
+        f"data: {train.relative_to(rel)} (20,000 PNGs), {val.relative_to(rel)} (10,000 PNGs); "
+        f"ready in {time.perf_counter() - t0:.1f} s"
+    )
     print(f"epochs {epochs}, batch {BATCH}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print("imgcls:", " ".join(imgcls_train_command(Path("TRAIN"), Path("VAL"), epochs, Path("RUN"))[1:]))
     mine = run_imgcls(train, val, epochs)
     usual = run_usual(train, val, epochs)
     images = 20_000 * epochs
-    print(f"\n{'pipeline':8s} {'whole run s':>11s} {'img/s whole':>11s} {'img/s train loop':>16s} {'val acc':>7s}"
-          "  load avg before/after")  # fmt: skip
+    print(
+        f"\n{'pipeline':8s} {'whole run s':>11s} {'img/s whole':>11s} {'img/s train loop':>16s} {'val acc':>7s}"
+        "  load avg before/after"
+    )
     for name, r in (("usual", usual), ("imgcls", mine)):
         loop = images / r["train_seconds"]
         load = f"{r['load'][0]:.1f} / {r['load'][1]:.1f}"
@@ -165,8 +187,10 @@ def main() -> None:
     fp32 = mine["best_val_acc_fp32"]
     print(f"(imgcls best checkpoint re-scored in float32: {fp32:.4f}; run dir {mine['run_dir'].relative_to(rel)})")
     ratio = usual["seconds"] / mine["seconds"]
-    print(f"\nsummary: train_speed E={epochs}: usual {usual['seconds']:.1f} s, imgcls {mine['seconds']:.1f} s, "
-          f"usual/imgcls {ratio:.2f}x; val acc usual {usual['val_acc']:.4f}, imgcls {mine['val_acc']:.4f}")  # fmt: skip
+    print(
+        f"\nsummary: train_speed E={epochs}: usual {usual['seconds']:.1f} s, imgcls {mine['seconds']:.1f} s, "
+        f"usual/imgcls {ratio:.2f}x; val acc usual {usual['val_acc']:.4f}, imgcls {mine['val_acc']:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -127,18 +127,23 @@ def main() -> None:
         run, seconds = train(f"transfer-{args.pair}-{name.split()[0]}", few[0], *few[1:], *extra)
         rows[name] = (test_accuracy(run, pair / "test"), val_accuracy(run), seconds)
 
-    print(f"\npretraining: keras-cnn on the other 8 classes, 43,200 train images, 3 epochs: "
-          f"val accuracy {val_accuracy(pre):.4f}, {pre_seconds:.0f} s")  # fmt: skip
+    print(
+        f"\npretraining: keras-cnn on the other 8 classes, 43,200 train images, 3 epochs: "
+        f"val accuracy {val_accuracy(pre):.4f}, {pre_seconds:.0f} s"
+    )
     print(f"\n{args.pair}: 140 training images, 30 epochs, batch 32, keras-cnn 28 px, seed 0")
     print(f"{'run':36s} {'test acc':>9s} {'val acc':>8s} {'train s':>8s}")
     for name, (acc, val, seconds) in rows.items():
         print(f"{name:36s} {acc:9.4f} {val:8.4f} {seconds:8.1f}")
     scratch = rows["scratch"][0]
     fine, probe = rows["fine-tune (--pretrained)"][0], rows["linear probe (+ --freeze-backbone)"][0]
-    print(f"\nfine-tune - scratch: {100 * (fine - scratch):+.1f} points; "
-          f"linear probe - scratch: {100 * (probe - scratch):+.1f} points (2,000 test images)")  # fmt: skip
-    print(f"summary: transfer {args.pair} 140 img: scratch {scratch:.4f}, fine-tune {fine:.4f}, "
-          f"linear probe {probe:.4f}")  # fmt: skip
+    print(
+        f"\nfine-tune - scratch: {100 * (fine - scratch):+.1f} points; "
+        f"linear probe - scratch: {100 * (probe - scratch):+.1f} points (2,000 test images)"
+    )
+    print(
+        f"summary: transfer {args.pair} 140 img: scratch {scratch:.4f}, fine-tune {fine:.4f}, linear probe {probe:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "create_model": "imgcls.models",
     "list_models": "imgcls.models",
-    "Predictor": "imgcls.predict",
-    "fit": "imgcls.train",
+    "Predictor": "imgcls.inference.predictor",
+    "fit": "imgcls.training.fit",
     "build_config": "imgcls.config",
 }
 __all__ = ["__version__", *_EXPORTS]

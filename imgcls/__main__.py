@@ -1,5 +1,5 @@
 import sys
 
-from imgcls.cli import main
+from imgcls.cli.main import main
 
 sys.exit(main())

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
-import tempfile
 from pathlib import Path
 
 import torch
@@ -23,47 +21,13 @@ from torch import nn
 from imgcls import __version__
 from imgcls.data.preprocess import Preprocessing
 from imgcls.errors import CheckpointError
+from imgcls.files import atomic_write_bytes
 
 SCHEMA_VERSION = 1
 METADATA_KEY = "imgcls"
 MODEL_PREFIX = "model."
 OPTIM_PREFIX = "optim."
 DIGEST_KEY = "sha256"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it: a crash or a
-    full disk leaves either the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a run's files should read like any other
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_json(path: Path, value: dict) -> None:
-    """Atomically write JSON; file names that are not valid UTF-8 are written escaped."""
-    text = json.dumps(value, indent=2, ensure_ascii=False)
-    atomic_write_bytes(Path(path), text.encode("utf-8", "backslashreplace"))
 
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
@@ -194,9 +158,12 @@ def load_model(path: str | Path) -> tuple[nn.Module, Preprocessing, dict]:
         pre = Preprocessing.from_dict(meta["preprocess"])
         spec = meta["model"]
         model = create_model(
-            spec["name"], num_classes=len(meta["classes"]), in_chans=pre.channels, img_size=pre.img_size,
+            spec["name"],
+            num_classes=len(meta["classes"]),
+            in_chans=pre.channels,
+            img_size=pre.img_size,
             **spec.get("kwargs", {}),
-        )  # fmt: skip
+        )
         model.load_state_dict(split_prefix(tensors, MODEL_PREFIX))
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path}: metadata or weights do not rebuild the model ({err}).") from None

@@ -143,7 +143,7 @@ class DistillConfig:
 
 @dataclass(frozen=True)
 class SemiConfig:
-    """Semi-supervised training (imgcls.train_semi): labelled DATA plus a folder of unlabeled images."""
+    """Semi-supervised training (imgcls.training.semi): labelled DATA plus a folder of unlabeled images."""
 
     unlabeled: str | None = None  # folder of images without labels, searched recursively; None = supervised
     method: Literal["fixmatch", "pseudo"] = "fixmatch"  # pseudo: plain pseudo-labelling (Lee 2013)

@@ -49,11 +49,15 @@ def resolve_device(name: str = "auto") -> torch.device:
             return torch.device("cuda", local)
         if count == 1:
             return torch.device("cuda", 0)
-        raise ConfigError(f"process {local} of this machine has no GPU of its own: there are {count}. "
-                          f"Start at most {count} processes a machine (--devices / --nproc-per-node).")  # fmt: skip
+        raise ConfigError(
+            f"process {local} of this machine has no GPU of its own: there are {count}. "
+            f"Start at most {count} processes a machine (--devices / --nproc-per-node)."
+        )
     if processes > 1:
-        raise ConfigError(f"device {name!r} would put all {processes} processes on one GPU; use "
-                          "--device cuda, and each process takes the GPU of its local rank.")  # fmt: skip
+        raise ConfigError(
+            f"device {name!r} would put all {processes} processes on one GPU; use "
+            "--device cuda, and each process takes the GPU of its local rank."
+        )
     index = name.removeprefix("cuda:")
     if not index.isdigit() or int(index) >= count:
         raise ConfigError(f"device {name!r}: this machine has GPUs cuda:0 to cuda:{count - 1}.")

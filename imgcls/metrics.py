@@ -40,11 +40,15 @@ def reliability_bins(labels: np.ndarray, probs: np.ndarray, bins: int = CALIBRAT
     for b in range(bins):
         mask = which == b
         count = int(mask.sum())
-        rows.append({
-            "low": float(edges[b]), "high": float(edges[b + 1]), "count": count,
-            "confidence": float(confidence[mask].mean()) if count else None,
-            "accuracy": float(correct[mask].mean()) if count else None,
-        })  # fmt: skip
+        rows.append(
+            {
+                "low": float(edges[b]),
+                "high": float(edges[b + 1]),
+                "count": count,
+                "confidence": float(confidence[mask].mean()) if count else None,
+                "accuracy": float(correct[mask].mean()) if count else None,
+            }
+        )
     return rows
 
 
@@ -52,9 +56,12 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int 
     """ECE (Guo et al. 2017): |accuracy - confidence| per confidence bin, weighted by bin size."""
     total = max(len(labels), 1)
     return float(
-        sum(r["count"] / total * abs(r["accuracy"] - r["confidence"]) for r in reliability_bins(labels, probs, bins)
-            if r["count"])
-    )  # fmt: skip
+        sum(
+            r["count"] / total * abs(r["accuracy"] - r["confidence"])
+            for r in reliability_bins(labels, probs, bins)
+            if r["count"]
+        )
+    )
 
 
 def coverage_curve(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -79,10 +86,13 @@ def selective_table(labels: np.ndarray, probs: np.ndarray, thresholds=SELECTIVE_
     rows = []
     for t in thresholds:
         answered = confidence >= t
-        rows.append({
-            "threshold": t, "coverage": float(answered.mean()) if len(labels) else 0.0,
-            "accuracy": float(correct[answered].mean()) if answered.any() else None,
-        })  # fmt: skip
+        rows.append(
+            {
+                "threshold": t,
+                "coverage": float(answered.mean()) if len(labels) else 0.0,
+                "accuracy": float(correct[answered].mean()) if answered.any() else None,
+            }
+        )
     return rows
 
 
@@ -276,7 +286,7 @@ def multilabel_metrics(
                 "threshold": float(thresholds[k]),
             }
             for k, name in enumerate(classes)
-        },  # fmt: skip
+        },
         "skipped_files": list(skipped_files or []),
     }
 

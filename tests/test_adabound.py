@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load, save
 
-from imgcls.adabound import AdaBound
+from imgcls.training.adabound import AdaBound
 
 BETAS = (0.9, 0.999)
 

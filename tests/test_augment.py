@@ -43,7 +43,7 @@ def off(**changes) -> AugmentConfig:
         off(translate=0.25),
         off(translate=0.25, fill="constant"),
         AugmentConfig(hflip=True, vflip=True, translate=0.25, fill="constant"),
-    ],  # fmt: skip
+    ],
 )
 def test_augment_batch_keeps_shape_and_dtype(config, channels):
     images = random_images(channels=channels)

@@ -27,7 +27,7 @@ from imgcls.checkpoint import (
 from imgcls.config import OptimConfig
 from imgcls.errors import CheckpointError
 from imgcls.models.registry import create_model
-from imgcls.optim import build_optimizer
+from imgcls.training.optim import build_optimizer
 
 CLASSES = ["chat 🐱", "Hund", "猫", "éclair"]
 

@@ -8,13 +8,24 @@ from pathlib import Path
 
 import pytest
 
-from imgcls.cli import main
+from imgcls.cli.main import main
 from imgcls.config import load_config
 
 CONTRACT_KEYS = {
-    "accuracy", "top5_accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc_macro",
-    "log_loss", "ece", "num_samples", "classes", "confusion_matrix", "per_class", "skipped_files",
-}  # fmt: skip
+    "accuracy",
+    "top5_accuracy",
+    "macro_precision",
+    "macro_recall",
+    "macro_f1",
+    "roc_auc_macro",
+    "log_loss",
+    "ece",
+    "num_samples",
+    "classes",
+    "confusion_matrix",
+    "per_class",
+    "skipped_files",
+}
 FAST = ["--img-size", "32", "--batch-size", "16", "--set", "train.eval_batch_size=64"]
 
 
@@ -126,7 +137,7 @@ def test_bad_data_fails_with_one_line(tmp_path, capsys):
 
 def test_killed_run_resumes_to_the_same_metrics(class_folders, tmp_path, monkeypatch):
     """A run stopped after epoch 1 and resumed ends exactly as an uninterrupted run."""
-    import imgcls.train as train_module
+    import imgcls.training.fit as train_module
 
     straight = tmp_path / "straight"
     assert _train(class_folders, straight, "--epochs", "3", "--model", "lenet") == 0

@@ -12,15 +12,31 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import imgcls.prepare as prepare_module
-import imgcls.train as train_module
+import imgcls.training.loop as loop_module
+import imgcls.training.run as prepare_module
 from imgcls import checkpoint as ckpt
 from imgcls import device as dev
-from imgcls.cli import main
+from imgcls.cli.main import main
 from imgcls.errors import ConfigError
 
-FAST = ["--img-size", "16", "--batch-size", "8", "--model", "lenet", "--epochs", "2", "--precision", "fp16",
-        "--set", "train.threads=1", "--set", "train.eval_batch_size=64", "--set", "augment.mixup=0.2"]  # fmt: skip
+FAST = [
+    "--img-size",
+    "16",
+    "--batch-size",
+    "8",
+    "--model",
+    "lenet",
+    "--epochs",
+    "2",
+    "--precision",
+    "fp16",
+    "--set",
+    "train.threads=1",
+    "--set",
+    "train.eval_batch_size=64",
+    "--set",
+    "augment.mixup=0.2",
+]
 
 
 def test_auto_is_the_cpu_without_a_gpu_and_cuda_without_one_is_a_clear_error(monkeypatch):
@@ -84,12 +100,17 @@ def test_gradients_are_unscaled_before_clipping():
     model.weight.data.fill_(0.0)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
-    run = SimpleNamespace(config=SimpleNamespace(optim=SimpleNamespace(clip_grad_norm=1.0)), model=model,
-                          optimizer=optimizer, scaler=scaler, ema=None,
-                          scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0))  # fmt: skip
+    run = SimpleNamespace(
+        config=SimpleNamespace(optim=SimpleNamespace(clip_grad_norm=1.0)),
+        model=model,
+        optimizer=optimizer,
+        scaler=scaler,
+        ema=None,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
+    )
     loss = (model(torch.tensor([[10.0]])) - 100.0).pow(2).sum()  # true gradient -2000, clipped to norm 1
     scaler.scale(loss).backward()
-    train_module._optimizer_step(run)
+    loop_module.optimizer_step(run)
     assert model.weight.item() == pytest.approx(1.0)
     assert model.weight.grad is None  # zeroed for the next step
 
@@ -125,7 +146,7 @@ def test_float16_with_loss_scaling_trains_and_resumes_exactly(data, tmp_path, mo
     scaler = ckpt.read_metadata(straight / "last.safetensors")["resume"]["scaler"]
     assert scaler["scale"] < 2.0**20  # overflowing steps were skipped and the scale lowered
 
-    real_step, steps = train_module._optimizer_step, {"n": 0}
+    real_step, steps = loop_module.optimizer_step, {"n": 0}
 
     def step_then_ctrl_c(run):
         real_step(run)
@@ -133,12 +154,12 @@ def test_float16_with_loss_scaling_trains_and_resumes_exactly(data, tmp_path, mo
         if steps["n"] == 6:  # epoch 2, step 2
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(train_module, "_optimizer_step", step_then_ctrl_c)
+    monkeypatch.setattr(loop_module, "optimizer_step", step_then_ctrl_c)
     run = tmp_path / "run"
     assert main(["-q", "train", str(data), "--out", str(run), *FAST]) == 130
     saved = ckpt.read_metadata(run / "last.safetensors")["resume"]
     assert saved["partial"]["step"] == 2 and saved["scaler"]["scale"] < 2.0**20
-    monkeypatch.setattr(train_module, "_optimizer_step", real_step)
+    monkeypatch.setattr(loop_module, "optimizer_step", real_step)
     assert main(["-q", "train", "--resume", "--out", str(run)]) == 0
     assert _outcome(run) == _outcome(straight)
 
@@ -146,8 +167,26 @@ def test_float16_with_loss_scaling_trains_and_resumes_exactly(data, tmp_path, mo
 def test_inference_runtimes_from_the_command_line(data, tmp_path, monkeypatch, capsys):
     """evaluate/predict --runtime: ONNX Runtime scores like PyTorch; cuda without a GPU says so."""
     run = tmp_path / "run"
-    assert main(["-q", "train", str(data), "--out", str(run), "--img-size", "16", "--model", "lenet",
-                 "--epochs", "1", "--set", "train.threads=1"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "-q",
+                "train",
+                str(data),
+                "--out",
+                str(run),
+                "--img-size",
+                "16",
+                "--model",
+                "lenet",
+                "--epochs",
+                "1",
+                "--set",
+                "train.threads=1",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     checkpoint = str(run / "best.safetensors")
     scores = {}
@@ -155,8 +194,10 @@ def test_inference_runtimes_from_the_command_line(data, tmp_path, monkeypatch, c
         out = tmp_path / runtime
         assert main(["-q", "evaluate", checkpoint, str(data), "--json", "--runtime", runtime, "--out", str(out)]) == 0
         scores[runtime] = json.loads(capsys.readouterr().out)
-        assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["runtime"] == {
-            "torch": "torch", "onnx": "onnxruntime"}[runtime]  # fmt: skip
+        assert (
+            json.loads((out / "summary.json").read_text(encoding="utf-8"))["runtime"]
+            == {"torch": "torch", "onnx": "onnxruntime"}[runtime]
+        )
     assert scores["onnx"]["accuracy"] == scores["torch"]["accuracy"]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     image = str(next((data / "bird").iterdir()))
@@ -166,8 +207,23 @@ def test_inference_runtimes_from_the_command_line(data, tmp_path, monkeypatch, c
 
 def test_a_resumed_run_may_move_to_another_device(data, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
-    args = ["-q", "train", str(data), "--out", str(run), "--img-size", "16", "--model", "lenet", "--epochs", "1",
-            "--set", "train.threads=1", "--device", "cpu"]  # fmt: skip
+    args = [
+        "-q",
+        "train",
+        str(data),
+        "--out",
+        str(run),
+        "--img-size",
+        "16",
+        "--model",
+        "lenet",
+        "--epochs",
+        "1",
+        "--set",
+        "train.threads=1",
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     config = (run / "config.yaml").read_text(encoding="utf-8")
     (run / "config.yaml").write_text(config.replace("epochs: 1", "epochs: 2"), encoding="utf-8")

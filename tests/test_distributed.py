@@ -13,15 +13,31 @@ import pytest
 import torch
 import yaml
 
-from imgcls import distributed
-from imgcls.cli import _without_devices, main
+from imgcls.cli.main import _without_devices, main
+from imgcls.training import distributed
 from tests.conftest import make_class_folders
 
 # No augmentation, no dropout, no batch norm (LeNet): the two runs then compute the same
 # gradients up to float rounding, so their losses must agree closely. Two batches a step:
 # DDP skips the all-reduce on the first (no_sync), and the sum must still come out the same.
-COMMON = ["--model", "lenet", "--img-size", "32", "--batch-size", "16", "--seed", "3", "--set", "augment.hflip=false",
-          "--set", "augment.translate=0", "--set", "train.precision=fp32", "--set", "train.accumulate=2"]  # fmt: skip
+COMMON = [
+    "--model",
+    "lenet",
+    "--img-size",
+    "32",
+    "--batch-size",
+    "16",
+    "--seed",
+    "3",
+    "--set",
+    "augment.hflip=false",
+    "--set",
+    "augment.translate=0",
+    "--set",
+    "train.precision=fp32",
+    "--set",
+    "train.accumulate=2",
+]
 LOSS_TOLERANCE = 1e-4  # relative; measured: identical to the 6 decimals history.csv keeps
 
 
@@ -32,8 +48,16 @@ def history(run: Path) -> list[dict]:
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "imgcls",
-               *args]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "imgcls",
+        *args,
+    ]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -98,12 +122,30 @@ def test_two_nodes_rendezvous_over_c10d(runs, tmp_path):
     """The multi-node command line of the README, as two one-process "nodes" on this machine."""
     data = runs[0]
     port = 29400 + os.getpid() % 500
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
-               "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=imgcls-test", "-m", "imgcls",
-               "-q", "train", str(data), "--out", str(tmp_path / "run"), "--epochs", "2", *COMMON]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=2",
+        "--nproc-per-node=1",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=127.0.0.1:{port}",
+        "--rdzv-id=imgcls-test",
+        "-m",
+        "imgcls",
+        "-q",
+        "train",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "2",
+        *COMMON,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    nodes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for _ in range(2)]  # fmt: skip
+    nodes = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)
+    ]
     outputs = [node.communicate(timeout=300) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
     assert len(history(tmp_path / "run")) == 2
@@ -115,10 +157,31 @@ def test_a_killed_worker_stops_the_job_and_resume_finishes_it(runs, tmp_path):
 
     data = runs[0]
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "imgcls",
-               "-q", "train", str(data), "--out", str(run), "--epochs", "500", *COMMON]  # fmt: skip
-    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "imgcls",
+        "-q",
+        "train",
+        str(data),
+        "--out",
+        str(run),
+        "--epochs",
+        "500",
+        *COMMON,
+    ]
+    job = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 240
     while not ((run / "history.csv").is_file() and len(history(run)) >= 2):
         assert job.poll() is None and time.monotonic() < deadline, "training did not start"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
-from imgcls.cli import main
-from imgcls.data.doctor import check_dataset, problems
+from imgcls.cli.main import main
+from imgcls.doctor.check import check_dataset, problems
 
 
 def test_clean_split_root_has_no_problems(split_root):

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgcls.data import doctor_near
-from imgcls.data.doctor import check_dataset, parse_kinds, problems, summary_lines
-from imgcls.data.doctor_crops import align_crops
-from imgcls.data.doctor_hamming import hamming_cross, hamming_pairs
-from imgcls.data.doctor_labels import find_label_errors
-from imgcls.data.doctor_near import SIDE, NearThresholds
+from imgcls.doctor import near as doctor_near
+from imgcls.doctor.check import check_dataset, parse_kinds, problems, summary_lines
+from imgcls.doctor.crops import align_crops
+from imgcls.doctor.hamming import hamming_cross, hamming_pairs
+from imgcls.doctor.labels import find_label_errors
+from imgcls.doctor.near import SIDE, NearThresholds
 from imgcls.errors import ConfigError
 
 
@@ -112,8 +112,10 @@ def near_root(tmp_path: Path) -> Path:
 
 
 def _names(pair: dict) -> set[str]:
-    return {f"{pair['a']['split']}/{pair['a']['label']}/{Path(pair['a']['path']).name}",
-            f"{pair['b']['split']}/{pair['b']['label']}/{Path(pair['b']['path']).name}"}  # fmt: skip
+    return {
+        f"{pair['a']['split']}/{pair['a']['label']}/{Path(pair['a']['path']).name}",
+        f"{pair['b']['split']}/{pair['b']['label']}/{Path(pair['b']['path']).name}",
+    }
 
 
 def test_near_duplicates_leakage_and_conflicts_but_not_similar_images(near_root):
@@ -180,7 +182,7 @@ def test_cropped_copies_are_found_and_distinct_images_are_not(crop_root):
     assert any(line.endswith("(cropped)") for line in summary_lines(report))
     assert report["near_duplicate_search"]["crop_fitted"] >= 6
     assert json.loads(json.dumps(report))["near_duplicates"][0]["cropped"]["from"] in ("a", "b")
-    from imgcls.data.doctor_html import render_html
+    from imgcls.doctor.html import render_html
 
     page = render_html(report)  # a crop is described by its cut, not by the unaligned difference
     assert page.count("cropped copy of the") >= 6 and "left 5% cut off" in page  # in leakage and near-duplicates
@@ -264,7 +266,7 @@ def test_fail_on_kinds_are_validated():
 
 
 def test_plan_moves_a_near_leak_into_train_and_drops_near_conflicts(near_root, tmp_path):
-    from imgcls.data.doctor_fix import apply_plan, plan_actions, write_plan
+    from imgcls.doctor.fix import apply_plan, plan_actions, write_plan
 
     rows = {row["path"]: row for row in plan_actions(check_dataset(near_root, label_errors=False))}
     assert (rows["test/a/leak.jpg"]["action"], rows["test/a/leak.jpg"]["target"]) == ("move", "train/a/leak.jpg")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgcls.cli import main
+from imgcls.cli.main import main
 from tests.conftest import CLASS_COLOURS, make_class_folders
 
 

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from imgcls.checkpoint import load_model
-from imgcls.cli import main
+from imgcls.cli.main import main
 from imgcls.errors import ConfigError, ExportError
-from imgcls.export import export_onnx
-from imgcls.onnx_graph import max_difference, to_onnx_bytes
-from imgcls.onnx_model import probability_function, session
-from imgcls.predict import Predictor, expand_paths
+from imgcls.inference.export import export_onnx
+from imgcls.inference.onnx_graph import max_difference, to_onnx_bytes
+from imgcls.inference.onnx_runtime import probability_function, session
+from imgcls.inference.predictor import Predictor, expand_paths
 from tests.conftest import make_class_folders
 
 
@@ -70,8 +70,13 @@ def test_pixels_input_does_the_normalisation_inside(trained, tmp_path):
     assert inp.name == "pixels" and inp.type == "tensor(uint8)"
     # Raw pixels in, the same probabilities as the checkpoint's own predictor out.
     predictor = Predictor.from_checkpoint(checkpoint)
-    images = np.stack([predictor.decode(path) for _, path in expand_paths([str(data)]) if "broken" not in path.name
-                       and path.stat().st_size])  # fmt: skip
+    images = np.stack(
+        [
+            predictor.decode(path)
+            for _, path in expand_paths([str(data)])
+            if "broken" not in path.name and path.stat().st_size
+        ]
+    )
     probs = session.run(["probabilities"], {"pixels": images})[0]
     assert np.abs(probs - predictor.probabilities(images)).max() < 1e-4
 
@@ -150,7 +155,7 @@ def test_int8_needs_calibration_images(trained, tmp_path):
 
 def test_a_disagreeing_export_fails_and_writes_nothing(trained, tmp_path, monkeypatch):
     _, checkpoint = trained
-    import imgcls.export as export
+    import imgcls.inference.export as export
 
     monkeypatch.setattr(export, "max_difference", lambda *a, **k: 3e-3)  # as if an operator were exported wrongly
     out = tmp_path / "bad.onnx"
@@ -207,10 +212,10 @@ def test_predicting_from_onnx_never_imports_training_code(trained, tmp_path):
     out = tmp_path / "model.onnx"
     export_onnx(checkpoint, out)
     code = (
-        "import sys; from imgcls.cli import main; "
+        "import sys; from imgcls.cli.main import main; "
         f"status = main(['-q', 'predict', {str(out)!r}, {str(data / 'bird')!r}]); "
-        "loaded = [m for m in ('imgcls.train', 'imgcls.optim', 'imgcls.data.loader', 'imgcls.prepare') "
-        "if m in sys.modules]; print('LOADED', loaded, status)"
+        "loaded = [m for m in sys.modules if m.startswith('imgcls.training') or m == 'imgcls.data.loader']; "
+        "print('LOADED', loaded, status)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "LOADED [] 0" in result.stdout
@@ -228,7 +233,7 @@ def test_test_time_flip_travels_with_the_model(tmp_path):
     assert pre.test_flip and meta["preprocess"]["test_flip"] is True
     images = np.random.default_rng(1).integers(0, 256, (6, 16, 16, 3), np.uint8)
     from imgcls.data.preprocess import to_model_input
-    from imgcls.inference import batched_logits
+    from imgcls.inference.batched import batched_logits
 
     x = to_model_input(torch.from_numpy(images), pre, channels_last=False)
     with torch.inference_mode():

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from imgcls.cli import main
+from imgcls.cli.main import main
 from imgcls.data.builtin import find_fashion_mnist
 
 
@@ -37,8 +37,21 @@ def test_written_folders_hold_the_official_split(fashion_mnist):
 def test_softmax_regression_reaches_082_in_three_epochs(fashion_mnist, tmp_path):
     """d2l reports about 0.83-0.85 test accuracy for softmax regression on Fashion-MNIST."""
     run = tmp_path / "softmax"
-    args = ["-q", "train", str(fashion_mnist / "train"), "--val", str(fashion_mnist / "test"),
-            "--model", "softmax", "--img-size", "28", "--epochs", "3", "--out", str(run)]  # fmt: skip
+    args = [
+        "-q",
+        "train",
+        str(fashion_mnist / "train"),
+        "--val",
+        str(fashion_mnist / "test"),
+        "--model",
+        "softmax",
+        "--img-size",
+        "28",
+        "--epochs",
+        "3",
+        "--out",
+        str(run),
+    ]
     assert main(args) == 0
     metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["num_samples"] == 10_000 and metrics["skipped_files"] == []

@@ -23,8 +23,14 @@ from imgcls.errors import DataError, NotAnImageError, TooManyPixelsError
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 FORMATS = {"PNG": "RGBA", "JPEG": "RGB", "BMP": "RGB", "GIF": "P", "WEBP": "RGB", "TIFF": "RGB"}
-MAGIC = {"PNG": b"\x89PNG\r\n\x1a\n", "JPEG": b"\xff\xd8\xff", "BMP": b"BM", "GIF": b"GIF89a",
-         "WEBP": b"RIFF\x00\x00\x00\x00WEBPVP8 ", "TIFF": b"II*\x00"}  # fmt: skip
+MAGIC = {
+    "PNG": b"\x89PNG\r\n\x1a\n",
+    "JPEG": b"\xff\xd8\xff",
+    "BMP": b"BM",
+    "GIF": b"GIF89a",
+    "WEBP": b"RIFF\x00\x00\x00\x00WEBPVP8 ",
+    "TIFF": b"II*\x00",
+}
 # derandomize: the same examples on every run, so CI never meets a new one by chance.
 FUZZ = settings(
     max_examples=120, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]

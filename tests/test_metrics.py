@@ -26,9 +26,20 @@ from imgcls.metrics import (
 )
 
 CONTRACT_KEYS = {
-    "accuracy", "top5_accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc_macro", "log_loss",
-    "ece", "num_samples", "classes", "confusion_matrix", "per_class", "skipped_files",
-}  # fmt: skip
+    "accuracy",
+    "top5_accuracy",
+    "macro_precision",
+    "macro_recall",
+    "macro_f1",
+    "roc_auc_macro",
+    "log_loss",
+    "ece",
+    "num_samples",
+    "classes",
+    "confusion_matrix",
+    "per_class",
+    "skipped_files",
+}
 ADDED_KEYS = {"average_precision_macro", "binary", "selective"}
 
 

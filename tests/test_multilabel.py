@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 from sklearn.metrics import average_precision_score, f1_score, hamming_loss
 
-from imgcls.cli import main
+from imgcls.cli.main import main
 from imgcls.data.manifest import is_multilabel, manifest_sources, read_manifest
 from imgcls.errors import DataError
-from imgcls.losses import build_multilabel_loss, correct_predictions, positive_weights
 from imgcls.metrics import choose_thresholds, multilabel_metrics
+from imgcls.training.losses import build_multilabel_loss, correct_predictions, positive_weights
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 
@@ -178,8 +178,23 @@ def multilabel_run(tmp_path_factory):
     write_csv(root / "train.csv", rows[:120])
     write_csv(root / "val.csv", rows[120:])
     run = root / "run"
-    args = ["-q", "train", str(root / "train.csv"), "--val", str(root / "val.csv"), "--out", str(run), "--model",
-            "keras-cnn", "--img-size", "16", "--epochs", "12", "--batch-size", "16"]  # fmt: skip
+    args = [
+        "-q",
+        "train",
+        str(root / "train.csv"),
+        "--val",
+        str(root / "val.csv"),
+        "--out",
+        str(run),
+        "--model",
+        "keras-cnn",
+        "--img-size",
+        "16",
+        "--epochs",
+        "12",
+        "--batch-size",
+        "16",
+    ]
     assert main(args) == 0
     return root, run
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from imgcls.cli import main
+from imgcls.cli.main import main
 from imgcls.config import OptimConfig, build_config, list_recipes
 from imgcls.errors import CheckpointError
-from imgcls.optim import build_optimizer, build_schedule
-from imgcls.transfer import load_pretrained, read_state_dict
+from imgcls.training.optim import build_optimizer, build_schedule
+from imgcls.training.transfer import load_pretrained, read_state_dict
 from tests.conftest import make_class_folders
 
 FAST = ["-q", "--img-size", "32", "--batch-size", "16", "--epochs", "1"]
@@ -37,8 +37,19 @@ def test_pretrained_with_other_classes_loads_the_backbone(teacher_run, tmp_path,
         for path in sorted((data / name).iterdir())[:8]:
             (two / name / path.name).write_bytes(path.read_bytes())
     with caplog.at_level(logging.INFO, logger="imgcls"):
-        status = main(["train", str(two), "--out", str(tmp_path / "ft"), *FAST[1:], "--model", "lenet",
-                       "--pretrained", str(teacher / "best.safetensors")])  # fmt: skip
+        status = main(
+            [
+                "train",
+                str(two),
+                "--out",
+                str(tmp_path / "ft"),
+                *FAST[1:],
+                "--model",
+                "lenet",
+                "--pretrained",
+                str(teacher / "best.safetensors"),
+            ]
+        )
     assert status == 0
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("pretrained"))
     assert "loaded 8 tensors" in line and "fc.weight" in line  # the 3-class head is rebuilt for 2
@@ -75,8 +86,20 @@ def test_distillation_and_teacher_checks(teacher_run, tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "student"), "--kd-alpha", "0.7"]) == 0
     assert json.loads((tmp_path / "student" / "metrics.json").read_text(encoding="utf-8"))["accuracy"] > 0.5
     capsys.readouterr()
-    assert main([*args[:-2], "--teacher", str(teacher / "best.safetensors"), "--img-size", "28",
-                 "--out", str(tmp_path / "other-size")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                *args[:-2],
+                "--teacher",
+                str(teacher / "best.safetensors"),
+                "--img-size",
+                "28",
+                "--out",
+                str(tmp_path / "other-size"),
+            ]
+        )
+        == 2
+    )
     assert "takes 32 px" in capsys.readouterr().err
 
 
@@ -97,8 +120,21 @@ def test_ema_mixing_and_per_image_augmentation_train(teacher_run, tmp_path):
         "train.label_smoothing=0.1",
     ]
     run = tmp_path / "tricks"
-    assert main(["train", str(data), "--out", str(run), *FAST[:-2], "--epochs", "2",
-                 *[a for s in sets for a in ("--set", s)]]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                str(data),
+                "--out",
+                str(run),
+                *FAST[:-2],
+                "--epochs",
+                "2",
+                *[a for s in sets for a in ("--set", s)],
+            ]
+        )
+        == 0
+    )
     history = (run / "history.csv").read_text().splitlines()
     assert len(history) == 3
     assert json.loads((run / "metrics.json").read_text(encoding="utf-8"))["accuracy"] > 0.5
@@ -107,8 +143,26 @@ def test_ema_mixing_and_per_image_augmentation_train(teacher_run, tmp_path):
 def test_early_stopping_stops(teacher_run, tmp_path):
     data, _ = teacher_run
     run = tmp_path / "early"
-    assert main(["train", str(data), "--out", str(run), *FAST[:-2], "--epochs", "6", "--set", "optim.lr=1e-9",
-                 "--set", "train.early_stopping=1", "--set", "optim.schedule=constant"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                str(data),
+                "--out",
+                str(run),
+                *FAST[:-2],
+                "--epochs",
+                "6",
+                "--set",
+                "optim.lr=1e-9",
+                "--set",
+                "train.early_stopping=1",
+                "--set",
+                "optim.schedule=constant",
+            ]
+        )
+        == 0
+    )
     assert len((run / "history.csv").read_text().splitlines()) - 1 < 6
 
 
@@ -144,12 +198,28 @@ def test_every_recipe_validates():
 
 
 def test_lr_find_suggests_a_rate_and_plots(teacher_run, tmp_path, capsys):
-    from imgcls.lr_find import suggest_lr
+    from imgcls.training.lr_find import suggest_lr
 
     data, _ = teacher_run
     capsys.readouterr()
-    assert main(["lr-find", str(data), "-q", "--img-size", "32", "--batch-size", "16", "--steps", "30",
-                 "--out", str(tmp_path / "lr.png")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "lr-find",
+                str(data),
+                "-q",
+                "--img-size",
+                "32",
+                "--batch-size",
+                "16",
+                "--steps",
+                "30",
+                "--out",
+                str(tmp_path / "lr.png"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     rate = float(out.split("suggested learning rate: ")[1].split()[0])
     assert 1e-6 <= rate <= 1.0

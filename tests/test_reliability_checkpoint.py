@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from imgcls import __version__
 from imgcls import checkpoint as ckpt
 from imgcls.errors import CheckpointError
-from imgcls.predict import Predictor
+from imgcls.inference.predictor import Predictor
 
 
 def _header(data: bytes) -> tuple[int, dict]:

@@ -16,12 +16,14 @@ import pytest
 import torch
 
 from imgcls import checkpoint as ckpt
-from imgcls.cli import main
+from imgcls.cli.main import main
 from imgcls.config import build_config, parse_overrides
 from imgcls.data.cache import build_cache
-from imgcls.data.sources import list_images, resolve_training_data
+from imgcls.data.resolve import resolve_training_data
+from imgcls.data.sources import list_images
 from imgcls.errors import CheckpointError, ConfigError, DataError
-from imgcls.transfer import read_state_dict
+from imgcls.files import write_json
+from imgcls.training.transfer import read_state_dict
 from tests.conftest import make_class_folders
 
 NOT_UTF8 = os.fsdecode(b"caf\xe9-\xff.png")  # Latin-1 bytes: a surrogate-escaped str in Python
@@ -67,7 +69,7 @@ def test_non_utf8_file_names_are_found_decoded_and_reported(data, tmp_path):
     assert str(good) in cache.paths
     assert [item["path"] for item in cache.skipped] == [str(bad)]
     out = tmp_path / "skipped.json"
-    ckpt.write_json(out, {"skipped_files": cache.skipped})  # escaped, not a UnicodeEncodeError
+    write_json(out, {"skipped_files": cache.skipped})  # escaped, not a UnicodeEncodeError
     assert "broken-\\udcfe.png" in out.read_text(encoding="utf-8")
 
 
@@ -203,8 +205,23 @@ def test_pickle_renamed_safetensors_is_refused_and_never_runs(tmp_path, payload,
 def test_pretrained_pickle_is_refused_by_the_cli_and_never_runs(data, tmp_path, payload, suffix, capsys):
     weights = tmp_path / f"x{suffix}"
     torch.save({"state_dict": {"conv.weight": torch.zeros(1), "evil": payload}}, weights)
-    status = main(["-q", "train", str(data), "--out", str(tmp_path / "run"), "--img-size", "16", "--epochs", "1",
-                   "--model", "lenet", "--pretrained", str(weights)])  # fmt: skip
+    status = main(
+        [
+            "-q",
+            "train",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            "--img-size",
+            "16",
+            "--epochs",
+            "1",
+            "--model",
+            "lenet",
+            "--pretrained",
+            str(weights),
+        ]
+    )
     assert status == 2
     err = capsys.readouterr().err
     assert f"x{suffix}" in err and "pickled objects are refused" in err
@@ -250,11 +267,11 @@ def test_predict_on_a_pickle_named_safetensors_is_a_clear_error(tmp_path, payloa
 def test_bad_config_is_refused_before_any_data_is_read(override, words, tmp_path, capsys, monkeypatch):
     with pytest.raises(ConfigError, match=words.replace("(", r"\(")):
         build_config(overrides=parse_overrides([override]))
-    import imgcls.train
+    import imgcls.training.fit
 
     def no_training(*args, **kwargs):
         raise AssertionError("training started")
 
-    monkeypatch.setattr(imgcls.train, "fit", no_training)
+    monkeypatch.setattr(imgcls.training.fit, "fit", no_training)
     assert main(["-q", "train", str(tmp_path / "not-read"), "--out", str(tmp_path / "run"), "--set", override]) == 2
     assert words in capsys.readouterr().err

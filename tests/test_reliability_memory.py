@@ -15,7 +15,7 @@ from PIL import Image
 
 import imgcls.data.cache as cache_module
 import imgcls.data.spill as spill
-from imgcls.cli import main
+from imgcls.cli.main import main
 from imgcls.data.cache import build_cache
 from imgcls.data.loader import cache_tensors
 from imgcls.data.sources import Sample

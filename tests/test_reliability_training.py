@@ -16,17 +16,35 @@ from pathlib import Path
 
 import pytest
 
-import imgcls.train as train_module
+import imgcls.training.fit as train_module
+import imgcls.training.loop as loop_module
 from imgcls import checkpoint as ckpt
-from imgcls.cli import main
+from imgcls.cli.main import main
 from imgcls.errors import CheckpointError
 
 # Tiny and deterministic: one torch thread in every process, so a run and its resumed
 # copy (perhaps in another process) compute the same floats. EMA, per-image rotation
 # (torch's global RNG) and mixup (the epoch's generator) put every kind of state at stake.
-FAST = ["--img-size", "16", "--batch-size", "8", "--model", "lenet", "--epochs", "2",
-        "--set", "train.threads=1", "--set", "train.eval_batch_size=64", "--set", "train.ema=true",
-        "--set", "augment.rotation=10", "--set", "augment.mixup=0.2"]  # fmt: skip
+FAST = [
+    "--img-size",
+    "16",
+    "--batch-size",
+    "8",
+    "--model",
+    "lenet",
+    "--epochs",
+    "2",
+    "--set",
+    "train.threads=1",
+    "--set",
+    "train.eval_batch_size=64",
+    "--set",
+    "train.ema=true",
+    "--set",
+    "augment.rotation=10",
+    "--set",
+    "augment.mixup=0.2",
+]
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -66,7 +84,7 @@ def test_ctrl_c_stops_after_the_step_saves_and_resumes_exactly(data, straight, t
     """A real SIGINT in the middle of epoch 2 (after its first optimizer step): the run
     saves last.safetensors with the epoch's progress and RNG states, says how to resume,
     and the resumed run ends exactly as the uninterrupted one."""
-    real_step = train_module._optimizer_step
+    real_step = loop_module.optimizer_step
     steps = {"n": 0}
 
     def step_then_ctrl_c(run):
@@ -75,7 +93,7 @@ def test_ctrl_c_stops_after_the_step_saves_and_resumes_exactly(data, straight, t
         if steps["n"] == 6:  # epoch 1 has 4 steps (39 training images, batches of 8): epoch 2, step 2
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(train_module, "_optimizer_step", step_then_ctrl_c)
+    monkeypatch.setattr(loop_module, "optimizer_step", step_then_ctrl_c)
     run = tmp_path / "run"
     assert main(["-q", "train", str(data), "--out", str(run), *FAST]) == 130
     assert steps["n"] == 6  # stopped right after the step that received the signal
@@ -85,7 +103,7 @@ def test_ctrl_c_stops_after_the_step_saves_and_resumes_exactly(data, straight, t
     assert state["epoch"] == 1 and state["partial"]["step"] == 2
     assert not (run / "metrics.json").exists()
 
-    monkeypatch.setattr(train_module, "_optimizer_step", real_step)
+    monkeypatch.setattr(loop_module, "optimizer_step", real_step)
     assert main(["-q", "train", "--resume", "--out", str(run)]) == 0
     _assert_same_run(run, straight)
 
@@ -127,7 +145,7 @@ def test_second_ctrl_c_interrupts_at_once():
 KILLED_MID_WRITE = textwrap.dedent("""
     import os, signal, sys
     import imgcls.checkpoint as ckpt
-    from imgcls.cli import main
+    from imgcls.cli.main import main
 
     real_write, real_fsync, writes = ckpt.atomic_write_bytes, os.fsync, []
 
@@ -148,8 +166,9 @@ KILLED_MID_WRITE = textwrap.dedent("""
 def _imgcls_process(args: list[str], script: str | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "IMGCLS_PROGRESS": "0"}
     prefix = ["-c", script] if script else ["-m", "imgcls"]
-    return subprocess.Popen([sys.executable, *prefix, *args], env=env, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, *prefix, *args], env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
 
 def test_sigkill_while_writing_a_checkpoint_loses_nothing(data, straight, tmp_path):
@@ -183,10 +202,10 @@ def test_sigkill_at_an_arbitrary_moment_then_resume_gives_the_same_metrics(data,
 # train.checkpoint_minutes so small that last.safetensors is saved after every step.
 KILLED_IN_AN_EPOCH = textwrap.dedent("""
     import os, signal, sys
-    import imgcls.train as train
-    from imgcls.cli import main
+    import imgcls.training.loop as train
+    from imgcls.cli.main import main
 
-    real_step, steps = train._optimizer_step, []
+    real_step, steps = train.optimizer_step, []
 
     def dying_step(run):
         steps.append(1)
@@ -194,7 +213,7 @@ KILLED_IN_AN_EPOCH = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
         real_step(run)
 
-    train._optimizer_step = dying_step
+    train.optimizer_step = dying_step
     sys.exit(main(sys.argv[1:]))
 """)
 

@@ -9,12 +9,25 @@ from __future__ import annotations
 
 import pytest
 
-from imgcls.cli import main
+from imgcls.cli.main import main
 from tests.conftest import make_class_folders
 from tests.test_web_page import browser  # noqa: F401 - the shared Chromium fixture (skips without one)
 
-SECTIONS = ("summary", "curves", "confusion", "pairs", "per-class", "roc", "pr", "calibration", "coverage", "mistakes",
-            "confident", "explanations", "skipped")  # fmt: skip
+SECTIONS = (
+    "summary",
+    "curves",
+    "confusion",
+    "pairs",
+    "per-class",
+    "roc",
+    "pr",
+    "calibration",
+    "coverage",
+    "mistakes",
+    "confident",
+    "explanations",
+    "skipped",
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +72,8 @@ def test_per_class_table_sorts_on_click(report_url, browser):  # noqa: F811
     names_desc = [r.find_elements(By.TAG_NAME, "td")[0].text for r in table.find_elements(By.CSS_SELECTOR, "tbody tr")]
     assert names_desc == names[::-1]
     table.find_elements(By.TAG_NAME, "th")[support].click()
-    values = [float(r.find_elements(By.TAG_NAME, "td")[support].text.replace(",", ""))
-              for r in table.find_elements(By.CSS_SELECTOR, "tbody tr")]  # fmt: skip
+    values = [
+        float(r.find_elements(By.TAG_NAME, "td")[support].text.replace(",", ""))
+        for r in table.find_elements(By.CSS_SELECTOR, "tbody tr")
+    ]
     assert values == sorted(values)

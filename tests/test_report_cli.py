@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix, f1_score, log_loss, roc_auc_score
 
-from imgcls.cli import main
+from imgcls.cli.main import main
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +20,23 @@ def digits_run(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("digits")
     assert main(["-q", "data", "get", "digits", "--out", str(root / "data")]) == 0
     run = root / "run"
-    args = ["-q", "train", str(root / "data" / "train"), "--out", str(run), "--model", "keras-cnn", "--img-size", "16",
-            "--epochs", "8", "--batch-size", "32", "--set", "augment.hflip=false"]  # fmt: skip
+    args = [
+        "-q",
+        "train",
+        str(root / "data" / "train"),
+        "--out",
+        str(run),
+        "--model",
+        "keras-cnn",
+        "--img-size",
+        "16",
+        "--epochs",
+        "8",
+        "--batch-size",
+        "32",
+        "--set",
+        "augment.hflip=false",
+    ]
     assert main(args) == 0
     return root / "data", run
 
@@ -32,8 +47,12 @@ def test_metrics_agree_with_predict_json(digits_run, tmp_path, capsys):
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text(encoding="utf-8"))
     capsys.readouterr()
     test = data / "test"
-    assert main(["-q", "predict", str(run / "best.safetensors"), str(test), "--json", "--topk", "10",
-                 "--runtime", "torch"]) == 0  # fmt: skip
+    assert (
+        main(
+            ["-q", "predict", str(run / "best.safetensors"), str(test), "--json", "--topk", "10", "--runtime", "torch"]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     classes = metrics["classes"]
     labels = np.array([classes.index(Path(r["path"]).parent.name) for r in rows])
@@ -75,8 +94,19 @@ def test_run_folder_has_what_the_report_needs(digits_run):
     summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     assert sum(summary["train_counts"].values()) == summary["train images"]
     text = (run / "report.html").read_text(encoding="utf-8")
-    for section in ("summary", "curves", "confusion", "per-class", "roc", "pr", "calibration", "coverage",
-                    "mistakes", "confident", "explanations"):  # fmt: skip
+    for section in (
+        "summary",
+        "curves",
+        "confusion",
+        "per-class",
+        "roc",
+        "pr",
+        "calibration",
+        "coverage",
+        "mistakes",
+        "confident",
+        "explanations",
+    ):
         assert f'<section id="{section}">' in text, section
     assert 'alt="Grad-CAM"' in text
     assert "keras-cnn" in text and "adamw lr" in text  # model and recipe in the summary
@@ -94,8 +124,10 @@ def test_report_command_draws_the_same_sections_again(digits_run, tmp_path, caps
 
 def test_compare_runs(digits_run, tmp_path, capsys):
     _, run = digits_run
-    assert main(["-q", "evaluate", str(run / "best.safetensors"), str(run.parent / "data"), "--out",
-                 str(tmp_path / "ev")]) == 0  # fmt: skip
+    assert (
+        main(["-q", "evaluate", str(run / "best.safetensors"), str(run.parent / "data"), "--out", str(tmp_path / "ev")])
+        == 0
+    )
     capsys.readouterr()
     table = tmp_path / "runs.csv"
     assert main(["-q", "compare", str(run), str(tmp_path / "ev"), "--out", str(table)]) == 0

@@ -49,8 +49,19 @@ def report_text(tmp_path, classes, **kwargs) -> str:
 def test_every_predictions_section_is_there(tmp_path):
     text = report_text(tmp_path, ["汽车", "巴士", "自行车"], summary={"model": "lenet"})
     sections = SECTION.findall(text)
-    for key in ("summary", "confusion", "pairs", "per-class", "roc", "pr", "calibration", "coverage", "mistakes",
-                "confident", "explanations"):  # fmt: skip
+    for key in (
+        "summary",
+        "confusion",
+        "pairs",
+        "per-class",
+        "roc",
+        "pr",
+        "calibration",
+        "coverage",
+        "mistakes",
+        "confident",
+        "explanations",
+    ):
         assert key in sections
     assert "汽车" in text and "巴士" in text  # names as HTML text, whatever the plot font
     assert "Grad-CAM needs the PyTorch checkpoint" in text  # no checkpoint given: said, not crashed
@@ -100,8 +111,9 @@ def test_gallery_choices():
 
 
 # Every convolutional model imgcls writes or names itself (timm's are built the same way as resnet18).
-CONV_MODELS = [name for name, _ in list_models()
-               if name in ("lenet", "keras-cnn", "small-net", "alexnet", "vgg11", "resnet18")]  # fmt: skip
+CONV_MODELS = [
+    name for name, _ in list_models() if name in ("lenet", "keras-cnn", "small-net", "alexnet", "vgg11", "resnet18")
+]
 
 
 @pytest.mark.parametrize("name", CONV_MODELS)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from imgcls import checkpoint as ckpt
-from imgcls.cli import main
+from imgcls.cli.main import main
 from imgcls.retrieval.cluster import cluster_embeddings, cluster_scores, folder_labels
 from imgcls.retrieval.commands import open_gallery
 from imgcls.retrieval.embed import Embedder

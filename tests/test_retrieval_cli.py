@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from imgcls.cli import main
+from imgcls.cli.main import main
 from imgcls.retrieval.gallery import Gallery, GalleryError
 from imgcls.serve.app import create_app
 from tests.conftest import CLASS_COLOURS, make_class_folders

@@ -6,7 +6,7 @@ import functools
 import tempfile
 from pathlib import Path
 
-from imgcls.cli import main
+from imgcls.cli.main import main
 from tests.conftest import make_class_folders
 
 KNOWN = ("猫", "狗 dog")  # trained on; "bird" is kept aside to enrol without retraining

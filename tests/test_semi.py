@@ -12,12 +12,12 @@ import torch
 from conftest import make_class_folders
 
 from imgcls import checkpoint as ckpt
-from imgcls.cli import main
+from imgcls.cli.main import main
 from imgcls.config import Config, ConfigError, build_config, load_config
 from imgcls.data.sources import Sample
 from imgcls.errors import DataError
-from imgcls.train import fit
-from imgcls.train_semi import decode_unlabeled, select_pseudo_labels, strong_view, weak_view
+from imgcls.training.fit import fit
+from imgcls.training.semi import decode_unlabeled, select_pseudo_labels, strong_view, weak_view
 
 
 def _logits(rows: list[list[float]]) -> torch.Tensor:
@@ -34,8 +34,12 @@ def test_pseudo_labels_only_where_confidence_reaches_the_threshold():
 
 
 def _fake_run(config: Config | None = None, channels: int = 1, val=()) -> SimpleNamespace:
-    return SimpleNamespace(config=config or Config(), per_image=None, train=SimpleNamespace(channels=channels),
-                           sources=SimpleNamespace(val=tuple(val)))  # fmt: skip
+    return SimpleNamespace(
+        config=config or Config(),
+        per_image=None,
+        train=SimpleNamespace(channels=channels),
+        sources=SimpleNamespace(val=tuple(val)),
+    )
 
 
 def test_weak_and_strong_views_differ_and_repeat_with_the_seed():
@@ -88,8 +92,9 @@ def test_unlabeled_folder_errors(tmp_path):
     with pytest.raises(ConfigError):
         build_config(None, {"semi": {"threshold": 1.5}})
     data = str(make_class_folders(tmp_path / "d", 4, junk=False))
-    mixing = build_config(None, {"data": {"train": data, "img_size": 16}, "augment": {"mixup": 0.2},
-                                 "semi": {"unlabeled": str(broken)}})  # fmt: skip
+    mixing = build_config(
+        None, {"data": {"train": data, "img_size": 16}, "augment": {"mixup": 0.2}, "semi": {"unlabeled": str(broken)}}
+    )
     with pytest.raises(ConfigError, match="mixup"):
         fit(mixing, tmp_path / "run")  # refused before any unlabeled image is decoded
 
@@ -99,9 +104,27 @@ def test_short_semi_supervised_run_completes_and_checkpoints(tmp_path, method):
     data = make_class_folders(tmp_path / "data", per_class=6, seed=1, junk=False)
     unlabeled = make_class_folders(tmp_path / "unlabeled", per_class=6, seed=2)  # with 2 broken files
     run = tmp_path / "run"
-    args = ["train", str(data), "--unlabeled", str(unlabeled), "--semi", method, "--epochs", "1",
-            "--img-size", "16", "--batch-size", "4", "--model", "keras-cnn", "--set", "semi.mu=1",
-            "--out", str(run), "-q"]  # fmt: skip
+    args = [
+        "train",
+        str(data),
+        "--unlabeled",
+        str(unlabeled),
+        "--semi",
+        method,
+        "--epochs",
+        "1",
+        "--img-size",
+        "16",
+        "--batch-size",
+        "4",
+        "--model",
+        "keras-cnn",
+        "--set",
+        "semi.mu=1",
+        "--out",
+        str(run),
+        "-q",
+    ]
     assert main(args) == 0
     for name in ("best.safetensors", "last.safetensors", "metrics.json", "history.csv", "report.html"):
         assert (run / name).is_file(), name
@@ -125,16 +148,33 @@ def test_ctrl_c_inside_a_semi_supervised_epoch_saves_and_resumes_exactly(tmp_pat
     import os
     import signal
 
-    import imgcls.train_semi as semi_module
+    import imgcls.training.semi as semi_module
 
     data = make_class_folders(tmp_path / "data", per_class=6, seed=1, junk=False)
     unlabeled = make_class_folders(tmp_path / "unlabeled", per_class=6, seed=2, junk=False)
-    args = ["train", str(data), "--unlabeled", str(unlabeled), "--epochs", "2", "--img-size", "16", "--batch-size",
-            "4", "--model", "lenet", "--set", "semi.mu=1", "--set", "train.threads=1", "-q"]  # fmt: skip
+    args = [
+        "train",
+        str(data),
+        "--unlabeled",
+        str(unlabeled),
+        "--epochs",
+        "2",
+        "--img-size",
+        "16",
+        "--batch-size",
+        "4",
+        "--model",
+        "lenet",
+        "--set",
+        "semi.mu=1",
+        "--set",
+        "train.threads=1",
+        "-q",
+    ]
     straight = tmp_path / "straight"
     assert main([*args, "--out", str(straight)]) == 0
 
-    real_step, steps = semi_module._optimizer_step, {"n": 0}
+    real_step, steps = semi_module.optimizer_step, {"n": 0}
 
     def step_then_ctrl_c(run):
         real_step(run)
@@ -142,12 +182,12 @@ def test_ctrl_c_inside_a_semi_supervised_epoch_saves_and_resumes_exactly(tmp_pat
         if steps["n"] == 6:  # 18 unlabeled images // (mu 1 x batch 4) = 4 steps an epoch
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(semi_module, "_optimizer_step", step_then_ctrl_c)
+    monkeypatch.setattr(semi_module, "optimizer_step", step_then_ctrl_c)
     run = tmp_path / "run"
     assert main([*args, "--out", str(run)]) == 130
     state = ckpt.read_metadata(run / "last.safetensors")["resume"]
     assert state["epoch"] == 1 and state["partial"]["step"] == 2 and state["partial"]["unlabeled_seen"] == 8
-    monkeypatch.setattr(semi_module, "_optimizer_step", real_step)
+    monkeypatch.setattr(semi_module, "optimizer_step", real_step)
     assert main(["train", "--resume", "--out", str(run), "-q"]) == 0
     assert (run / "metrics.json").read_text() == (straight / "metrics.json").read_text()
     no_seconds = [line.rsplit(",", 1)[0] for line in (straight / "history.csv").read_text().splitlines()]

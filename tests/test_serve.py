@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from imgcls.cli import main
-from imgcls.predict import Predictor
+from imgcls.cli.main import main
+from imgcls.inference.predictor import Predictor
 from imgcls.serve.app import create_app
 from tests.conftest import CLASS_COLOURS, make_class_folders
 
@@ -89,11 +89,19 @@ def test_a_streamed_body_over_the_limit_is_cut_off(client):
     10 kB. The app must answer 413 after reading just past its 50 kB limit."""
     received, sent = [], []
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-        "path": "/predict", "raw_path": b"/predict", "query_string": b"", "root_path": "",
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/predict",
+        "raw_path": b"/predict",
+        "query_string": b"",
+        "root_path": "",
         "headers": [(b"host", b"test"), (b"content-type", b"image/png"), (b"transfer-encoding", b"chunked")],
-        "client": ("127.0.0.1", 1), "server": ("test", 80),
-    }  # fmt: skip
+        "client": ("127.0.0.1", 1),
+        "server": ("test", 80),
+    }
 
     async def receive():
         received.append(1)
@@ -149,7 +157,7 @@ def test_concurrent_requests_share_model_calls(checkpoint):
 
 
 def test_serves_an_onnx_export_the_same_way(checkpoint, tmp_path, client):
-    from imgcls.export import export_onnx
+    from imgcls.inference.export import export_onnx
 
     model = tmp_path / "model.onnx"
     export_onnx(checkpoint, model, pixels=True)
@@ -163,13 +171,13 @@ def test_serves_an_onnx_export_the_same_way(checkpoint, tmp_path, client):
 
 
 def test_a_network_onnx_cannot_take_is_served_by_pytorch(checkpoint, monkeypatch, caplog):
-    import imgcls.onnx_graph
+    import imgcls.inference.onnx_graph
     from imgcls.errors import ExportError
 
     def refuse(*args, **kwargs):
         raise ExportError("model 'keras-cnn' cannot be exported to ONNX: unsupported operator")
 
-    monkeypatch.setattr(imgcls.onnx_graph, "to_onnx_bytes", refuse)
+    monkeypatch.setattr(imgcls.inference.onnx_graph, "to_onnx_bytes", refuse)
     with TestClient(create_app(checkpoint)) as c:
         assert c.get("/info").json()["runtime"] == "torch"
         response = c.post("/predict", content=png(CLASS_COLOURS["bird"]), headers={"content-type": "image/png"})

@@ -19,7 +19,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from imgcls.cli import main
+from imgcls.cli.main import main
 from imgcls.serve.app import create_app
 from imgcls.serve.limits import SERVER_LIMITS, header_timeout_protocol
 from tests.conftest import make_class_folders
@@ -122,8 +122,9 @@ class Server:
 
     def __init__(self, app, **limits):
         settings = {**SERVER_LIMITS, **limits}
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                http=header_timeout_protocol(0.3), **settings)  # fmt: skip
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=0, log_level="warning", http=header_timeout_protocol(0.3), **settings
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -7,10 +7,11 @@ import tarfile
 
 import pytest
 
-from imgcls.cli import main
+from imgcls.cli.main import main
 from imgcls.data.cache import build_cache
+from imgcls.data.resolve import resolve_training_data
 from imgcls.data.shards import parse_size, read_index, shard_sources, write_shards
-from imgcls.data.sources import list_images, resolve_training_data
+from imgcls.data.sources import list_images
 from imgcls.errors import DataError
 from tests.conftest import make_class_folders
 

@@ -11,12 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from imgcls.data.sources import (
-    list_images,
-    resolve_evaluation_data,
-    resolve_training_data,
-    stratified_split,
-)
+from imgcls.data.resolve import resolve_evaluation_data, resolve_training_data
+from imgcls.data.sources import list_images, stratified_split
 from imgcls.errors import DataError
 
 

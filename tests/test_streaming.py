@@ -1,4 +1,4 @@
-"""Training from streamed shards (imgcls.streaming): chosen when it should be, trained end to
+"""Training from streamed shards (imgcls.training.streaming): chosen when it should be, trained end to
 end with broken images counted, resumed exactly, and split over two processes."""
 
 from __future__ import annotations
@@ -11,19 +11,35 @@ from pathlib import Path
 
 import pytest
 
-import imgcls.streaming as streaming
-import imgcls.train as train_module
-from imgcls.cli import main
+import imgcls.training.loop as loop_module
+import imgcls.training.streaming as streaming
+from imgcls.cli.main import main
 from imgcls.config import build_config
+from imgcls.data.resolve import resolve_training_data
 from imgcls.data.shards import write_shards
-from imgcls.data.sources import resolve_training_data
 from imgcls.errors import ConfigError
 from tests.conftest import make_class_folders
 from tests.test_distributed import torchrun
 
 # One reader process, one torch thread: a run and its resumed copy compute the same floats.
-FAST = ["--img-size", "16", "--batch-size", "8", "--model", "lenet", "--epochs", "2", "--set", "train.threads=1",
-        "--set", "data.decode_workers=1", "--set", "data.stream_buffer=16", "--set", "augment.mixup=0.2"]  # fmt: skip
+FAST = [
+    "--img-size",
+    "16",
+    "--batch-size",
+    "8",
+    "--model",
+    "lenet",
+    "--epochs",
+    "2",
+    "--set",
+    "train.threads=1",
+    "--set",
+    "data.decode_workers=1",
+    "--set",
+    "data.stream_buffer=16",
+    "--set",
+    "augment.mixup=0.2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +90,7 @@ def test_a_streamed_run_trains_counts_broken_images_and_resumes_exactly(shards, 
     report = (straight / "report.html").read_text(encoding="utf-8")
     assert report.count("data:image/png;base64,") >= 16  # gallery images read out of their shards
 
-    real_step, steps = train_module._optimizer_step, {"n": 0}
+    real_step, steps = loop_module.optimizer_step, {"n": 0}
 
     def step_then_ctrl_c(run):
         real_step(run)
@@ -82,10 +98,10 @@ def test_a_streamed_run_trains_counts_broken_images_and_resumes_exactly(shards, 
         if steps["n"] == 8:  # inside epoch 2
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(train_module, "_optimizer_step", step_then_ctrl_c)
+    monkeypatch.setattr(loop_module, "optimizer_step", step_then_ctrl_c)
     run = tmp_path / "run"
     assert main(["-q", "train", str(shards), "--out", str(run), *FAST, "--set", "data.stream=always"]) == 130
-    monkeypatch.setattr(train_module, "_optimizer_step", real_step)
+    monkeypatch.setattr(loop_module, "optimizer_step", real_step)
     assert main(["-q", "train", "--resume", "--out", str(run)]) == 0
     assert (run / "metrics.json").read_text() == (straight / "metrics.json").read_text()
     no_seconds = [line.rsplit(",", 1)[0] for line in (straight / "history.csv").read_text().splitlines()]

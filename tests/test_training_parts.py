@@ -14,7 +14,7 @@ from imgcls.data.augment import augment_batch
 from imgcls.data.loader import batch_indices, steps_per_epoch
 from imgcls.data.preprocess import Preprocessing, channel_stats, to_model_input
 from imgcls.errors import ConfigError
-from imgcls.optim import build_optimizer, build_schedule, lr_factor, parameter_groups
+from imgcls.training.optim import build_optimizer, build_schedule, lr_factor, parameter_groups
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -317,7 +317,7 @@ def test_a_few_steps_lower_a_toy_regression_loss(name, lr):
 def test_validation_runs_in_eval_mode_and_leaves_batch_norm_alone():
     """Batch statistics of the validation images must neither decide the scores nor end up
     in the saved running statistics; the model goes back to training mode afterwards."""
-    from imgcls.validate import evaluate
+    from imgcls.training.validate import evaluate
 
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Dropout(0.5), nn.LazyLinear(3))
     model(torch.zeros(2, 1, 8, 8))

@@ -19,7 +19,7 @@ import pytest
 import uvicorn
 from PIL import Image
 
-from imgcls.cli import main
+from imgcls.cli.main import main
 from imgcls.serve.app import create_app
 from tests.conftest import CLASS_COLOURS, make_class_folders
 from tests.test_serve import png
@@ -73,8 +73,16 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"):  # fmt: skip
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     yield driver
@@ -117,8 +125,19 @@ def test_multi_label_page_marks_the_selected_labels(browser, tmp_path: Path):
         Image.fromarray(mosaic(cells, rng)).save(tmp_path / f"{i}.png")
         rows.append((f"{i}.png", ";".join(present)))
     write_csv(tmp_path / "m.csv", rows)
-    args = ["-q", "train", str(tmp_path / "m.csv"), "--out", str(tmp_path / "run"), "--img-size", "16",
-            "--batch-size", "8", "--epochs", "2"]  # fmt: skip
+    args = [
+        "-q",
+        "train",
+        str(tmp_path / "m.csv"),
+        "--out",
+        str(tmp_path / "run"),
+        "--img-size",
+        "16",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "2",
+    ]
     assert main(args) == 0
     with serving(tmp_path / "run" / "best.safetensors") as url:
         browser.get(url)

@@ -16,9 +16,9 @@ from conftest import make_class_folders
 from PIL import Image
 
 from imgcls import checkpoint as ckpt
-from imgcls.cli import main
+from imgcls.cli.main import main
 from imgcls.errors import CheckpointError, ConfigError
-from imgcls.predict import Predictor
+from imgcls.inference.predictor import Predictor
 from imgcls.zeroshot import DEFAULT_PROMPTS, parse_labels, read_prompts, zeroshot_predictor
 
 open_clip = pytest.importorskip("open_clip")
@@ -76,8 +76,9 @@ def test_predictor_from_local_weights_scores_every_label(tiny_clip):
     assert probs.shape == (5, 3)
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
     # The prompts reach the text tower: another ensemble gives other scores.
-    other = zeroshot_predictor(["red", "blue", "sea_lion"], clip_model=config, clip_weights=weights,
-                               prompts=("itap of a {}.",))  # fmt: skip
+    other = zeroshot_predictor(
+        ["red", "blue", "sea_lion"], clip_model=config, clip_weights=weights, prompts=("itap of a {}.",)
+    )
     assert not np.allclose(other.probabilities(_images(5)), probs)
 
 
@@ -116,8 +117,20 @@ def test_cli_prints_predict_format_and_reports_bad_files(tiny_clip, tmp_path, ca
     Image.fromarray(_images(1)[0]).save(good)
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not a jpeg")
-    args = ["zeroshot", str(good), str(bad), "--labels", "cat,dog,eagle", "--clip-model", config,
-            "--clip-weights", weights, "--json", "--topk", "2"]  # fmt: skip
+    args = [
+        "zeroshot",
+        str(good),
+        str(bad),
+        "--labels",
+        "cat,dog,eagle",
+        "--clip-model",
+        config,
+        "--clip-weights",
+        weights,
+        "--json",
+        "--topk",
+        "2",
+    ]
     assert main(args) == 1  # the unreadable file makes the exit status non-zero, as with predict
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines[0]["path"] == str(good) and len(lines[0]["predictions"]) == 2
@@ -132,8 +145,18 @@ def test_cli_prints_predict_format_and_reports_bad_files(tiny_clip, tmp_path, ca
 def test_cli_evaluate_uses_folder_names_and_writes_metrics_and_report(tiny_clip, class_folders, tmp_path, capsys):
     config, weights = tiny_clip
     out = tmp_path / "eval"
-    args = ["zeroshot", "evaluate", str(class_folders), "--labels-from-folders", "--clip-model", config,
-            "--clip-weights", weights, "--out", str(out)]  # fmt: skip
+    args = [
+        "zeroshot",
+        "evaluate",
+        str(class_folders),
+        "--labels-from-folders",
+        "--clip-model",
+        config,
+        "--clip-weights",
+        weights,
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert set(metrics["classes"]) == {"猫", "狗 dog", "bird"}
@@ -152,8 +175,24 @@ def test_clip_linear_probe_checkpoint_keeps_the_hash_not_the_backbone(tiny_clip,
     config, weights = tiny_clip
     data = make_class_folders(tmp_path / "data", per_class=8, junk=False)
     run = tmp_path / "run"
-    args = ["train", str(data), "--model", f"clip:{config}", "--clip-weights", weights, "--freeze-backbone",
-            "--epochs", "1", "--img-size", "32", "--batch-size", "8", "--out", str(run), "-q"]  # fmt: skip
+    args = [
+        "train",
+        str(data),
+        "--model",
+        f"clip:{config}",
+        "--clip-weights",
+        weights,
+        "--freeze-backbone",
+        "--epochs",
+        "1",
+        "--img-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--out",
+        str(run),
+        "-q",
+    ]
     assert main(args) == 0
     best = run / "best.safetensors"
     tensors, meta = ckpt.load_checkpoint(best)
@@ -188,9 +227,26 @@ def test_clip_backbone_copied_on_request_needs_no_weights_file(tiny_clip, tmp_pa
     shutil.copy(weights, own)
     data = make_class_folders(tmp_path / "data", per_class=6, junk=False)
     run = tmp_path / "run"
-    args = ["train", str(data), "--model", f"clip:{config}", "--clip-weights", str(own), "--freeze-backbone",
-            "--set", "model.kwargs.clip_copy=true", "--epochs", "1", "--img-size", "32", "--batch-size", "8",
-            "--out", str(run), "-q"]  # fmt: skip
+    args = [
+        "train",
+        str(data),
+        "--model",
+        f"clip:{config}",
+        "--clip-weights",
+        str(own),
+        "--freeze-backbone",
+        "--set",
+        "model.kwargs.clip_copy=true",
+        "--epochs",
+        "1",
+        "--img-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--out",
+        str(run),
+        "-q",
+    ]
     assert main(args) == 0
     own.unlink()  # the checkpoint alone must rebuild the model now
     tensors, _ = ckpt.load_checkpoint(run / "best.safetensors")

@@ -80,8 +80,9 @@ def cutout(images: torch.Tensor, fraction: float, generator: torch.Generator) ->
     side = round(fraction * min(height, width))
     if side == 0:
         return images
-    centre = torch.stack([torch.randint(0, height, (n,), generator=generator),
-                          torch.randint(0, width, (n,), generator=generator)], 1)  # fmt: skip
+    centre = torch.stack(
+        [torch.randint(0, height, (n,), generator=generator), torch.randint(0, width, (n,), generator=generator)], 1
+    )
     top, left = centre[:, :1] - side // 2, centre[:, 1:] - side // 2
     row_in = (torch.arange(height) >= top) & (torch.arange(height) < top + side)  # (N, H)
     col_in = (torch.arange(width) >= left) & (torch.arange(width) < left + side)  # (N, W)
@@ -111,9 +112,17 @@ def build_per_image_transform(config: AugmentConfig, img_size: int) -> Callable[
     Pixels that the affine moves in from outside are 0 (black): torchvision's affine offers
     only constant fill, not the reflection `augment_batch` uses by default.
     """
-    if not (config.random_resized_crop > 0 or config.rotation > 0 or config.shear > 0 or config.zoom > 0
-            or config.brightness > 0 or config.contrast > 0 or config.saturation > 0
-            or config.auto_augment != "none" or config.random_erasing > 0):  # fmt: skip
+    if not (
+        config.random_resized_crop > 0
+        or config.rotation > 0
+        or config.shear > 0
+        or config.zoom > 0
+        or config.brightness > 0
+        or config.contrast > 0
+        or config.saturation > 0
+        or config.auto_augment != "none"
+        or config.random_erasing > 0
+    ):
         return None
     from torchvision.transforms import v2
 

@@ -22,9 +22,17 @@ log = logging.getLogger(__name__)
 
 KNOWN_DATASETS = ("fashion-mnist", "digits")
 FASHION_MNIST_CLASSES: tuple[str, ...] = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 DIGITS_CLASSES: tuple[str, ...] = tuple(str(d) for d in range(10))
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 _FILES = {

@@ -11,10 +11,7 @@ before the first image is decoded (imgcls.data.spill).
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -27,6 +24,7 @@ from imgcls.data.sources import Sample
 from imgcls.data.spill import fill_memmap, spill_folder
 from imgcls.errors import DataError
 from imgcls.progress import progress_bar
+from imgcls.workers import cpu_count, process_pool
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +47,6 @@ class ImageCache:
         return len(self.labels)
 
 
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def _decode_chunk(
     paths: list[str], size: int, resize: str, channels: int | None, max_pixels: int
 ) -> list[np.ndarray | str]:
@@ -63,18 +54,12 @@ def _decode_chunk(
     for path in paths:
         try:
             source = read_source(path)  # SHARD.tar/MEMBER: read out of the tar (imgcls.data.shards)
-            out.append(decode_image(source, size=size, resize=resize, channels=channels, max_pixels=max_pixels,
-                                    name=path))  # fmt: skip
+            out.append(
+                decode_image(source, size=size, resize=resize, channels=channels, max_pixels=max_pixels, name=path)
+            )
         except DataError as err:
             out.append(str(err).removeprefix(f"{path}: "))  # the path is recorded beside the reason
     return out
-
-
-def process_pool(workers: int) -> ProcessPoolExecutor:
-    """Worker processes for NumPy/Pillow/scikit-image work (decoding, HOG features)."""
-    # fork starts workers in milliseconds; they only run Pillow, NumPy or scikit-image, never torch.
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
 
 
 def _decoded_chunks(chunks: list[list[str]], work, workers: int, total: int, desc: str) -> Iterator[list]:

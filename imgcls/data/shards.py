@@ -25,9 +25,9 @@ from pathlib import Path
 
 from imgcls.data.sources import (
     DataSources,
-    _check_training_classes,
-    _samples,
+    check_training_classes,
     find_split_folders,
+    labelled_samples,
     scan_class_folders,
     stratified_split,
 )
@@ -73,7 +73,7 @@ def write_shards(data: str | Path, out: str | Path, shard_bytes: int = 500 * 2**
     if (out / INDEX).exists():
         raise DataError(f"{out} already holds shards; choose another --out.")
     splits = {name: scan_class_folders(folder) for name, folder in _split_folders(root).items()}
-    _check_training_classes(splits["train"], root)
+    check_training_classes(splits["train"], root)
     classes = list(splits["train"])
     index = {"format": FORMAT, "classes": classes, "splits": {}}
     out.mkdir(parents=True, exist_ok=True)
@@ -153,9 +153,14 @@ def shard_sources(root: Path, val: str | Path | None, *, val_fraction: float, se
     else:
         train_by_class, val_by_class = stratified_split(train_by_class, val_fraction, seed)
         val_root, layout = root, f"shards {root} split {1 - val_fraction:.0%}/{val_fraction:.0%} (seed {seed})"
-    test = _samples(_by_class(root, index, "test"), classes, root) if "test" in splits else None
-    return DataSources(classes, _samples(train_by_class, classes, root), _samples(val_by_class, classes, val_root),
-                       test, layout)  # fmt: skip
+    test = labelled_samples(_by_class(root, index, "test"), classes, root) if "test" in splits else None
+    return DataSources(
+        classes,
+        labelled_samples(train_by_class, classes, root),
+        labelled_samples(val_by_class, classes, val_root),
+        test,
+        layout,
+    )
 
 
 def shard_member(path: str | Path) -> tuple[Path, str] | None:
@@ -200,4 +205,4 @@ def shard_evaluation_samples(root: Path, classes: tuple[str, ...]):
     """The samples `evaluate` uses from shards: the test split, else val, else train."""
     index = read_index(Path(root))
     split = next(name for name in ("test", "val", "train") if name in index["splits"])
-    return _samples(_by_class(Path(root), index, split), classes, Path(root)), Path(root) / split
+    return labelled_samples(_by_class(Path(root), index, split), classes, Path(root)), Path(root) / split

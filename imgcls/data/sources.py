@@ -129,7 +129,7 @@ def find_split_folders(root: Path) -> dict[str, Path | None] | None:
     return {"train": train, "val": val, "test": test}
 
 
-def _check_training_classes(by_class: dict[str, list[Path]], root: Path) -> None:
+def check_training_classes(by_class: dict[str, list[Path]], root: Path) -> None:
     if len(by_class) < 2:
         found = ", ".join(by_class) or "none"
         raise DataError(
@@ -144,7 +144,7 @@ def _check_training_classes(by_class: dict[str, list[Path]], root: Path) -> None
         )
 
 
-def _samples(by_class: dict[str, list[Path]], classes: tuple[str, ...], root: Path) -> tuple[Sample, ...]:
+def labelled_samples(by_class: dict[str, list[Path]], classes: tuple[str, ...], root: Path) -> tuple[Sample, ...]:
     index = {name: i for i, name in enumerate(classes)}
     unknown = [name for name in by_class if name not in index]
     if unknown:
@@ -171,26 +171,10 @@ def stratified_split(
     return train, val
 
 
-def resolve_training_data(
-    data: str | Path,
-    val: str | Path | None = None,
-    *,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    task: str = "auto",
-    allow_outside: bool = False,
+def folder_sources(
+    data: str | Path, val: str | Path | None = None, *, val_fraction: float = 0.2, seed: int = 0
 ) -> DataSources:
-    """The train/val(/test) sources of a training run, following the folder layout rules;
-    DATA may also be a CSV/JSONL manifest (imgcls.data.manifest)."""
-    from imgcls.data.manifest import is_manifest, manifest_sources
-    from imgcls.data.shards import is_shard_folder, shard_sources
-
-    if is_manifest(data):
-        return manifest_sources(data, val, val_fraction=val_fraction, seed=seed, task=task, allow_outside=allow_outside)
-    if is_shard_folder(data):
-        return shard_sources(Path(data), val, val_fraction=val_fraction, seed=seed)
-    if task == "multi-label":
-        raise DataError(f"{data}: multi-label training reads a manifest (CSV or JSONL), not class folders.")
+    """The train/val(/test) sources of a folder of class folders, following the layout rules."""
     root = Path(data)
     if not root.exists():
         raise DataError(f"{root} does not exist. Give a folder of class folders.")
@@ -200,7 +184,7 @@ def resolve_training_data(
     test_root = split["test"] if split else None
 
     train_by_class = scan_class_folders(train_root)
-    _check_training_classes(train_by_class, train_root)
+    check_training_classes(train_by_class, train_root)
     if val_root is not None:
         if not val_root.is_dir():
             raise DataError(f"validation folder {val_root} does not exist.")
@@ -211,32 +195,21 @@ def resolve_training_data(
         val_root = train_root
         layout = f"{train_root} split {1 - val_fraction:.0%}/{val_fraction:.0%} (seed {seed})"
     classes = tuple(train_by_class)
-    val_samples = _samples(val_by_class, classes, val_root)
+    val_samples = labelled_samples(val_by_class, classes, val_root)
     if not val_samples:
         raise DataError(f"no validation images found in {val_root}. Add images or a val/ folder.")
-    test = _samples(scan_class_folders(test_root), classes, test_root) if test_root else None
+    test = labelled_samples(scan_class_folders(test_root), classes, test_root) if test_root else None
     return DataSources(
         classes=classes,
-        train=_samples(train_by_class, classes, train_root),
+        train=labelled_samples(train_by_class, classes, train_root),
         val=val_samples,
         test=test,
         layout=layout,
     )
 
 
-def resolve_evaluation_data(
-    data: str | Path, classes: tuple[str, ...], *, multilabel: bool = False, allow_outside: bool = False
-) -> tuple[tuple[Sample, ...], Path]:
-    """The images `evaluate` uses: test/ if present, else val/ (validation/), else all of it;
-    or every row of a manifest."""
-    from imgcls.data.manifest import is_manifest, manifest_samples, read_manifest
-    from imgcls.data.shards import is_shard_folder, shard_evaluation_samples
-
-    if is_manifest(data):
-        rows = read_manifest(data, allow_outside=allow_outside)
-        return manifest_samples(rows, classes, multilabel, data), Path(data)
-    if is_shard_folder(data):
-        return shard_evaluation_samples(Path(data), classes)
+def folder_evaluation_samples(data: str | Path, classes: tuple[str, ...]) -> tuple[tuple[Sample, ...], Path]:
+    """The images `evaluate` uses in a folder: test/ if present, else val/ (validation/), else all of it."""
     root = Path(data)
     if not root.is_dir():
         raise DataError(f"{root} is not a folder. Give a folder of class folders (or a data root).")
@@ -247,7 +220,7 @@ def resolve_evaluation_data(
         if folder is root:
             raise DataError(f"{root} has train/ but neither test/ nor val/ to evaluate on.")
     by_class = scan_class_folders(folder)
-    samples = _samples(by_class, classes, folder)
+    samples = labelled_samples(by_class, classes, folder)
     if not samples:
         raise DataError(f"{folder} holds no images in its class folders.")
     return samples, folder

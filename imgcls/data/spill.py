@@ -87,17 +87,25 @@ def spill_folder(nbytes: int, desc: str, *, memory_limit: int | None = None, fol
         folder.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(folder).free
     except OSError as err:
-        raise DataError(f"{desc}: cannot use {folder} for the decoded images ({err.strerror}); "
-                        f"set {CACHE_DIR_ENV} to a writable folder.") from None  # fmt: skip
+        raise DataError(
+            f"{desc}: cannot use {folder} for the decoded images ({err.strerror}); "
+            f"set {CACHE_DIR_ENV} to a writable folder."
+        ) from None
     if nbytes * 1.02 > free:  # the file system's own blocks need a little more
         raise DataError(
             f"{desc}: the decoded images need {_size(nbytes)}, more than half of the {_size(available)} of memory "
             f"available and more than the {_size(free)} free in {folder}. Set {CACHE_DIR_ENV} to a folder with "
             "room, lower --img-size, or train on fewer images."
         )
-    log.warning("%s: the decoded images need %s, more than half of the %s of memory available; they go to a "
-                "memory-mapped file in %s instead (%s chooses where)", desc, _size(nbytes), _size(available), folder,
-                CACHE_DIR_ENV)  # fmt: skip
+    log.warning(
+        "%s: the decoded images need %s, more than half of the %s of memory available; they go to a "
+        "memory-mapped file in %s instead (%s chooses where)",
+        desc,
+        _size(nbytes),
+        _size(available),
+        folder,
+        CACHE_DIR_ENV,
+    )
     return folder
 
 
@@ -107,8 +115,10 @@ def _anonymous_memmap(folder: Path, shape: tuple[int, ...]) -> np.memmap:
         with tempfile.TemporaryFile(dir=folder) as file:  # the mapping outlives the file object
             return np.memmap(file, dtype=np.uint8, mode="w+", shape=shape)
     except OSError as err:
-        raise DataError(f"cannot create the decoded-image file in {folder} ({err.strerror}); "
-                        f"set {CACHE_DIR_ENV} to a writable folder with room.") from None  # fmt: skip
+        raise DataError(
+            f"cannot create the decoded-image file in {folder} ({err.strerror}); "
+            f"set {CACHE_DIR_ENV} to a writable folder with room."
+        ) from None
 
 
 def fill_memmap(

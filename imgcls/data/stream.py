@@ -74,8 +74,10 @@ def stream_shards(samples: Sequence[Sample]) -> list[StreamShard]:
             shard = Path(sample.path).parent
             if shard.suffix == ".tar":
                 raise DataError(f"{shard}: shard not found; copy it back or write the shards again.")
-            raise DataError(f"{sample.path} is not inside a .tar shard; streaming reads shards only "
-                            "(write them with `imgcls data shard DATA --out SHARDS`).")  # fmt: skip
+            raise DataError(
+                f"{sample.path} is not inside a .tar shard; streaming reads shards only "
+                "(write them with `imgcls data shard DATA --out SHARDS`)."
+            )
         shard, member = inside
         label = sample.targets if sample.targets is not None else sample.label
         grouped.setdefault(str(shard), []).append((member, label))
@@ -128,12 +130,16 @@ def _read_members(path: str, owned: dict[str, Label]) -> Iterator[tuple[str, byt
                     yield info.name, tar.extractfile(info).read()
                     seen.add(info.name)
     except (tarfile.TarError, OSError, EOFError) as err:
-        raise DataError(f"{path}: cannot read the shard ({err}); it may be truncated or damaged. "
-                        "Copy it again or write the shards again with `imgcls data shard`.") from None  # fmt: skip
+        raise DataError(
+            f"{path}: cannot read the shard ({err}); it may be truncated or damaged. "
+            "Copy it again or write the shards again with `imgcls data shard`."
+        ) from None
     missing = [name for name in owned if name not in seen]
     if missing:  # a tar cut at a member boundary reads as a shorter, valid tar
-        raise DataError(f"{path}: member {missing[0]!r} (and {len(missing) - 1} more) not found; the shard may "
-                        "be truncated, or it and index.json disagree. Write the shards again.")  # fmt: skip
+        raise DataError(
+            f"{path}: member {missing[0]!r} (and {len(missing) - 1} more) not found; the shard may "
+            "be truncated, or it and index.json disagree. Write the shards again."
+        )
 
 
 def _pop_random(buffer: list, rng: np.random.Generator):
@@ -159,9 +165,20 @@ def _shuffle(items: Iterable, size: int, rng: np.random.Generator) -> Iterator:
 class ShardStream(IterableDataset):
     """Decoded, shuffled uint8 batches from shards; one share of them per rank and worker."""
 
-    def __init__(self, shards: list[StreamShard], *, batch_size: int, seed: int, size: int, channels: int,
-                 resize: str = "crop", max_pixels: int = 64_000_000, buffer: int = 2048,
-                 rank: int = 0, world: int = 1):  # fmt: skip
+    def __init__(
+        self,
+        shards: list[StreamShard],
+        *,
+        batch_size: int,
+        seed: int,
+        size: int,
+        channels: int,
+        resize: str = "crop",
+        max_pixels: int = 64_000_000,
+        buffer: int = 2048,
+        rank: int = 0,
+        world: int = 1,
+    ):
         if not any(shard.members for shard in shards):
             raise DataError("no training images to stream; check the shards' index.json.")
         if channels not in (1, 3):
@@ -200,8 +217,10 @@ class ShardStream(IterableDataset):
                 batch, skipped, last, made = [], [], batch, made + 1
         pool = batch + last  # images lost to decode errors: repeat some to keep the promised steps
         if made < promised and not pool:
-            raise DataError(f"none of the images in {', '.join(path for path, _ in parts)} could be decoded; "
-                            "check them with `imgcls data doctor` or write the shards again.")  # fmt: skip
+            raise DataError(
+                f"none of the images in {', '.join(path for path, _ in parts)} could be decoded; "
+                "check them with `imgcls data doctor` or write the shards again."
+            )
         for _ in range(promised - made):
             batch += [pool[int(i)] for i in rng.integers(len(pool), size=self.batch_size - len(batch))]
             yield self._batch(batch, skipped)
@@ -212,8 +231,14 @@ class ShardStream(IterableDataset):
             for name, data in _read_members(path, owned):
                 where = str(Path(path, name))
                 try:
-                    image = decode_image(data, size=self.size, resize=self.resize, channels=self.channels,
-                                         max_pixels=self.max_pixels, name=where)  # fmt: skip
+                    image = decode_image(
+                        data,
+                        size=self.size,
+                        resize=self.resize,
+                        channels=self.channels,
+                        max_pixels=self.max_pixels,
+                        name=where,
+                    )
                 except DataError as err:
                     reason = str(err).removeprefix(f"{where}: ")  # the path is recorded beside the reason
                     log.warning("skipped %s: %s", where, reason)
@@ -241,9 +266,11 @@ def epoch_steps(stream: ShardStream, workers: int, epoch: int) -> int:
     per_reader = [_reader_count(order, slot, slots) // stream.batch_size for slot in range(slots)]
     steps = min(sum(per_reader[rank * workers : (rank + 1) * workers]) for rank in range(stream.world))
     if steps == 0:
-        raise DataError(f"a rank gets less than one batch of {stream.batch_size} images from "
-                        f"{len(stream.shards)} shard(s) split over {stream.world} process(es) x {workers} "
-                        "worker(s); lower the batch size or the number of workers.")  # fmt: skip
+        raise DataError(
+            f"a rank gets less than one batch of {stream.batch_size} images from "
+            f"{len(stream.shards)} shard(s) split over {stream.world} process(es) x {workers} "
+            "worker(s); lower the batch size or the number of workers."
+        )
     return steps
 
 
@@ -258,12 +285,21 @@ def stream_loader(stream: ShardStream, workers: int) -> DataLoader:
     not persistent: each epoch forks them again, carrying the epoch set with set_epoch."""
     readers = stream.world * max(1, workers)
     if stream.rank == 0 and len(stream.shards) < readers:  # said once, by the first process
-        log.warning("%d shard(s) for %d readers (processes x workers): every reader reads every shard to decode "
-                    "its share. More shards would save reading: write more, smaller shards with "
-                    "`imgcls data shard --shard-size`.", len(stream.shards), readers)  # fmt: skip
+        log.warning(
+            "%d shard(s) for %d readers (processes x workers): every reader reads every shard to decode "
+            "its share. More shards would save reading: write more, smaller shards with "
+            "`imgcls data shard --shard-size`.",
+            len(stream.shards),
+            readers,
+        )
     context = None
     if workers > 0:  # fork starts workers in milliseconds (as imgcls.data.cache.process_pool does)
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         context = multiprocessing.get_context(method)
-    return DataLoader(stream, batch_size=None, num_workers=workers, worker_init_fn=_one_thread if workers else None,
-                      multiprocessing_context=context)  # fmt: skip
+    return DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        worker_init_fn=_one_thread if workers else None,
+        multiprocessing_context=context,
+    )

@@ -329,7 +329,13 @@ def fit_classic(
         held_out = f"; held-out accuracy {info['heldout_accuracy']:.4f}, softmax temperature {info['temperature']:.3g}"
     log.info(
         "fitted %s on %d images, %d features, %d classes in %.1f s (features %.1f s, classifier %.1f s)%s",
-        name, len(x), x.shape[1], len(classes), feature_seconds + info["fit_seconds"], feature_seconds,
-        info["fit_seconds"], held_out,
-    )  # fmt: skip
+        name,
+        len(x),
+        x.shape[1],
+        len(classes),
+        feature_seconds + info["fit_seconds"],
+        feature_seconds,
+        info["fit_seconds"],
+        held_out,
+    )
     return model

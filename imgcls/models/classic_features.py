@@ -7,8 +7,8 @@ from functools import partial
 
 import numpy as np
 
-from imgcls.data.cache import cpu_count, process_pool
 from imgcls.progress import progress_bar
+from imgcls.workers import cpu_count, process_pool
 
 LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, as Pillow's RGB -> L
 CHUNK = 500  # images per HOG task: large enough to hide inter-process overhead
@@ -25,11 +25,19 @@ def _hog_chunk(images: np.ndarray, kw: dict) -> np.ndarray:
 
     cell, block = kw["pixels_per_cell"], kw["cells_per_block"]
     grey = _luma(images)
-    return np.stack([
-        hog(g, orientations=kw["orientations"], pixels_per_cell=(cell, cell), cells_per_block=(block, block),
-            block_norm=kw["block_norm"], feature_vector=True)
-        for g in grey
-    ]).astype(np.float32)  # fmt: skip
+    return np.stack(
+        [
+            hog(
+                g,
+                orientations=kw["orientations"],
+                pixels_per_cell=(cell, cell),
+                cells_per_block=(block, block),
+                block_norm=kw["block_norm"],
+                feature_vector=True,
+            )
+            for g in grey
+        ]
+    ).astype(np.float32)
 
 
 def hog_features(images: np.ndarray, kw: dict) -> np.ndarray:

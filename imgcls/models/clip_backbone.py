@@ -95,13 +95,16 @@ def resolve_weights(arch: str, weights: str | None) -> tuple[Path, bool]:
         return Path(weights), False
     is_tag = bool(weights) and weights in open_clip.list_pretrained_tags_by_model(arch)
     if weights and not is_tag:
-        raise CheckpointError(f"CLIP weights {weights} do not exist (neither a file nor a pretrained tag of {arch}). "
-                              + GET_WEIGHTS_HINT)  # fmt: skip
+        raise CheckpointError(
+            f"CLIP weights {weights} do not exist (neither a file nor a pretrained tag of {arch}). " + GET_WEIGHTS_HINT
+        )
     cached = _cached_weights(arch, weights)
     if cached is None:
         what = f"the {weights!r} weights of {arch} are not" if weights else f"no pretrained {arch} weights are"
-        raise CheckpointError(f"{what} in the local Hugging Face cache and no --clip-weights FILE was given; "
-                              "nothing is downloaded at run time. " + GET_WEIGHTS_HINT)  # fmt: skip
+        raise CheckpointError(
+            f"{what} in the local Hugging Face cache and no --clip-weights FILE was given; "
+            "nothing is downloaded at run time. " + GET_WEIGHTS_HINT
+        )
     path, cfg = cached
     return path, bool(cfg.get("quick_gelu", False))
 
@@ -120,8 +123,14 @@ def load_clip(clip_model: str, weights: str | Path | None, *, image_size: int | 
         return model.eval(), arch, None
     path, quick_gelu = resolve_weights(arch, str(weights) if weights else None)
     try:
-        model = open_clip.create_model(arch, pretrained=str(path), pretrained_text=False, require_pretrained=True,
-                                       force_quick_gelu=quick_gelu, **extra)  # fmt: skip
+        model = open_clip.create_model(
+            arch,
+            pretrained=str(path),
+            pretrained_text=False,
+            require_pretrained=True,
+            force_quick_gelu=quick_gelu,
+            **extra,
+        )
     except (RuntimeError, KeyError, ValueError, OSError) as err:
         raise CheckpointError(
             f"{path} cannot be loaded as {arch} weights ({type(err).__name__}: {str(err)[:300]}). Is it the same "
@@ -202,9 +211,16 @@ def _drop_backbone(module: ClipBackbone, state_dict: dict, prefix: str, local_me
 
 
 def build_clip_backbone(
-    clip_model: str, *, num_classes: int, in_chans: int, img_size: int, clip_weights: str | None = None,
-    clip_sha256: str | None = None, clip_copy: bool = False, **kwargs,
-) -> ClipBackbone:  # fmt: skip
+    clip_model: str,
+    *,
+    num_classes: int,
+    in_chans: int,
+    img_size: int,
+    clip_weights: str | None = None,
+    clip_sha256: str | None = None,
+    clip_copy: bool = False,
+    **kwargs,
+) -> ClipBackbone:
     """The registry's builder for `clip:ARCH`. The weights file's sha256, when recorded, must match."""
     if kwargs:
         raise ConfigError(f"clip models take clip_weights, clip_sha256 and clip_copy; not {', '.join(kwargs)}.")

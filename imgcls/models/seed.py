@@ -52,9 +52,13 @@ def lenet(num_classes: int, in_chans: int, img_size: int) -> SeedNet:
     """LeNet-5 (LeCun et al. 1998) as in d2l, with ReLU and max pooling, which train
     in a few epochs where the original sigmoid and average pooling need dozens."""
     features = nn.Sequential(
-        nn.Conv2d(in_chans, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
-    )  # fmt: skip
+        nn.Conv2d(in_chans, 6, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+    )
     side = (img_size // 2 - 4) // 2
     pre_logits = nn.Sequential(nn.Flatten(), nn.Linear(16 * side * side, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU())
     return SeedNet(features, pre_logits, 84, num_classes)
@@ -63,9 +67,13 @@ def lenet(num_classes: int, in_chans: int, img_size: int) -> SeedNet:
 def keras_cnn(num_classes: int, in_chans: int, img_size: int) -> SeedNet:
     """The small-data article's network: (Conv 32 3x3 + ReLU + MaxPool 2) twice, Dense 128, Dense N."""
     features = nn.Sequential(
-        nn.Conv2d(in_chans, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
-    )  # fmt: skip
+        nn.Conv2d(in_chans, 32, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+    )
     side = ((img_size - 2) // 2 - 2) // 2
     pre_logits = nn.Sequential(nn.Flatten(), nn.Linear(32 * side * side, 128), nn.ReLU())
     return SeedNet(features, pre_logits, 128, num_classes)
@@ -74,18 +82,30 @@ def keras_cnn(num_classes: int, in_chans: int, img_size: int) -> SeedNet:
 def alexnet(num_classes: int, in_chans: int, img_size: int) -> SeedNet:
     """AlexNet (Krizhevsky et al. 2012) as in d2l: five convolutions, two 4096 dense layers."""
     features = nn.Sequential(
-        nn.Conv2d(in_chans, 96, 11, stride=4, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
-        nn.Conv2d(96, 256, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-        nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(384, 384, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(in_chans, 96, 11, stride=4, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(96, 256, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(256, 384, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(384, 384, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(384, 256, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
         nn.AdaptiveAvgPool2d(5),
-    )  # fmt: skip
+    )
     pre_logits = nn.Sequential(
         nn.Flatten(),
-        nn.Linear(256 * 5 * 5, 4096), nn.ReLU(), nn.Dropout(0.5),
-        nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(0.5),
-    )  # fmt: skip
+        nn.Linear(256 * 5 * 5, 4096),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Linear(4096, 4096),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+    )
     return SeedNet(features, pre_logits, 4096, num_classes)
 
 

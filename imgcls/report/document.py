@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgcls.checkpoint import atomic_write_bytes
+from imgcls.files import atomic_write_bytes
 from imgcls.report import multilabel as ml
 from imgcls.report import sections as sec
 from imgcls.report.predictions import Predictions
@@ -172,8 +172,9 @@ def first_look(m: dict) -> str:
     if total == 0:
         return "No images were evaluated, so there is nothing to look at yet."
     per_class = m.get("per_class") or {}
-    worst = min(((name, c) for name, c in per_class.items() if c.get("support")), key=lambda kv: kv[1]["recall"],
-                default=None)  # fmt: skip
+    worst = min(
+        ((name, c) for name, c in per_class.items() if c.get("support")), key=lambda kv: kv[1]["recall"], default=None
+    )
     pairs = sec.confused_pairs(m, 1)
     if not pairs:
         return "No mistakes: every image lies on the diagonal of the confusion matrix."

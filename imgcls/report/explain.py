@@ -44,8 +44,10 @@ def explanation_layer(model: nn.Module, pre: Preprocessing) -> tuple[str, nn.Mod
     if not convs:
         return None
     sides: dict[str, int] = {}
-    hooks = [m.register_forward_hook(lambda mod, _i, out, n=name: sides.__setitem__(n, min(out.shape[-2:])))
-             for name, m in convs]  # fmt: skip
+    hooks = [
+        m.register_forward_hook(lambda mod, _i, out, n=name: sides.__setitem__(n, min(out.shape[-2:])))
+        for name, m in convs
+    ]
     try:
         with torch.no_grad():
             model(torch.zeros(1, pre.channels, pre.img_size, pre.img_size))
@@ -81,8 +83,16 @@ def explain(checkpoint: Path, paths: list[str]) -> tuple[list[Explanation], str 
     images, kept = [], []
     for path in paths:
         try:
-            images.append(decode_image(read_source(path), size=pre.img_size, resize=pre.resize, channels=pre.channels,
-                                       max_pixels=pre.max_pixels, name=path))  # fmt: skip
+            images.append(
+                decode_image(
+                    read_source(path),
+                    size=pre.img_size,
+                    resize=pre.resize,
+                    channels=pre.channels,
+                    max_pixels=pre.max_pixels,
+                    name=path,
+                )
+            )
             kept.append(path)
         except DataError as err:
             log.warning("Grad-CAM: %s", err)

@@ -22,10 +22,20 @@ from imgcls.metrics import Curve
 
 # Tried in order after DejaVu Sans, so Latin text keeps its usual look.
 CJK_FONTS = (
-    "Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei",
-    "WenQuanYi Micro Hei", "Microsoft YaHei", "SimHei", "PingFang SC", "Hiragino Sans GB", "Droid Sans Fallback",
-    "AR PL UMing CN", "Arial Unicode MS",
-)  # fmt: skip
+    "Noto Sans CJK SC",
+    "Noto Sans CJK JP",
+    "Noto Sans SC",
+    "Source Han Sans SC",
+    "WenQuanYi Zen Hei",
+    "WenQuanYi Micro Hei",
+    "Microsoft YaHei",
+    "SimHei",
+    "PingFang SC",
+    "Hiragino Sans GB",
+    "Droid Sans Fallback",
+    "AR PL UMing CN",
+    "Arial Unicode MS",
+)
 # Font files worth registering when matplotlib's font cache predates their installation.
 _CJK_FILE = re.compile(r"cjk|wqy|droidsansfallback|uming|ukai", re.IGNORECASE)
 ANNOTATE_MAX_CLASSES = 30  # above this, cell text is unreadable; the colours carry the matrix
@@ -123,8 +133,15 @@ def confusion_figure(
         image = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1 if normalise else max(cm.max(), 1))
         fig.colorbar(image, ax=ax, shrink=0.8)
         labels = [short(c) for c in classes]
-        ax.set_xticks(range(n), labels, rotation=60 if n > 2 else 0, ha="right" if n > 2 else "center",
-                      rotation_mode="anchor", fontsize=label_size, parse_math=False)  # fmt: skip
+        ax.set_xticks(
+            range(n),
+            labels,
+            rotation=60 if n > 2 else 0,
+            ha="right" if n > 2 else "center",
+            rotation_mode="anchor",
+            fontsize=label_size,
+            parse_math=False,
+        )
         ax.set_yticks(range(n), labels, fontsize=label_size, parse_math=False)
         ax.set_xlabel(axes[0])
         ax.set_ylabel(axes[1])
@@ -179,10 +196,23 @@ def reliability_figure(bins: list[dict], ece: float | None):
         left, right = fig.subplots(1, 2)
         filled = [b for b in bins if b["count"]]
         width = bins[0]["high"] - bins[0]["low"] if bins else 0.1
-        left.bar([b["low"] for b in filled], [b["accuracy"] for b in filled], width=width, align="edge",
-                 edgecolor="#1f4e79", color="#9ecae1", label="accuracy")  # fmt: skip
-        left.plot([b["confidence"] for b in filled], [b["accuracy"] for b in filled], "o", color="#d62728",
-                  markersize=4, label="bin mean confidence")  # fmt: skip
+        left.bar(
+            [b["low"] for b in filled],
+            [b["accuracy"] for b in filled],
+            width=width,
+            align="edge",
+            edgecolor="#1f4e79",
+            color="#9ecae1",
+            label="accuracy",
+        )
+        left.plot(
+            [b["confidence"] for b in filled],
+            [b["accuracy"] for b in filled],
+            "o",
+            color="#d62728",
+            markersize=4,
+            label="bin mean confidence",
+        )
         left.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfect calibration")
         left.set_xlabel("confidence (top probability)")
         left.set_ylabel("accuracy")
@@ -209,8 +239,13 @@ def coverage_figure(threshold: np.ndarray, coverage: np.ndarray, accuracy: np.nd
         for row in table:
             if row["accuracy"] is not None and row["coverage"] > 0:
                 ax.plot(row["coverage"], row["accuracy"], "o", color="#d62728", markersize=4)
-                ax.annotate(f"≥{row['threshold']:g}", (row["coverage"], row["accuracy"]), fontsize=8,
-                            textcoords="offset points", xytext=(4, -10))  # fmt: skip
+                ax.annotate(
+                    f"≥{row['threshold']:g}",
+                    (row["coverage"], row["accuracy"]),
+                    fontsize=8,
+                    textcoords="offset points",
+                    xytext=(4, -10),
+                )
         ax.set_xlabel("coverage (share of images answered)")
         ax.set_ylabel("accuracy on the answered images")
         ax.set_title("accuracy vs coverage (red: confidence thresholds)")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from imgcls.checkpoint import atomic_write_bytes
 from imgcls.errors import CheckpointError
+from imgcls.files import atomic_write_bytes
 
 FILE_NAME = "predictions.npz"
 

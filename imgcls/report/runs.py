@@ -10,16 +10,24 @@ import io
 import json
 from pathlib import Path
 
-from imgcls.checkpoint import atomic_write_bytes
 from imgcls.errors import DataError
+from imgcls.files import atomic_write_bytes
 from imgcls.report.document import write_report
 from imgcls.report.predictions import load_predictions
 
 COMPARE_COLUMNS = (
-    ("run", "run"), ("model", "model"), ("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("top5", "top-5"),
-    ("ece", "ECE"), ("log_loss", "log loss"), ("images", "images"), ("epochs", "epochs"), ("seconds", "seconds"),
+    ("run", "run"),
+    ("model", "model"),
+    ("accuracy", "accuracy"),
+    ("macro_f1", "macro-F1"),
+    ("top5", "top-5"),
+    ("ece", "ECE"),
+    ("log_loss", "log loss"),
+    ("images", "images"),
+    ("epochs", "epochs"),
+    ("seconds", "seconds"),
     ("recipe", "recipe"),
-)  # fmt: skip
+)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -61,9 +69,14 @@ def rebuild_report(run_dir: Path, out: Path | None = None) -> Path:
     if str(checkpoint).lower().endswith(".onnx") or not checkpoint.is_file():
         checkpoint = None
     return write_report(
-        out or run_dir / "report.html", metrics=metrics, history=read_history(run_dir / "history.csv"),
-        summary=summary, predictions=load_predictions(run_dir), checkpoint=checkpoint, train_counts=train_counts,
-    )  # fmt: skip
+        out or run_dir / "report.html",
+        metrics=metrics,
+        history=read_history(run_dir / "history.csv"),
+        summary=summary,
+        predictions=load_predictions(run_dir),
+        checkpoint=checkpoint,
+        train_counts=train_counts,
+    )
 
 
 def compare_rows(run_dirs: list[Path]) -> list[dict]:
@@ -74,12 +87,21 @@ def compare_rows(run_dirs: list[Path]) -> list[dict]:
         summary = _read_json(run_dir / "summary.json") or {}
         history = read_history(run_dir / "history.csv")
         seconds = summary.get("run seconds", summary.get("evaluation seconds"))
-        rows.append({
-            "run": str(run_dir), "model": summary.get("model", ""), "accuracy": m.get("accuracy"),
-            "macro_f1": m.get("macro_f1"), "top5": m.get("top5_accuracy"), "ece": m.get("ece"),
-            "log_loss": m.get("log_loss"), "images": m.get("num_samples"),
-            "epochs": len(history) if history else None, "seconds": seconds, "recipe": summary.get("recipe", ""),
-        })  # fmt: skip
+        rows.append(
+            {
+                "run": str(run_dir),
+                "model": summary.get("model", ""),
+                "accuracy": m.get("accuracy"),
+                "macro_f1": m.get("macro_f1"),
+                "top5": m.get("top5_accuracy"),
+                "ece": m.get("ece"),
+                "log_loss": m.get("log_loss"),
+                "images": m.get("num_samples"),
+                "epochs": len(history) if history else None,
+                "seconds": seconds,
+                "recipe": summary.get("recipe", ""),
+            }
+        )
     return rows
 
 
@@ -96,8 +118,10 @@ def format_table(rows: list[dict]) -> str:
     columns = [(k, title) for k, title in COMPARE_COLUMNS if k != "recipe"]
     cells = [[title for _, title in columns]] + [[_cell(row[k], k) for k, _ in columns] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-             for r in cells]  # fmt: skip
+    lines = [
+        "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        for r in cells
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

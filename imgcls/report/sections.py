@@ -40,8 +40,10 @@ def confusion(m: dict) -> str:
             sub = np.asarray(matrix)[np.ix_(keep, keep)]
             names = [classes[i] for i in keep]
             title = f"the {len(keep)} classes with the most mistakes (counts)"
-            parts.append(f'<p class="small">With {len(classes)} classes the full matrix is dense; here the '
-                         f"{len(keep)} classes involved in the most mistakes.</p>")  # fmt: skip
+            parts.append(
+                f'<p class="small">With {len(classes)} classes the full matrix is dense; here the '
+                f"{len(keep)} classes involved in the most mistakes.</p>"
+            )
             parts.append(figures.figure_html(figures.confusion_figure(sub, names, normalise=False, title=title), title))
     return "\n".join(parts)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from imgcls.data.sources import find_split_folders, scan_class_folders
 from imgcls.errors import DataError
-from imgcls.predict import expand_paths
+from imgcls.inference.predictor import expand_paths
 from imgcls.retrieval.cluster import (
     Clustering,
     cluster_embeddings,

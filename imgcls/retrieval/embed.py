@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from imgcls import checkpoint as ckpt
+from imgcls import files
 from imgcls.data.decode import decode_image
 from imgcls.data.preprocess import Preprocessing, to_model_input
 from imgcls.errors import ConfigError, DataError, ImgclsError
@@ -160,13 +161,16 @@ def save_embeddings(out: Path, result: EmbeddedPaths, embedder: Embedder) -> Pat
     sidecar = out.with_suffix(".json")
     buffer = io.BytesIO()
     np.save(buffer, result.embeddings, allow_pickle=False)
-    ckpt.atomic_write_bytes(out, buffer.getvalue())
-    ckpt.write_json(sidecar, {
-        "paths": result.paths,
-        "errors": result.errors,
-        "dim": int(result.embeddings.shape[1]),
-        "model": {"identity": embedder.identity, "checkpoint": embedder.source, **embedder.metadata["model"]},
-    })  # fmt: skip
+    files.atomic_write_bytes(out, buffer.getvalue())
+    files.write_json(
+        sidecar,
+        {
+            "paths": result.paths,
+            "errors": result.errors,
+            "dim": int(result.embeddings.shape[1]),
+            "model": {"identity": embedder.identity, "checkpoint": embedder.source, **embedder.metadata["model"]},
+        },
+    )
     return out
 
 

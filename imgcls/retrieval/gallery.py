@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from imgcls import __version__
-from imgcls.checkpoint import atomic_write_bytes, write_json
 from imgcls.data.sources import find_split_folders, scan_class_folders
 from imgcls.errors import ConfigError, DataError, ImgclsError
+from imgcls.files import atomic_write_bytes, write_json
 from imgcls.retrieval.embed import Embedder
 from imgcls.retrieval.index import FaissIndex, SearchIndex, build_index, choose_kind
 
@@ -172,12 +172,22 @@ class Gallery:
             tmp.replace(index_file)
         else:
             index_file.unlink(missing_ok=True)
-        write_json(folder / "gallery.json", {
-            "format": FORMAT_VERSION, "imgcls_version": __version__, "model": self.model, "dim": self.dim,
-            "dtype": self.dtype, "count": len(self), "index": self.index_kind,
-            "index_built": kind if kind != "exact" and len(self) else None, "recognition": self.recognition,
-            "threshold": self.threshold, "calibration": self.calibration,
-        })  # fmt: skip
+        write_json(
+            folder / "gallery.json",
+            {
+                "format": FORMAT_VERSION,
+                "imgcls_version": __version__,
+                "model": self.model,
+                "dim": self.dim,
+                "dtype": self.dtype,
+                "count": len(self),
+                "index": self.index_kind,
+                "index_built": kind if kind != "exact" and len(self) else None,
+                "recognition": self.recognition,
+                "threshold": self.threshold,
+                "calibration": self.calibration,
+            },
+        )
 
     @classmethod
     def load(cls, folder: Path) -> Gallery:
@@ -199,9 +209,17 @@ class Gallery:
                 f"disagree with gallery.json (count {count}, dim {head.get('dim')}); a write was interrupted. "
                 "Rebuild the gallery with `imgcls gallery build`."
             )
-        gallery = cls(embeddings, list(labels), list(paths), head["model"], head.get("dtype", "float32"),
-                      head.get("index", "auto"), head.get("recognition", "prototype"), head.get("threshold"),
-                      head.get("calibration"))  # fmt: skip
+        gallery = cls(
+            embeddings,
+            list(labels),
+            list(paths),
+            head["model"],
+            head.get("dtype", "float32"),
+            head.get("index", "auto"),
+            head.get("recognition", "prototype"),
+            head.get("threshold"),
+            head.get("calibration"),
+        )
         built, index_file = head.get("index_built"), folder / "index.faiss"
         if built and built == choose_kind(count, gallery.index_kind) and index_file.is_file():
             index = FaissIndex.load(index_file, built)

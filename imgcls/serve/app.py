@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from imgcls.errors import DataError, NotAnImageError, TooManyPixelsError
-from imgcls.predict import Predictor
+from imgcls.inference.predictor import Predictor
 from imgcls.serve.limits import BODY_TIMEOUT_SECONDS, SERVER_LIMITS, BodyLimit, header_timeout_protocol
 
 log = logging.getLogger(__name__)
@@ -127,8 +127,12 @@ def create_app(
         yield
         await batcher.close()
 
-    app = FastAPI(title="imgcls", lifespan=lifespan, version=predictor.metadata.get("imgcls_version", ""),
-                  description=f"Image classifier {predictor.metadata['model']['name']} served by imgcls.")  # fmt: skip
+    app = FastAPI(
+        title="imgcls",
+        lifespan=lifespan,
+        version=predictor.metadata.get("imgcls_version", ""),
+        description=f"Image classifier {predictor.metadata['model']['name']} served by imgcls.",
+    )
     app.add_middleware(BodyLimit, limit=int(max_upload_mb * 1e6), timeout=body_timeout)
     info = {
         "model": predictor.metadata["model"]["name"],
@@ -187,16 +191,27 @@ def create_app(
         from imgcls.serve.retrieval_routes import retrieval_router
 
         checkpoint = None if info["format"] == "onnx" else model_path  # an ONNX file cannot embed: the gallery's own
-        app.include_router(retrieval_router(gallery, checkpoint=checkpoint, admin_token=admin_token,
-                                            max_pixels=pixel_limit))  # fmt: skip
+        app.include_router(
+            retrieval_router(gallery, checkpoint=checkpoint, admin_token=admin_token, max_pixels=pixel_limit)
+        )
     return app
 
 
-def serve(model_path: str, *, host: str, port: int, max_upload_mb: float, topk: int, runtime: str = "onnx",
-          gallery: str | None = None, admin_token: str | None = None) -> None:  # fmt: skip
+def serve(
+    model_path: str,
+    *,
+    host: str,
+    port: int,
+    max_upload_mb: float,
+    topk: int,
+    runtime: str = "onnx",
+    gallery: str | None = None,
+    admin_token: str | None = None,
+) -> None:
     import uvicorn
 
-    app = create_app(model_path, max_upload_mb=max_upload_mb, topk=topk, runtime=runtime, gallery=gallery,
-                     admin_token=admin_token)  # fmt: skip
+    app = create_app(
+        model_path, max_upload_mb=max_upload_mb, topk=topk, runtime=runtime, gallery=gallery, admin_token=admin_token
+    )
     log.info("serving %s on http://%s:%d (web page at /, API docs at /docs)", model_path, host, port)
     uvicorn.run(app, host=host, port=port, log_level="warning", http=header_timeout_protocol(), **SERVER_LIMITS)

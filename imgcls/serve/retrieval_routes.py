@@ -127,8 +127,11 @@ def retrieval_router(
         except GalleryError as err:
             return _error(409, str(err))
         # A file's name, never its folders: the server's paths are not the client's business.
-        return {"matches": [{"name": Path(m.path).name, "label": m.label, "similarity": m.similarity}
-                            for m in result[0].matches]}  # fmt: skip
+        return {
+            "matches": [
+                {"name": Path(m.path).name, "label": m.label, "similarity": m.similarity} for m in result[0].matches
+            ]
+        }
 
     @router.get("/gallery")
     def gallery_info() -> dict:
@@ -148,8 +151,11 @@ def retrieval_router(
         given = request.headers.get("authorization", "")
         scheme, _, token = given.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), admin_token.encode()):
-            return _error(401, "enrolment needs the header 'Authorization: Bearer <admin token>'.",
-                          headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+            return _error(
+                401,
+                "enrolment needs the header 'Authorization: Bearer <admin token>'.",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         if not label.strip():
             return _error(400, "the label cannot be empty.")
         embedded = await embed(request, many=True)

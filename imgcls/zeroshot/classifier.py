@@ -22,9 +22,9 @@ from torch import nn
 from imgcls.data.preprocess import Preprocessing
 from imgcls.device import choose_autocast
 from imgcls.errors import ConfigError
-from imgcls.inference import batched_logits
+from imgcls.inference.batched import batched_logits
+from imgcls.inference.predictor import Predictor
 from imgcls.models.clip_backbone import DEFAULT_CLIP_MODEL, load_clip
-from imgcls.predict import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,10 @@ def read_prompts(path: str | Path | None) -> tuple[str, ...]:
     prompts = tuple(line.strip() for line in lines if line.strip() and not line.strip().startswith("#"))
     bad = [p for p in prompts if p.count("{}") != 1]
     if not prompts or bad:
-        raise ConfigError(f"{path}: every prompt needs exactly one {{}} where the label goes, e.g. 'a photo of a {{}}.'"
-                          + (f"; not {bad[0]!r}" if bad else "; the file holds none"))  # fmt: skip
+        raise ConfigError(
+            f"{path}: every prompt needs exactly one {{}} where the label goes, e.g. 'a photo of a {{}}.'"
+            + (f"; not {bad[0]!r}" if bad else "; the file holds none")
+        )
     return prompts
 
 
@@ -124,9 +126,12 @@ def clip_preprocessing(visual: nn.Module) -> Preprocessing:
 
 
 def zeroshot_predictor(
-    labels: Sequence[str], *, clip_model: str = DEFAULT_CLIP_MODEL, clip_weights: str | Path | None = None,
+    labels: Sequence[str],
+    *,
+    clip_model: str = DEFAULT_CLIP_MODEL,
+    clip_weights: str | Path | None = None,
     prompts: Sequence[str] = DEFAULT_PROMPTS,
-) -> Predictor:  # fmt: skip
+) -> Predictor:
     """A Predictor over `labels` from a local CLIP: same decode, top-k and output as `imgcls predict`."""
     labels = _unique_labels(list(labels), "labels")
     clip, arch, path = load_clip(clip_model, clip_weights)

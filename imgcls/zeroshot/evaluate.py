@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imgcls.checkpoint import write_json
 from imgcls.data.cache import build_cache
-from imgcls.data.sources import find_split_folders, resolve_evaluation_data, scan_class_folders
+from imgcls.data.resolve import resolve_evaluation_data
+from imgcls.data.sources import find_split_folders, scan_class_folders
 from imgcls.errors import DataError
+from imgcls.files import write_json
 from imgcls.metrics import classification_metrics
 from imgcls.models.clip_backbone import DEFAULT_CLIP_MODEL
 from imgcls.zeroshot.classifier import DEFAULT_PROMPTS, zeroshot_predictor
@@ -33,17 +34,23 @@ def folder_labels(data: Path) -> tuple[str, ...]:
 
 
 def evaluate_zeroshot(
-    data: Path, out_dir: Path | None = None, *, clip_model: str = DEFAULT_CLIP_MODEL,
-    clip_weights: str | Path | None = None, prompts=DEFAULT_PROMPTS, batch_size: int = 64,
-) -> dict:  # fmt: skip
+    data: Path,
+    out_dir: Path | None = None,
+    *,
+    clip_model: str = DEFAULT_CLIP_MODEL,
+    clip_weights: str | Path | None = None,
+    prompts=DEFAULT_PROMPTS,
+    batch_size: int = 64,
+) -> dict:
     """metrics.json's dictionary of zero-shot CLIP on DATA's test/ (else val/, else all of it)."""
     started = time.perf_counter()
     classes = folder_labels(Path(data))
     predictor = zeroshot_predictor(classes, clip_model=clip_model, clip_weights=clip_weights, prompts=prompts)
     samples, folder = resolve_evaluation_data(data, classes)
     pre = predictor.preprocessing
-    cache = build_cache(samples, size=pre.img_size, resize=pre.resize, channels=pre.channels,
-                        max_pixels=pre.max_pixels, desc="decode")  # fmt: skip
+    cache = build_cache(
+        samples, size=pre.img_size, resize=pre.resize, channels=pre.channels, max_pixels=pre.max_pixels, desc="decode"
+    )
     probs = predictor.probabilities(np.asarray(cache.images), batch_size=batch_size)
     metrics = classification_metrics(cache.labels, probs, classes, cache.skipped)
     metrics["data"] = str(folder)
@@ -77,8 +84,10 @@ def _write_outputs(out_dir: Path, metrics: dict, cache, probs: np.ndarray, predi
 def summary_lines(metrics: dict, out_dir: str | None) -> list[str]:
     """What `imgcls zeroshot evaluate` prints."""
     top5 = f"  top-5 {metrics['top5_accuracy']:.4f}" if metrics.get("top5_accuracy") is not None else ""
-    lines = [f"{metrics['data']}: {metrics['num_samples']} images, {len(metrics['classes'])} labels (folder names)",
-             f"zero-shot accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}{top5}"]  # fmt: skip
+    lines = [
+        f"{metrics['data']}: {metrics['num_samples']} images, {len(metrics['classes'])} labels (folder names)",
+        f"zero-shot accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}{top5}",
+    ]
     if metrics["skipped_files"]:
         lines.append(f"skipped {len(metrics['skipped_files'])} unreadable file(s)")
     if out_dir:

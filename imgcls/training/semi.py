@@ -40,20 +40,20 @@ from imgcls.data.preprocess import to_model_input
 from imgcls.data.sources import Sample, list_images
 from imgcls.device import autocast, set_rng_states, to_device
 from imgcls.errors import ConfigError, DataError
-from imgcls.optim import build_schedule
-from imgcls.prepare import TrainingRun, prepare
 from imgcls.progress import progress_bar
-from imgcls.train import (
+from imgcls.training.loop import (
     SYNC_EVERY,
     EpochStats,
     FitResult,
-    _optimizer_step,
     epoch_seed,
+    optimizer_step,
     save_epoch,
     snapshot,
 )
-from imgcls.train_outputs import write_run_report
-from imgcls.train_state import (
+from imgcls.training.optim import build_schedule
+from imgcls.training.outputs import write_run_report
+from imgcls.training.run import TrainingRun, prepare
+from imgcls.training.state import (
     EpochInterrupted,
     EpochProgress,
     PeriodicSave,
@@ -62,7 +62,7 @@ from imgcls.train_state import (
     stopped,
     train_resumably,
 )
-from imgcls.validate import evaluate, final_metrics
+from imgcls.training.validate import evaluate, final_metrics
 
 log = logging.getLogger(__name__)
 
@@ -106,34 +106,50 @@ def decode_unlabeled(config: Config, run: TrainingRun) -> ImageCache:
     if config.semi.max_unlabeled and len(paths) > config.semi.max_unlabeled:
         paths = sorted(random.Random(config.train.seed).sample(paths, config.semi.max_unlabeled))
     data = config.data
-    cache = build_cache([Sample(p, -1) for p in paths], size=data.img_size, resize=data.resize,
-                        channels=run.train.channels, max_pixels=data.max_pixels, workers=data.decode_workers,
-                        desc="decode unlabeled")  # fmt: skip
+    cache = build_cache(
+        [Sample(p, -1) for p in paths],
+        size=data.img_size,
+        resize=data.resize,
+        channels=run.train.channels,
+        max_pixels=data.max_pixels,
+        workers=data.decode_workers,
+        desc="decode unlabeled",
+    )
     overlap = {str(s.path.resolve()) for s in run.sources.val} & {str(Path(p).resolve()) for p in cache.paths}
     if overlap:
-        log.warning("%d unlabeled image(s) are also validation images; validation accuracy will be optimistic",
-                    len(overlap))  # fmt: skip
+        log.warning(
+            "%d unlabeled image(s) are also validation images; validation accuracy will be optimistic", len(overlap)
+        )
     log.info("unlabeled: %d images from %s (%d skipped)", len(cache), folder, len(cache.skipped))
     return cache
 
 
 def check_semi_config(config: Config, run: TrainingRun) -> None:
     tc = config.train
-    refused = [(tc.accumulate != 1, "train.accumulate"), (mixing_enabled(config.augment), "mixup/cutmix/ricap"),
-               (config.distill.teacher is not None, "distillation"),
-               (getattr(run, "multilabel", False), "multi-label data")]  # fmt: skip
+    refused = [
+        (tc.accumulate != 1, "train.accumulate"),
+        (mixing_enabled(config.augment), "mixup/cutmix/ricap"),
+        (config.distill.teacher is not None, "distillation"),
+        (getattr(run, "multilabel", False), "multi-label data"),
+    ]
     for bad, what in refused:
         if bad:
             raise ConfigError(f"semi-supervised training (--unlabeled) does not combine with {what}; turn one off.")
 
 
 def train_one_epoch_semi(
-    run: TrainingRun, labelled: tuple[torch.Tensor, torch.Tensor], unlabeled: torch.Tensor,
-    generator: torch.Generator, desc: str = "train", *, progress: EpochProgress | None = None,
-    stop: Callable[[], bool] | None = None, periodic: PeriodicSave | None = None,
-) -> SemiStats:  # fmt: skip
+    run: TrainingRun,
+    labelled: tuple[torch.Tensor, torch.Tensor],
+    unlabeled: torch.Tensor,
+    generator: torch.Generator,
+    desc: str = "train",
+    *,
+    progress: EpochProgress | None = None,
+    stop: Callable[[], bool] | None = None,
+    periodic: PeriodicSave | None = None,
+) -> SemiStats:
     """One pass over the unlabeled images in steps of (batch_size labelled, mu * batch_size
-    unlabeled); `progress`, `stop` and `periodic` as in imgcls.train.train_one_epoch."""
+    unlabeled); `progress`, `stop` and `periodic` as in imgcls.training.fit.train_one_epoch."""
     config, model = run.config, run.model
     semi, tc = config.semi, config.train
     images, labels = labelled
@@ -160,8 +176,9 @@ def train_one_epoch_semi(
             x_lab = weak_view(run, images[li], generator)
             weak = weak_view(run, unlabeled[ui], generator)
             views = [x_lab, weak] + ([strong_view(weak, generator, transform)] if semi.method == "fixmatch" else [])
-            x = to_model_input(to_device(torch.cat(views), run.device), run.preprocessing,
-                               channels_last=tc.channels_last)  # fmt: skip
+            x = to_model_input(
+                to_device(torch.cat(views), run.device), run.preprocessing, channels_last=tc.channels_last
+            )
             targets = to_device(labels[li], run.device)
             with autocast(run.autocast_dtype, x.device):
                 logits = model(x).float()
@@ -171,7 +188,7 @@ def train_one_epoch_semi(
             unl_loss = (nn.functional.cross_entropy(student, pseudo, reduction="none") * mask).mean()
             loss = run.loss_fn(lab_logits, targets) + semi.weight * unl_loss
             run.scaler.scale(loss).backward()
-            _optimizer_step(run)
+            optimizer_step(run)
             sums[0] += loss.detach().double() * len(li)
             sums[1] += (lab_logits.argmax(1) == targets).sum()
             sums[2] += mask.sum()
@@ -180,8 +197,9 @@ def train_one_epoch_semi(
             bar.update(1)
             if done.step % SYNC_EVERY == 0:
                 loss_sum, _, pseudo = sums.tolist()
-                bar.set_postfix(loss=f"{loss_sum / done.seen:.4f}", pseudo=f"{pseudo / done.unlabeled_seen:.2f}",
-                                refresh=False)  # fmt: skip
+                bar.set_postfix(
+                    loss=f"{loss_sum / done.seen:.4f}", pseudo=f"{pseudo / done.unlabeled_seen:.2f}", refresh=False
+                )
             if done.step < steps:
                 if stop is not None and stop():
                     raise EpochInterrupted(snapshot(_with_sums(done, sums), generator, run.device, start), steps)
@@ -191,8 +209,13 @@ def train_one_epoch_semi(
         bar.close()
     done = _with_sums(done, sums)
     seen = max(done.seen, 1)
-    return SemiStats(done.loss_sum / seen, done.correct / seen, done.seen, time.perf_counter() - start,
-                     done.pseudo_labelled / max(done.unlabeled_seen, 1))  # fmt: skip
+    return SemiStats(
+        done.loss_sum / seen,
+        done.correct / seen,
+        done.seen,
+        time.perf_counter() - start,
+        done.pseudo_labelled / max(done.unlabeled_seen, 1),
+    )
 
 
 def _with_sums(done: EpochProgress, sums: torch.Tensor) -> EpochProgress:
@@ -205,7 +228,7 @@ def semi_steps(n_unlabeled: int, n_labelled: int, batch_size: int, mu: int) -> i
 
 
 def fit_semi_run(config: Config, run_dir: Path, resume: bool, started: float) -> FitResult:
-    """`fit` with unlabeled images: called by imgcls.train._fit when config.semi.unlabeled is set."""
+    """`fit` with unlabeled images: called by imgcls.training.fit._fit when config.semi.unlabeled is set."""
     tc = config.train
     run = prepare(config)
     check_semi_config(config, run)
@@ -213,9 +236,17 @@ def fit_semi_run(config: Config, run_dir: Path, resume: bool, started: float) ->
     run.train.skipped.extend(unlabeled.skipped)  # metrics.json's skipped_files lists them with the labelled ones
     steps = semi_steps(len(unlabeled), len(run.train), tc.batch_size, config.semi.mu)
     run.scheduler, run.plateau = build_schedule(run.optimizer, config.optim, steps_per_epoch=steps, epochs=tc.epochs)
-    log.info("semi-supervised (%s): %d labelled + %d unlabeled images, mu %d, threshold %.2f; %d steps per epoch "
-             "(one pass over the unlabeled images), %d in the whole run", config.semi.method, len(run.train),
-             len(unlabeled), config.semi.mu, config.semi.threshold, steps, steps * tc.epochs)  # fmt: skip
+    log.info(
+        "semi-supervised (%s): %d labelled + %d unlabeled images, mu %d, threshold %.2f; %d steps per epoch "
+        "(one pass over the unlabeled images), %d in the whole run",
+        config.semi.method,
+        len(run.train),
+        len(unlabeled),
+        config.semi.mu,
+        config.semi.threshold,
+        steps,
+        steps * tc.epochs,
+    )
     history, start_epoch, best_acc, partial = [], 1, -1.0, None
     if resume:
         state, partial = restore(run_dir / "last.safetensors", run)
@@ -229,21 +260,52 @@ def fit_semi_run(config: Config, run_dir: Path, resume: bool, started: float) ->
                 partial = EpochProgress(lr=run.optimizer.param_groups[0]["lr"])
             lr = partial.lr
             generator = torch.Generator().manual_seed(epoch_seed(tc.seed, epoch))
-            one_epoch = functools.partial(train_one_epoch_semi, run, labelled, unl_x, generator,
-                                          desc=f"epoch {epoch}/{tc.epochs}", progress=partial, stop=stop)  # fmt: skip
+            one_epoch = functools.partial(
+                train_one_epoch_semi,
+                run,
+                labelled,
+                unl_x,
+                generator,
+                desc=f"epoch {epoch}/{tc.epochs}",
+                progress=partial,
+                stop=stop,
+            )
             stats = train_resumably(run_dir, run, epoch, history, best_acc, one_epoch)
             partial = None
-            val_loss, val_acc, _ = evaluate(run.eval_model, val_x, val_y, run.preprocessing,
-                                            batch_size=tc.eval_batch_size, autocast_dtype=run.autocast_dtype,
-                                            channels_last=tc.channels_last, device=run.device)  # fmt: skip
+            val_loss, val_acc, _ = evaluate(
+                run.eval_model,
+                val_x,
+                val_y,
+                run.preprocessing,
+                batch_size=tc.eval_batch_size,
+                autocast_dtype=run.autocast_dtype,
+                channels_last=tc.channels_last,
+                device=run.device,
+            )
             if run.plateau is not None:
                 run.plateau.update(val_loss)
-            history.append({"epoch": epoch, "train_loss": round(stats.loss, 6), "train_acc": round(stats.accuracy, 6),
-                            "val_loss": round(val_loss, 6), "val_acc": round(val_acc, 6), "lr": lr,
-                            "seconds": round(stats.seconds, 3)})  # fmt: skip
-            log.info("epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  pseudo-labelled %.1f%%  %.1f s",
-                     epoch, tc.epochs, stats.loss, stats.accuracy, val_loss, val_acc, 100 * stats.mask_rate,
-                     stats.seconds)  # fmt: skip
+            history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": round(stats.loss, 6),
+                    "train_acc": round(stats.accuracy, 6),
+                    "val_loss": round(val_loss, 6),
+                    "val_acc": round(val_acc, 6),
+                    "lr": lr,
+                    "seconds": round(stats.seconds, 3),
+                }
+            )
+            log.info(
+                "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  pseudo-labelled %.1f%%  %.1f s",
+                epoch,
+                tc.epochs,
+                stats.loss,
+                stats.accuracy,
+                val_loss,
+                val_acc,
+                100 * stats.mask_rate,
+                stats.seconds,
+            )
             best_acc = save_epoch(run_dir, run, history, best_acc)
             if stop() and epoch < tc.epochs:
                 stopped(run_dir, f"after epoch {epoch}")

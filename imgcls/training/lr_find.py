@@ -17,7 +17,7 @@ from imgcls.data.loader import batch_indices, cache_tensors
 from imgcls.data.preprocess import to_model_input
 from imgcls.device import autocast, to_device
 from imgcls.errors import ConfigError
-from imgcls.prepare import prepare
+from imgcls.training.run import prepare
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 from imgcls import __version__
-from imgcls.cli_data import add_data_parsers
-from imgcls.cli_output import print_text as _print
-from imgcls.cli_retrieval import add_retrieval_parsers
-from imgcls.cli_zeroshot import add_zeroshot_parser
+from imgcls.cli.data import add_data_parsers
+from imgcls.cli.output import print_text as _print
+from imgcls.cli.retrieval import add_retrieval_parsers
+from imgcls.cli.zeroshot import add_zeroshot_parser
 from imgcls.errors import ImgclsError
 
 log = logging.getLogger("imgcls")
@@ -72,8 +72,10 @@ def _without_devices(argv: list[str]) -> list[str]:
 def _headline(m: dict) -> str:
     """The metrics a user reads first, on one line."""
     if m.get("task") == "multi-label":
-        return (f"mAP {m['mAP'] or 0:.4f}  micro-F1 {m['micro_f1']:.4f}  subset accuracy {m['subset_accuracy']:.4f}"
-                f"  on {m['num_samples']}")  # fmt: skip
+        return (
+            f"mAP {m['mAP'] or 0:.4f}  micro-F1 {m['micro_f1']:.4f}  subset accuracy {m['subset_accuracy']:.4f}"
+            f"  on {m['num_samples']}"
+        )
     top5 = f"  top-5 {m['top5_accuracy']:.4f}" if m.get("top5_accuracy") is not None else ""
     return f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}{top5}  on {m['num_samples']}"
 
@@ -88,7 +90,7 @@ def _probability(text: str) -> float:
 def cmd_train(args: argparse.Namespace) -> int:
     from imgcls.config import build_config
     from imgcls.models.registry import config_defaults
-    from imgcls.train import fit
+    from imgcls.training.fit import fit
 
     overrides = _overrides(args)
     if args.sync_bn:
@@ -109,11 +111,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"--resume continues with the run's own config.yaml; drop the other options ({given or 'recipe'})."
         )
     if args.devices and args.devices > 1:  # this process only starts the workers
-        from imgcls.distributed import launch
+        from imgcls.training.distributed import launch
 
         return launch(args.devices, _without_devices(sys.argv[1:] if args.argv is None else args.argv))
     config = None if args.resume else build_config(args.recipe, overrides, config_defaults)
-    from imgcls import distributed
+    from imgcls.training import distributed
 
     try:
         result = fit(config, Path(args.out), resume=args.resume, device=device)
@@ -129,8 +131,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from imgcls.config import build_config
-    from imgcls.lr_find import find_lr, plot_lr_finder
     from imgcls.models.registry import config_defaults
+    from imgcls.training.lr_find import find_lr, plot_lr_finder
 
     if not args.data:
         raise ImgclsError("lr-find needs DATA (a folder of class folders).")
@@ -142,11 +144,17 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from imgcls.evaluate import evaluate_checkpoint
+    from imgcls.inference.evaluate import evaluate_checkpoint
 
     out = Path(args.out) if args.out else None
-    metrics = evaluate_checkpoint(Path(args.checkpoint), Path(args.data), out, tta=args.tta,
-                                  allow_outside=args.allow_outside, runtime=args.runtime)  # fmt: skip
+    metrics = evaluate_checkpoint(
+        Path(args.checkpoint),
+        Path(args.data),
+        out,
+        tta=args.tta,
+        allow_outside=args.allow_outside,
+        runtime=args.runtime,
+    )
     if args.json:
         _print(json.dumps(metrics, ensure_ascii=False))
         return 0
@@ -184,7 +192,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from imgcls.predict import PredictionSinks, Predictor, expand_paths
+    from imgcls.inference.predictor import PredictionSinks, Predictor, expand_paths
 
     items = expand_paths(args.paths)
     if not items:
@@ -210,11 +218,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from imgcls.export import export_onnx
+    from imgcls.inference.export import export_onnx
 
     out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
-    result = export_onnx(Path(args.checkpoint), out, pixels=args.with_preprocessing, check=args.check,
-                         int8=args.int8, calibration=args.calibration, keep_int8=args.keep_int8)  # fmt: skip
+    result = export_onnx(
+        Path(args.checkpoint),
+        out,
+        pixels=args.with_preprocessing,
+        check=args.check,
+        int8=args.int8,
+        calibration=args.calibration,
+        keep_int8=args.keep_int8,
+    )
     _print(f"exported {result.path}")
     _print(
         f"parity with PyTorch: largest probability difference {result.max_difference:.1e} "
@@ -233,8 +248,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from imgcls.serve.app import serve
 
-    serve(args.checkpoint, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, topk=args.topk,
-          runtime=args.runtime, gallery=args.gallery, admin_token=args.admin_token)  # fmt: skip
+    serve(
+        args.checkpoint,
+        host=args.host,
+        port=args.port,
+        max_upload_mb=args.max_upload_mb,
+        topk=args.topk,
+        runtime=args.runtime,
+        gallery=args.gallery,
+        admin_token=args.admin_token,
+    )
     return 0
 
 
@@ -265,11 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Options shared by train and lr-find (lr-find takes the same data and recipe).
     training = argparse.ArgumentParser(add_help=False, parents=[common])
-    training.add_argument("data", nargs="?", help="class folders, a root with train/ and val/ (test/), or a CSV/JSONL "
-                          "manifest")  # fmt: skip
+    training.add_argument(
+        "data", nargs="?", help="class folders, a root with train/ and val/ (test/), or a CSV/JSONL manifest"
+    )
     training.add_argument("--val", help="validation folder or manifest (no automatic split then)")
-    training.add_argument("--task", choices=["auto", "single-label", "multi-label"],
-                          help="auto: multi-label when a manifest has rows with no label or several")  # fmt: skip
+    training.add_argument(
+        "--task",
+        choices=["auto", "single-label", "multi-label"],
+        help="auto: multi-label when a manifest has rows with no label or several",
+    )
     training.add_argument("--allow-outside", action="store_true", help="let a manifest name files outside its folder")
     training.add_argument("--model", help="model name (see `imgcls models`)")
     training.add_argument("--img-size", type=int, help="square input size in pixels")
@@ -314,8 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
     p.add_argument("--tta", action="store_true", help="average each image with its mirror image; report the effect")
     p.add_argument("--allow-outside", action="store_true", help="let a manifest name files outside its folder")
-    p.add_argument("--runtime", choices=["torch", "onnx", "cuda"], default="torch",
-                   help="run a checkpoint on PyTorch (CPU), ONNX Runtime, or PyTorch on a CUDA GPU")  # fmt: skip
+    p.add_argument(
+        "--runtime",
+        choices=["torch", "onnx", "cuda"],
+        default="torch",
+        help="run a checkpoint on PyTorch (CPU), ONNX Runtime, or PyTorch on a CUDA GPU",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", parents=[common], help="draw the report of a run or evaluation folder again")
@@ -336,11 +367,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--out", help="also write path, top-k labels and scores to this CSV file")
     p.add_argument("--copy-to", metavar="DIR", help="copy each image into DIR/<predicted class>/")
-    runtime_help = (f"run a checkpoint on PyTorch (CPU), ONNX Runtime or PyTorch on a CUDA GPU (auto: ONNX from "
-                    f"{AUTO_ONNX_IMAGES} images on)")  # fmt: skip
+    runtime_help = (
+        f"run a checkpoint on PyTorch (CPU), ONNX Runtime or PyTorch on a CUDA GPU (auto: ONNX from "
+        f"{AUTO_ONNX_IMAGES} images on)"
+    )
     p.add_argument("--runtime", choices=["auto", "torch", "onnx", "cuda"], default="auto", help=runtime_help)
-    p.add_argument("--threshold", type=_probability, help="multi-label: one threshold for every label "
-                   "(default: each label's own, chosen on validation)")  # fmt: skip
+    p.add_argument(
+        "--threshold",
+        type=_probability,
+        help="multi-label: one threshold for every label (default: each label's own, chosen on validation)",
+    )
     p.set_defaults(func=cmd_predict)
 
     add_zeroshot_parser(sub, common)
@@ -366,12 +402,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted request body (10 MB)")
     p.add_argument("--topk", type=int, default=5, help="labels answered when the request does not say (5)")
-    p.add_argument("--runtime", choices=["onnx", "torch", "cuda"], default="onnx",
-                   help="run a checkpoint on ONNX Runtime (default: faster on CPU), PyTorch, or on a GPU")  # fmt: skip
+    p.add_argument(
+        "--runtime",
+        choices=["onnx", "torch", "cuda"],
+        default="onnx",
+        help="run a checkpoint on ONNX Runtime (default: faster on CPU), PyTorch, or on a GPU",
+    )
     p.add_argument("--gallery", help="also answer POST /recognize and /search from this gallery folder")
-    p.add_argument("--admin-token", default=os.environ.get("IMGCLS_ADMIN_TOKEN"),
-                   help="allow enrolment (POST /gallery/LABEL) with this bearer token (or $IMGCLS_ADMIN_TOKEN); "
-                   "without it the gallery is read-only")  # fmt: skip
+    p.add_argument(
+        "--admin-token",
+        default=os.environ.get("IMGCLS_ADMIN_TOKEN"),
+        help="allow enrolment (POST /gallery/LABEL) with this bearer token (or $IMGCLS_ADMIN_TOKEN); "
+        "without it the gallery is read-only",
+    )
     p.set_defaults(func=cmd_serve)
 
     add_data_parsers(sub, common)

@@ -1,4 +1,4 @@
-"""Slightly cropped copies for the data doctor (the second rule of imgcls.data.doctor_near):
+"""Slightly cropped copies for the data doctor (the second rule of imgcls.doctor.near):
 a few % cut off one or more sides, saved at the smaller size or rescaled.
 
 - Candidates: the pHash of each thumbnail cut by 11 tried crops (none; 3% and 8% off every
@@ -35,8 +35,8 @@ import time
 
 import numpy as np
 
-from imgcls.data.doctor_hamming import hamming_cross, hamming_pairs
-from imgcls.data.doctor_scan import THUMB_SIDE as SIDE
+from imgcls.doctor.hamming import hamming_cross, hamming_pairs
+from imgcls.doctor.scan import THUMB_SIDE as SIDE
 
 # Crops tried for candidates, as thumbnail pixels cut off (left, top, right, bottom); 1 px = 3.1%.
 CROP_BOXES = (

@@ -10,12 +10,13 @@ import torch
 from torch import nn
 
 from imgcls import checkpoint as ckpt
-from imgcls import distributed
+from imgcls import files
 from imgcls.data.preprocess import Preprocessing
-from imgcls.inference import batched_logits
+from imgcls.inference.batched import batched_logits
 from imgcls.metrics import choose_thresholds, classification_metrics, mean_average_precision, multilabel_metrics
-from imgcls.prepare import TrainingRun
-from imgcls.train_outputs import store_thresholds
+from imgcls.training import distributed
+from imgcls.training.outputs import store_thresholds
+from imgcls.training.run import TrainingRun
 
 
 def evaluate(
@@ -39,8 +40,15 @@ def evaluate(
     model.eval()  # batch norm from its running statistics, no dropout; and validation never updates them
     try:
         rows = distributed.my_rows(len(images)) if shared else slice(None)
-        logits = batched_logits(model, images[rows], preprocessing, batch_size=batch_size,
-                                channels_last=channels_last, autocast_dtype=autocast_dtype, device=device)  # fmt: skip
+        logits = batched_logits(
+            model,
+            images[rows],
+            preprocessing,
+            batch_size=batch_size,
+            channels_last=channels_last,
+            autocast_dtype=autocast_dtype,
+            device=device,
+        )
         if shared:
             logits = distributed.gather_rows(logits, len(images))
     finally:
@@ -63,8 +71,15 @@ def final_metrics(
     model = run.eval_model
     model.load_state_dict(ckpt.split_prefix(tensors, ckpt.MODEL_PREFIX))
     tc = run.config.train
-    _, _, probs = evaluate(model, val_x, val_y, run.preprocessing, batch_size=tc.eval_batch_size,
-                           channels_last=tc.channels_last, device=run.device)  # fmt: skip
+    _, _, probs = evaluate(
+        model,
+        val_x,
+        val_y,
+        run.preprocessing,
+        batch_size=tc.eval_batch_size,
+        channels_last=tc.channels_last,
+        device=run.device,
+    )
     skipped = run.train.skipped + run.val.skipped
     if run.multilabel:
         thresholds, fallback = choose_thresholds(val_y.numpy(), probs.numpy())
@@ -72,5 +87,5 @@ def final_metrics(
         store_thresholds(run_dir / "best.safetensors", thresholds, fallback)
     else:
         metrics = classification_metrics(val_y.numpy(), probs.numpy(), run.sources.classes, skipped)
-    ckpt.write_json(run_dir / "metrics.json", metrics)
+    files.write_json(run_dir / "metrics.json", metrics)
     return metrics, probs

@@ -79,8 +79,13 @@ def load_pretrained(model: nn.Module, path: str | Path) -> tuple[list[str], list
     if not loaded:
         raise CheckpointError(f"no tensor of {path} matches model's names and shapes; is it the same architecture?")
     model.load_state_dict(target)
-    log.info("pretrained %s: loaded %d tensors, %d left as initialised%s", path, len(loaded), len(skipped),
-             f" ({', '.join(skipped[:6])}{', ...' if len(skipped) > 6 else ''})" if skipped else "")  # fmt: skip
+    log.info(
+        "pretrained %s: loaded %d tensors, %d left as initialised%s",
+        path,
+        len(loaded),
+        len(skipped),
+        f" ({', '.join(skipped[:6])}{', ...' if len(skipped) > 6 else ''})" if skipped else "",
+    )
     return loaded, skipped
 
 

@@ -104,8 +104,10 @@ def render_html(report: dict, *, limit: int = LIMIT) -> str:
             crop = p["cropped"]
             cut = ", ".join(f"{side} {share:.0f}%" for side, share in crop["percent"].items() if share >= 0.5)
             first = "first" if crop["from"] == "a" else "second"
-            head = (f"cropped copy of the {first} image ({cut or 'under 0.5% a side'} cut off), "
-                    f"difference once aligned {crop['aligned']:.3f}")  # fmt: skip
+            head = (
+                f"cropped copy of the {first} image ({cut or 'under 0.5% a side'} cut off), "
+                f"difference once aligned {crop['aligned']:.3f}"
+            )
         images = _img(a["path"], cache) + _img(b["path"], cache)
         return f'<div class="card">{images}<div>{head}</div>{_file(a)}{_file(b)}</div>'
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from imgcls.data.doctor_labels import MAX_IMAGES, find_label_errors
-from imgcls.data.doctor_near import NearPair, NearThresholds, near_duplicate_pairs
-from imgcls.data.doctor_scan import FileRecord, dataset_splits, list_dataset, scan_files
+from imgcls.doctor.labels import MAX_IMAGES, find_label_errors
+from imgcls.doctor.near import NearPair, NearThresholds, near_duplicate_pairs
+from imgcls.doctor.scan import FileRecord, dataset_splits, list_dataset, scan_files
 from imgcls.errors import ConfigError
 
 log = logging.getLogger("imgcls")

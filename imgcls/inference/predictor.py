@@ -28,7 +28,7 @@ from imgcls.data.preprocess import Preprocessing
 from imgcls.data.sources import is_image_file, list_images
 from imgcls.device import choose_autocast, resolve_device
 from imgcls.errors import ImgclsError
-from imgcls.inference import batched_logits, is_multilabel, prepare_for_inference, to_probabilities
+from imgcls.inference.batched import batched_logits, is_multilabel, prepare_for_inference, to_probabilities
 from imgcls.models.registry import is_classic
 from imgcls.progress import progress_bar
 
@@ -177,7 +177,7 @@ class Predictor:
 
     @classmethod
     def from_onnx(cls, path: str | Path, threads: int = 0) -> Predictor:
-        from imgcls.onnx_model import load_onnx
+        from imgcls.inference.onnx_runtime import load_onnx
 
         run, pre, meta = load_onnx(path, threads)
         return cls(run, tuple(meta["classes"]), pre, meta, runtime="onnxruntime")
@@ -255,8 +255,8 @@ class Predictor:
 
 def _onnx_run(network: nn.Module, pre: Preprocessing, meta: dict, path: str | Path) -> Callable | None:
     """ONNX Runtime's probability function for `network`, or None (logged) where it cannot be."""
-    from imgcls.onnx_graph import PARITY_TOLERANCE, max_difference, random_images, to_onnx_bytes
-    from imgcls.onnx_model import probability_function, session
+    from imgcls.inference.onnx_graph import PARITY_TOLERANCE, max_difference, random_images, to_onnx_bytes
+    from imgcls.inference.onnx_runtime import probability_function, session
 
     try:
         run = probability_function(session(to_onnx_bytes(network, pre, meta, pixels=False)), pre)

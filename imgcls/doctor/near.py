@@ -1,5 +1,5 @@
-"""Near-duplicate pairs: perceptual-hash candidates (imgcls.data.doctor_hamming), confirmed on
-pixels; cropped copies found by alignment (imgcls.data.doctor_crops).
+"""Near-duplicate pairs: perceptual-hash candidates (imgcls.doctor.hamming), confirmed on
+pixels; cropped copies found by alignment (imgcls.doctor.crops).
 
 Two rules make a pair; the report says which (a cropped pair carries the cut).
 
@@ -12,7 +12,7 @@ Two rules make a pair; the report says which (a cropped pair carries the cut).
    is a 7.7% zoom, beyond what the hashes and a pixel-by-pixel difference tolerate, and
    limits loose enough to catch a third of them flag ~4,000 distinct pairs.
 
-2. Slightly cropped copies (imgcls.data.doctor_crops): candidates by the pHash of tried crops,
+2. Slightly cropped copies (imgcls.doctor.crops): candidates by the pHash of tried crops,
    confirmed by aligning the cut.
 
 Cost on 70,000 Fashion-MNIST images, 2 cores: rule 1 in ~2.5 s; the crop rule in 22 s: 9.8
@@ -31,9 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imgcls.data.doctor_crops import CROP_MAX_IMAGES, CROP_PIXEL_MAX, cropped_pairs
-from imgcls.data.doctor_hamming import hamming_pairs
-from imgcls.data.doctor_scan import THUMB_SIDE as SIDE
+from imgcls.doctor.crops import CROP_MAX_IMAGES, CROP_PIXEL_MAX, cropped_pairs
+from imgcls.doctor.hamming import hamming_pairs
+from imgcls.doctor.scan import THUMB_SIDE as SIDE
 
 PHASH_MAX = 6  # bits of 64; resized and JPEG-re-encoded copies measured at <= 4
 DHASH_MAX = 10  # bits of 64; the same copies measured at <= 7

@@ -23,15 +23,16 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from imgcls import distributed
 from imgcls.config import Config
-from imgcls.data.cache import ImageCache, build_cache, cpu_count
+from imgcls.data.cache import ImageCache, build_cache
 from imgcls.data.preprocess import channel_stats
 from imgcls.data.shards import is_shard_folder
 from imgcls.data.sources import DataSources
 from imgcls.data.spill import available_memory
 from imgcls.data.stream import ShardStream, epoch_steps, stream_loader, stream_shards
 from imgcls.errors import ConfigError
+from imgcls.training import distributed
+from imgcls.workers import cpu_count
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,10 @@ def use_stream(config: Config, sources: DataSources) -> bool:
         return False
     if not is_shard_folder(data.train):
         if data.stream == "always":
-            raise ConfigError(f"data.stream=always streams tar shards, and {data.train} is not a shard folder. Write "
-                              "them with `imgcls data shard DATA --out SHARDS` and train on SHARDS.")  # fmt: skip
+            raise ConfigError(
+                f"data.stream=always streams tar shards, and {data.train} is not a shard folder. Write "
+                "them with `imgcls data shard DATA --out SHARDS` and train on SHARDS."
+            )
         return False
     if data.stream == "always":
         return True
@@ -55,8 +58,13 @@ def use_stream(config: Config, sources: DataSources) -> bool:
     available = available_memory()
     if available is None or 2 * nbytes <= available:
         return False
-    log.info("streaming the training shards: their decoded images (%.1f GB for %d process(es)) would not fit in "
-             "memory (%.1f GB available)", nbytes / 1e9, processes, available / 1e9)  # fmt: skip
+    log.info(
+        "streaming the training shards: their decoded images (%.1f GB for %d process(es)) would not fit in "
+        "memory (%.1f GB available)",
+        nbytes / 1e9,
+        processes,
+        available / 1e9,
+    )
     return True
 
 
@@ -65,8 +73,10 @@ def check_stream_config(config: Config) -> None:
     refused = [("train.balanced_sampling", config.train.balanced_sampling), ("--unlabeled", config.semi.unlabeled)]
     given = [name for name, value in refused if value]
     if given:
-        raise ConfigError(f"{', '.join(given)} draw from the whole training set at random; a streamed run "
-                          "reads shards front to back. Set data.stream=never to decode the training set.")  # fmt: skip
+        raise ConfigError(
+            f"{', '.join(given)} draw from the whole training set at random; a streamed run "
+            "reads shards front to back. Set data.stream=never to decode the training set."
+        )
 
 
 def streamed_training_set(config: Config, sources: DataSources) -> tuple[ImageCache, ShardStream, tuple]:
@@ -74,25 +84,50 @@ def streamed_training_set(config: Config, sources: DataSources) -> tuple[ImageCa
     check_stream_config(config)
     data, tc = config.data, config.train
     step = max(1, len(sources.train) // SAMPLE)
-    sample = build_cache(sources.train[::step][:SAMPLE], size=data.img_size, resize=data.resize,
-                         channels=None if data.channels == "auto" else int(data.channels), max_pixels=data.max_pixels,
-                         workers=data.decode_workers, desc="decode sample")  # fmt: skip
+    sample = build_cache(
+        sources.train[::step][:SAMPLE],
+        size=data.img_size,
+        resize=data.resize,
+        channels=None if data.channels == "auto" else int(data.channels),
+        max_pixels=data.max_pixels,
+        workers=data.decode_workers,
+        desc="decode sample",
+    )
     multilabel = sources.train[0].targets is not None
-    labels = np.array([s.targets if multilabel else s.label for s in sources.train],
-                      dtype=np.float32 if multilabel else np.int64)  # fmt: skip
+    labels = np.array(
+        [s.targets if multilabel else s.label for s in sources.train], dtype=np.float32 if multilabel else np.int64
+    )
     empty = np.empty((0, data.img_size, data.img_size, sample.channels), dtype=np.uint8)
     train = ImageCache(empty, labels, [str(s.path) for s in sources.train])
     world = distributed.world_size()
     if tc.batch_size % world:
-        log.warning("train.batch_size %d is not a multiple of the %d processes: each takes %d images a step",
-                    tc.batch_size, world, tc.batch_size // world)  # fmt: skip
-    stream = ShardStream(stream_shards(sources.train), batch_size=max(1, tc.batch_size // world), seed=tc.seed,
-                         size=data.img_size, channels=sample.channels, resize=data.resize,
-                         max_pixels=data.max_pixels, buffer=data.stream_buffer, rank=distributed.rank(),
-                         world=world)  # fmt: skip
-    log.info("streaming %d training images from %d shard(s); shuffle buffer %d, %d reader(s) a process; channels "
-             "and mean/std from a sample of %d", len(train), len(stream.shards), data.stream_buffer,
-             stream_workers(config), len(sample))  # fmt: skip
+        log.warning(
+            "train.batch_size %d is not a multiple of the %d processes: each takes %d images a step",
+            tc.batch_size,
+            world,
+            tc.batch_size // world,
+        )
+    stream = ShardStream(
+        stream_shards(sources.train),
+        batch_size=max(1, tc.batch_size // world),
+        seed=tc.seed,
+        size=data.img_size,
+        channels=sample.channels,
+        resize=data.resize,
+        max_pixels=data.max_pixels,
+        buffer=data.stream_buffer,
+        rank=distributed.rank(),
+        world=world,
+    )
+    log.info(
+        "streaming %d training images from %d shard(s); shuffle buffer %d, %d reader(s) a process; channels "
+        "and mean/std from a sample of %d",
+        len(train),
+        len(stream.shards),
+        data.stream_buffer,
+        stream_workers(config),
+        len(sample),
+    )
     return train, stream, channel_stats(sample.images)
 
 

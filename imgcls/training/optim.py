@@ -64,7 +64,7 @@ def build_optimizer(
     if config.name == "rmsprop":
         return torch.optim.RMSprop(groups, lr=lr, momentum=config.momentum, alpha=0.9, eps=1e-3)
     if config.name == "adabound":
-        from imgcls.adabound import AdaBound
+        from imgcls.training.adabound import AdaBound
 
         return AdaBound(groups, lr=lr, final_lr=config.final_lr, gamma=config.adabound_gamma)
     return torch.optim.AdamW(groups, lr=lr, fused=fused)
@@ -136,9 +136,14 @@ def build_schedule(
 
     def factor(step: int) -> float:
         f = lr_factor(
-            step, total, warmup, config.schedule,
-            steps_per_epoch=steps_per_epoch, step_epochs=config.step_epochs, step_gamma=config.step_gamma,
-        )  # fmt: skip
+            step,
+            total,
+            warmup,
+            config.schedule,
+            steps_per_epoch=steps_per_epoch,
+            step_epochs=config.step_epochs,
+            step_gamma=config.step_gamma,
+        )
         return f * (plateau.scale if plateau is not None else 1.0)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), plateau

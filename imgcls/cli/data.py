@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from imgcls.cli_output import print_text as _print
+from imgcls.cli.output import print_text as _print
 from imgcls.errors import ImgclsError
 
 log = logging.getLogger("imgcls")
@@ -24,16 +24,16 @@ def cmd_data_get(args: argparse.Namespace) -> int:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from imgcls.data.doctor import check_dataset, parse_kinds, summary_lines
+    from imgcls.doctor.check import check_dataset, parse_kinds, summary_lines
 
     fail_on = parse_kinds(args.fail_on) if args.fail_on else ()  # bad kinds are refused before the long scan
     report = check_dataset(Path(args.data), label_errors=not args.no_label_errors, max_label_images=args.label_sample)
     if args.html:
-        from imgcls.data.doctor_html import write_html
+        from imgcls.doctor.html import write_html
 
         write_html(report, Path(args.html))
     if args.fix_plan:
-        from imgcls.data.doctor_fix import plan_actions, write_plan
+        from imgcls.doctor.fix import plan_actions, write_plan
 
         rows = plan_actions(report)
         write_plan(rows, Path(args.fix_plan))
@@ -65,7 +65,7 @@ def cmd_data_shard(args: argparse.Namespace) -> int:
 
 
 def cmd_data_apply(args: argparse.Namespace) -> int:
-    from imgcls.data.doctor_fix import apply_plan, undo_apply
+    from imgcls.doctor.fix import apply_plan, undo_apply
 
     if args.undo:
         _print(f"restored {undo_apply(Path(args.undo)):,} file(s) from {args.undo}")
@@ -97,13 +97,21 @@ def add_data_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="class folders, or a root with train/ val/ test/")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.add_argument("--html", metavar="FILE", help="write one self-contained HTML page with thumbnails of every finding")
-    p.add_argument("--fail-on", metavar="KINDS",
-                   help="exit 1 when any of these is found: corrupt, duplicate, near-duplicate, leakage, conflict, "
-                   "label-error, imbalance, tiny (comma-separated), or all")  # fmt: skip
+    p.add_argument(
+        "--fail-on",
+        metavar="KINDS",
+        help="exit 1 when any of these is found: corrupt, duplicate, near-duplicate, leakage, conflict, "
+        "label-error, imbalance, tiny (comma-separated), or all",
+    )
     p.add_argument("--fix-plan", metavar="FILE", help="write proposed actions (drop, move, relabel) as CSV to review")
     p.add_argument("--no-label-errors", action="store_true", help="skip the label-error model (the slow part)")
-    p.add_argument("--label-sample", type=int, default=100_000, metavar="N",
-                   help="check the labels of at most N images, a stratified sample (100,000)")  # fmt: skip
+    p.add_argument(
+        "--label-sample",
+        type=int,
+        default=100_000,
+        metavar="N",
+        help="check the labels of at most N images, a stratified sample (100,000)",
+    )
     p.set_defaults(func=cmd_data_check)
     p = data.add_parser("shard", parents=[common], help="pack class folders into tar shards (WebDataset layout)")
     p.add_argument("data", help="a folder of class folders, or a root with train/ val/ test/")

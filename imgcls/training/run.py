@@ -20,17 +20,18 @@ from imgcls.data.augment import build_per_image_transform
 from imgcls.data.cache import ImageCache, build_cache
 from imgcls.data.loader import steps_per_epoch
 from imgcls.data.preprocess import Preprocessing, channel_stats
-from imgcls.data.sources import DataSources, resolve_training_data
+from imgcls.data.resolve import resolve_training_data
+from imgcls.data.sources import DataSources
 from imgcls.data.stream import ShardStream
 from imgcls.device import choose_autocast, grad_scaler, resolve_device
 from imgcls.errors import CheckpointError, ConfigError, DataError
-from imgcls.losses import balanced_class_weights, build_loss, build_multilabel_loss, positive_weights
 from imgcls.models import create_model
 from imgcls.models.registry import resolve
 from imgcls.models.seed import SeedNet, kaiming_init
-from imgcls.optim import PlateauState, build_optimizer, build_schedule
-from imgcls.streaming import streamed_training_set, use_stream
-from imgcls.transfer import load_pretrained, set_backbone_trainable
+from imgcls.training.losses import balanced_class_weights, build_loss, build_multilabel_loss, positive_weights
+from imgcls.training.optim import PlateauState, build_optimizer, build_schedule
+from imgcls.training.streaming import streamed_training_set, use_stream
+from imgcls.training.transfer import load_pretrained, set_backbone_trainable
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class TrainingRun:
     ema: nn.Module | None = None  # timm's ModelEmaV3; its .module is what is evaluated and saved
     teacher: Teacher | None = None
     ddp: nn.Module | None = None  # DistributedDataParallel around model, with several processes
-    # Streamed training (imgcls.streaming): batches come from here, and `train` holds the
+    # Streamed training (imgcls.training.streaming): batches come from here, and `train` holds the
     # training set's labels and paths but no pixels.
     stream: ShardStream | None = None
 
@@ -85,15 +86,28 @@ class TrainingRun:
 def decode_val(config: Config, sources: DataSources, channels: int) -> ImageCache:
     """The validation images, decoded once with the training set's channel count."""
     data = config.data
-    return build_cache(sources.val, size=data.img_size, resize=data.resize, channels=channels,
-                       max_pixels=data.max_pixels, workers=data.decode_workers, desc="decode val")  # fmt: skip
+    return build_cache(
+        sources.val,
+        size=data.img_size,
+        resize=data.resize,
+        channels=channels,
+        max_pixels=data.max_pixels,
+        workers=data.decode_workers,
+        desc="decode val",
+    )
 
 
 def decode_sources(config: Config, sources: DataSources) -> tuple[ImageCache, ImageCache]:
     data = config.data
-    train = build_cache(sources.train, size=data.img_size, resize=data.resize,
-                        channels=None if data.channels == "auto" else int(data.channels), max_pixels=data.max_pixels,
-                        workers=data.decode_workers, desc="decode train")  # fmt: skip
+    train = build_cache(
+        sources.train,
+        size=data.img_size,
+        resize=data.resize,
+        channels=None if data.channels == "auto" else int(data.channels),
+        max_pixels=data.max_pixels,
+        workers=data.decode_workers,
+        desc="decode train",
+    )
     val = decode_val(config, sources, train.channels)
     if train.labels.ndim == 2:  # multi-label: a class is present when any image has it
         missing = [name for i, name in enumerate(sources.classes) if not train.labels[:, i].any()]
@@ -119,14 +133,20 @@ def _teacher(config: Config, sources: DataSources, pre: Preprocessing, device: t
         )
     for param in model.parameters():
         param.requires_grad = False
-    log.info("distilling from %s (%s), alpha %.2f, temperature %.1f", config.distill.teacher, meta["model"]["name"],
-             config.distill.alpha, config.distill.temperature)  # fmt: skip
+    log.info(
+        "distilling from %s (%s), alpha %.2f, temperature %.1f",
+        config.distill.teacher,
+        meta["model"]["name"],
+        config.distill.alpha,
+        config.distill.temperature,
+    )
     return Teacher(model.to(device, memory_format=torch.channels_last), teacher_pre)
 
 
 def build_model(config: Config, num_classes: int, pre: Preprocessing) -> nn.Module:
-    model = create_model(config.model.name, num_classes=num_classes, in_chans=pre.channels, img_size=pre.img_size,
-                         **config.model.kwargs)  # fmt: skip
+    model = create_model(
+        config.model.name, num_classes=num_classes, in_chans=pre.channels, img_size=pre.img_size, **config.model.kwargs
+    )
     if config.transfer.pretrained:
         load_pretrained(model, config.transfer.pretrained)
     elif config.train.init == "kaiming" and isinstance(model, SeedNet):
@@ -200,12 +220,23 @@ def prepare(config: Config, device: torch.device | None = None) -> TrainingRun:
     device = device or resolve_device(tc.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # else pinned memory and new tensors would open a context on cuda:0
-    sources = resolve_training_data(data.train, data.val, val_fraction=data.val_fraction, seed=tc.seed,
-                                    task=data.task, allow_outside=data.allow_outside)  # fmt: skip
+    sources = resolve_training_data(
+        data.train,
+        data.val,
+        val_fraction=data.val_fraction,
+        seed=tc.seed,
+        task=data.task,
+        allow_outside=data.allow_outside,
+    )
     if sources.task == "multi-label":
         check_multilabel_config(config)
-    log.info("data: %s; %d classes, %d train and %d val images", sources.layout, len(sources.classes),
-             len(sources.train), len(sources.val))  # fmt: skip
+    log.info(
+        "data: %s; %d classes, %d train and %d val images",
+        sources.layout,
+        len(sources.classes),
+        len(sources.train),
+        len(sources.val),
+    )
     stream, stats = None, None
     if use_stream(config, sources):
         train, stream, stats = streamed_training_set(config, sources)
@@ -213,16 +244,25 @@ def prepare(config: Config, device: torch.device | None = None) -> TrainingRun:
     else:
         train, val = decode_sources(config, sources)
     mean, std = pretrained_normalisation(config, train.channels) or stats or channel_stats(train.images)
-    pre = Preprocessing(data.img_size, train.channels, mean, std, data.resize, data.max_pixels,
-                        test_flip=config.augment.test_flip)  # fmt: skip
+    pre = Preprocessing(
+        data.img_size, train.channels, mean, std, data.resize, data.max_pixels, test_flip=config.augment.test_flip
+    )
     model = build_model(config, len(sources.classes), pre)
     total_steps = steps_per_epoch(len(train), tc.batch_size) * tc.epochs // tc.accumulate
     if total_steps < 100:
-        log.warning("only %d optimizer steps in the whole run: a smaller --batch-size or more --epochs "
-                    "will likely train better", total_steps)  # fmt: skip
+        log.warning(
+            "only %d optimizer steps in the whole run: a smaller --batch-size or more --epochs "
+            "will likely train better",
+            total_steps,
+        )
     model = model.to(device, memory_format=torch.channels_last if tc.channels_last else torch.preserve_format)
-    optimizer = build_optimizer(model, config.optim, batch_size=tc.batch_size * tc.accumulate,
-                                head=model.get_classifier(), head_lr_scale=config.transfer.head_lr_scale)  # fmt: skip
+    optimizer = build_optimizer(
+        model,
+        config.optim,
+        batch_size=tc.batch_size * tc.accumulate,
+        head=model.get_classifier(),
+        head_lr_scale=config.transfer.head_lr_scale,
+    )
     steps = -(-steps_per_epoch(len(train), tc.batch_size) // tc.accumulate)
     scheduler, plateau = build_schedule(optimizer, config.optim, steps_per_epoch=steps, epochs=tc.epochs)
     if sources.task == "multi-label":
@@ -237,14 +277,33 @@ def prepare(config: Config, device: torch.device | None = None) -> TrainingRun:
 
         ema = ModelEmaV3(model, decay=tc.ema_decay, use_warmup=True)
     dtype = choose_autocast(tc.precision, device)
-    log.info("model %s, %s parameters, on %s, %s, %s", config.model.name,
-             f"{sum(p.numel() for p in model.parameters()):,}", device, precision_name(dtype),
-             "channels_last" if tc.channels_last else "NCHW")  # fmt: skip
+    log.info(
+        "model %s, %s parameters, on %s, %s, %s",
+        config.model.name,
+        f"{sum(p.numel() for p in model.parameters()):,}",
+        device,
+        precision_name(dtype),
+        "channels_last" if tc.channels_last else "NCHW",
+    )
     return TrainingRun(
-        config, sources, train, val, pre, model, optimizer, scheduler, plateau, loss_fn,
-        dtype, device, grad_scaler(dtype, device), per_image=build_per_image_transform(config.augment, data.img_size),
-        ema=ema, teacher=_teacher(config, sources, pre, device), stream=stream,
-    )  # fmt: skip
+        config,
+        sources,
+        train,
+        val,
+        pre,
+        model,
+        optimizer,
+        scheduler,
+        plateau,
+        loss_fn,
+        dtype,
+        device,
+        grad_scaler(dtype, device),
+        per_image=build_per_image_transform(config.augment, data.img_size),
+        ema=ema,
+        teacher=_teacher(config, sources, pre, device),
+        stream=stream,
+    )
 
 
 def precision_name(dtype: torch.dtype | None) -> str:

@@ -24,9 +24,10 @@ from typing import TypeVar
 import torch
 
 from imgcls import checkpoint as ckpt
-from imgcls import distributed
+from imgcls import files
 from imgcls.errors import CheckpointError
-from imgcls.prepare import TrainingRun
+from imgcls.training import distributed
+from imgcls.training.run import TrainingRun
 
 log = logging.getLogger(__name__)
 Stats = TypeVar("Stats")  # what an epoch function returns (EpochStats, SemiStats)
@@ -88,12 +89,12 @@ def write_history(path: Path, history: list[dict]) -> None:
     writer = csv.DictWriter(text, fieldnames=HISTORY_FIELDS)
     writer.writeheader()
     writer.writerows(history)
-    ckpt.atomic_write_bytes(path, text.getvalue().encode("utf-8"))  # a kill mid-write keeps the old file
+    files.atomic_write_bytes(path, text.getvalue().encode("utf-8"))  # a kill mid-write keeps the old file
 
 
 def clear_temporaries(run_dir: Path) -> None:
     """Remove the temporary files of writes a kill interrupted (`.NAME.XXXX.tmp`, see
-    checkpoint.atomic_write_bytes): each may be as large as a checkpoint."""
+    files.atomic_write_bytes): each may be as large as a checkpoint."""
     for path in Path(run_dir).glob(".*.tmp"):
         path.unlink(missing_ok=True)
         log.info("removed %s, left by an interrupted write", path.name)
@@ -117,8 +118,12 @@ def restore(path: Path, run: TrainingRun) -> tuple[dict, EpochProgress | None]:
         partial = state.get("partial")
         progress = None
         if partial is not None:
-            progress = EpochProgress(**partial, generator_state=tensors[RNG_GENERATOR], torch_state=tensors[RNG_TORCH],
-                                     cuda_state=tensors.get(RNG_CUDA))  # fmt: skip
+            progress = EpochProgress(
+                **partial,
+                generator_state=tensors[RNG_GENERATOR],
+                torch_state=tensors[RNG_TORCH],
+                cuda_state=tensors.get(RNG_CUDA),
+            )
         if state.get("scaler") and run.scaler.is_enabled():
             run.scaler.load_state_dict(state["scaler"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
@@ -130,19 +135,28 @@ def restore(path: Path, run: TrainingRun) -> tuple[dict, EpochProgress | None]:
 
 
 def save_last(
-    run_dir: Path, run: TrainingRun, history: list[dict], best_acc: float, meta: dict,
+    run_dir: Path,
+    run: TrainingRun,
+    history: list[dict],
+    best_acc: float,
+    meta: dict,
     partial: EpochProgress | None = None,
-) -> None:  # fmt: skip
+) -> None:
     """last.safetensors: model, EMA, optimizer and schedule state after the last epoch of
     `history`, or inside the next one (`partial`, with its RNG states); then history.csv."""
     tensors = {ckpt.MODEL_PREFIX + k: v for k, v in run.model.state_dict().items()}
     if run.ema is not None:
         tensors.update({EMA_PREFIX + k: v for k, v in run.ema.module.state_dict().items()})
     optim_tensors, optim_state = ckpt.optimizer_to_tensors(run.optimizer)
-    resume = {"epoch": history[-1]["epoch"] if history else 0, "best_val_acc": best_acc, "history": history,
-              "optimizer": optim_state, "scheduler": run.scheduler.state_dict(),
-              "plateau": run.plateau.to_dict() if run.plateau is not None else None,
-              "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None}  # fmt: skip
+    resume = {
+        "epoch": history[-1]["epoch"] if history else 0,
+        "best_val_acc": best_acc,
+        "history": history,
+        "optimizer": optim_state,
+        "scheduler": run.scheduler.state_dict(),
+        "plateau": run.plateau.to_dict() if run.plateau is not None else None,
+        "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
+    }
     if partial is not None:
         resume["partial"] = partial.to_json()
         tensors.update({RNG_GENERATOR: partial.generator_state, RNG_TORCH: partial.torch_state})
@@ -176,15 +190,23 @@ def stop_on_sigint() -> Iterator[Callable[[], bool]]:
 
 def stopped(run_dir: Path, where: str) -> None:
     """Say where the run stopped and how to continue it, then stop (exit status 130)."""
-    log.warning("interrupted %s; saved %s. Continue with: imgcls train --resume --out %s",
-                where, run_dir / "last.safetensors", run_dir)  # fmt: skip
+    log.warning(
+        "interrupted %s; saved %s. Continue with: imgcls train --resume --out %s",
+        where,
+        run_dir / "last.safetensors",
+        run_dir,
+    )
     raise KeyboardInterrupt
 
 
 def train_resumably(
-    run_dir: Path, run: TrainingRun, epoch: int, history: list[dict], best_acc: float,
+    run_dir: Path,
+    run: TrainingRun,
+    epoch: int,
+    history: list[dict],
+    best_acc: float,
     one_epoch: Callable[..., Stats],
-) -> Stats:  # fmt: skip
+) -> Stats:
     """one_epoch(periodic=...), saving last.safetensors inside the epoch when `periodic` is due
     and when a stop request interrupts it (then the run stops, saying how to resume)."""
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imgcls.checkpoint import write_json
 from imgcls.data.cache import build_cache
-from imgcls.data.sources import resolve_evaluation_data
+from imgcls.data.resolve import resolve_evaluation_data
+from imgcls.files import write_json
+from imgcls.inference.predictor import Predictor
 from imgcls.metrics import classification_metrics, multilabel_metrics
-from imgcls.predict import Predictor
 
 SUMMARY_FILE = "summary.json"
 
@@ -98,7 +98,10 @@ def evaluate_checkpoint(
         write_json(out_dir / SUMMARY_FILE, summary)
         torch_checkpoint = None if str(checkpoint).lower().endswith(".onnx") else Path(checkpoint)
         write_report(
-            out_dir / "report.html", metrics=metrics, summary=summary, predictions=predictions,
+            out_dir / "report.html",
+            metrics=metrics,
+            summary=summary,
+            predictions=predictions,
             checkpoint=torch_checkpoint,
-        )  # fmt: skip
+        )
     return metrics

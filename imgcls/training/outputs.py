@@ -10,8 +10,9 @@ import numpy as np
 import torch
 
 from imgcls import checkpoint as ckpt
+from imgcls import files
 from imgcls.config import Config
-from imgcls.prepare import TrainingRun, precision_name
+from imgcls.training.run import TrainingRun, precision_name
 
 
 def store_thresholds(path: Path, thresholds, fallback: float) -> None:
@@ -34,14 +35,21 @@ def write_outputs(
         # Images per class; multi-label: images holding the label.
         counts = labels.sum(axis=0) if labels.ndim == 2 else np.bincount(labels, minlength=len(classes))
         train_counts = {name: int(n) for name, n in zip(classes, counts, strict=True)}
-    ckpt.write_json(run_dir / "summary.json", {**summary, "train_counts": train_counts})
+    files.write_json(run_dir / "summary.json", {**summary, "train_counts": train_counts})
     predictions = None
     if val is not None and probs is not None:
         probs = np.asarray(probs, dtype=np.float32)
         predictions = Predictions(np.asarray(val.labels, dtype=np.int64), probs, tuple(val.paths))
         save_predictions(run_dir, predictions)
-    write_report(run_dir / "report.html", metrics=metrics, history=history, summary=summary, predictions=predictions,
-                 checkpoint=run_dir / "best.safetensors", train_counts=train_counts)  # fmt: skip
+    write_report(
+        run_dir / "report.html",
+        metrics=metrics,
+        history=history,
+        summary=summary,
+        predictions=predictions,
+        checkpoint=run_dir / "best.safetensors",
+        train_counts=train_counts,
+    )
 
 
 def describe_recipe(config: Config) -> str:
@@ -54,8 +62,18 @@ def describe_recipe(config: Config) -> str:
         parts.append(f"label smoothing {t.label_smoothing:g}")
     if t.ema:
         parts.append(f"EMA {t.ema_decay:g}")
-    augment = [name for name, on in (("flip", a.hflip), ("shift", a.translate), ("cutout", a.cutout),
-               ("mixup", a.mixup), ("cutmix", a.cutmix), ("randaugment", a.auto_augment != "none")) if on]  # fmt: skip
+    augment = [
+        name
+        for name, on in (
+            ("flip", a.hflip),
+            ("shift", a.translate),
+            ("cutout", a.cutout),
+            ("mixup", a.mixup),
+            ("cutmix", a.cutmix),
+            ("randaugment", a.auto_augment != "none"),
+        )
+        if on
+    ]
     parts.append("augment: " + (", ".join(augment) if augment else "none"))
     if config.transfer.pretrained:
         parts.append("fine-tuned from pretrained weights")

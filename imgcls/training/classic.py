@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 
 from imgcls import checkpoint as ckpt
+from imgcls import files
 from imgcls.config import Config
 from imgcls.data.cache import ImageCache
 from imgcls.data.preprocess import Preprocessing, channel_stats
-from imgcls.data.sources import resolve_training_data
+from imgcls.data.resolve import resolve_training_data
 from imgcls.metrics import classification_metrics
 from imgcls.models.classic import fit_classic
-from imgcls.prepare import decode_sources
+from imgcls.training.run import decode_sources
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +41,24 @@ def fit_classic_run(config: Config, run_dir: Path) -> ClassicRun:
     train, val = decode_sources(config, sources)
     mean, std = channel_stats(train.images)
     pre = Preprocessing(data.img_size, train.channels, mean, std, data.resize, data.max_pixels)
-    model = fit_classic(config.model.name, train.images, train.labels, len(sources.classes), seed=tc.seed,
-                        **config.model.kwargs)  # fmt: skip
+    model = fit_classic(
+        config.model.name, train.images, train.labels, len(sources.classes), seed=tc.seed, **config.model.kwargs
+    )
     seconds = time.perf_counter() - started
     train_probs = model.predict_proba(train.images)
     val_probs = model.predict_proba(val.images)
     metrics = classification_metrics(val.labels, val_probs, sources.classes, train.skipped + val.skipped)
-    history = [{
-        "epoch": 1, "train_loss": _log_loss(train.labels, train_probs),
-        "train_acc": _accuracy(train.labels, train_probs), "val_loss": round(metrics["log_loss"], 6),
-        "val_acc": round(metrics["accuracy"], 6), "lr": 0.0, "seconds": round(seconds, 3),
-    }]  # fmt: skip
+    history = [
+        {
+            "epoch": 1,
+            "train_loss": _log_loss(train.labels, train_probs),
+            "train_acc": _accuracy(train.labels, train_probs),
+            "val_loss": round(metrics["log_loss"], 6),
+            "val_acc": round(metrics["accuracy"], 6),
+            "lr": 0.0,
+            "seconds": round(seconds, 3),
+        }
+    ]
     meta = {
         "task": "single-label",
         "model": {"name": config.model.name, "kwargs": model.kwargs},
@@ -61,10 +69,16 @@ def fit_classic_run(config: Config, run_dir: Path) -> ClassicRun:
     tensors = model.to_tensors()
     for name in ("best.safetensors", "last.safetensors"):
         ckpt.save_checkpoint(run_dir / name, tensors, meta)
-    ckpt.write_json(run_dir / "metrics.json", metrics)
+    files.write_json(run_dir / "metrics.json", metrics)
     log.info("%s fitted in %.1f s: val accuracy %.4f", config.model.name, seconds, metrics["accuracy"])
-    summary = {"model": config.model.name, "data": sources.layout, "classes": len(sources.classes),
-               "train images": len(train), "val images": len(val), "fit seconds": round(seconds, 1)}  # fmt: skip
+    summary = {
+        "model": config.model.name,
+        "data": sources.layout,
+        "classes": len(sources.classes),
+        "train images": len(train),
+        "val images": len(val),
+        "fit seconds": round(seconds, 1),
+    }
     return ClassicRun(metrics, history, summary, train, val, val_probs)
 
 

@@ -19,8 +19,8 @@ from torch import nn
 
 from imgcls.data.preprocess import Preprocessing
 from imgcls.errors import ExportError
-from imgcls.inference import batched_logits, is_multilabel, to_probabilities
-from imgcls.onnx_model import FLOAT_INPUT, METADATA_KEY, OUTPUTS, PIXEL_INPUT
+from imgcls.inference.batched import batched_logits, is_multilabel, to_probabilities
+from imgcls.inference.onnx_runtime import FLOAT_INPUT, METADATA_KEY, OUTPUTS, PIXEL_INPUT
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4  # largest allowed |probability(ONNX) - probability(PyTorch)|
@@ -66,8 +66,16 @@ def to_onnx_bytes(model: nn.Module, pre: Preprocessing, meta: dict, *, pixels: b
         with warnings.catch_warnings():
             # torch calls its TorchScript exporter legacy; it is the one that needs no onnxscript.
             warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(wrapper, (example,), buffer, input_names=[name], output_names=list(OUTPUTS),
-                              dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)  # fmt: skip
+            torch.onnx.export(
+                wrapper,
+                (example,),
+                buffer,
+                input_names=[name],
+                output_names=list(OUTPUTS),
+                dynamic_axes=dynamic,
+                opset_version=OPSET,
+                dynamo=False,
+            )
     except Exception as err:  # the exporter raises many kinds for operators ONNX lacks
         raise ExportError(f"model {meta['model']['name']!r} cannot be exported to ONNX: {err}") from None
     proto = onnx.load_from_string(buffer.getvalue())

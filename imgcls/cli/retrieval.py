@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from imgcls.cli_output import print_text as _print
+from imgcls.cli.output import print_text as _print
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -25,8 +25,13 @@ def cmd_gallery_build(args: argparse.Namespace) -> int:
     from imgcls.retrieval.embed import Embedder
     from imgcls.retrieval.gallery import build_gallery
 
-    gallery = build_gallery(Embedder.from_checkpoint(args.checkpoint), Path(args.data), dtype=args.dtype,
-                            index=args.index, recognition=args.recognition)  # fmt: skip
+    gallery = build_gallery(
+        Embedder.from_checkpoint(args.checkpoint),
+        Path(args.data),
+        dtype=args.dtype,
+        index=args.index,
+        recognition=args.recognition,
+    )
     gallery.save(Path(args.out))
     _print(describe_gallery(gallery.info(), args.out))
     return 0
@@ -90,8 +95,14 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     from imgcls.retrieval.commands import cluster_arguments
     from imgcls.retrieval.embed import Embedder
 
-    clustering = cluster_arguments(Embedder.from_checkpoint(args.checkpoint), args.paths, Path(args.out), k=args.k,
-                                   min_cluster_size=args.min_cluster_size, seed=args.seed)  # fmt: skip
+    clustering = cluster_arguments(
+        Embedder.from_checkpoint(args.checkpoint),
+        args.paths,
+        Path(args.out),
+        k=args.k,
+        min_cluster_size=args.min_cluster_size,
+        seed=args.seed,
+    )
     _print(describe_clustering(clustering, Path(args.out)))
     return 0
 
@@ -116,8 +127,12 @@ def add_retrieval_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="the gallery folder")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="stored embeddings")
     p.add_argument("--index", choices=kinds, default="auto", help=index_help)
-    p.add_argument("--recognition", choices=["prototype", "nearest"], default="prototype",
-                   help="score a label by its mean embedding (default) or by its nearest image")  # fmt: skip
+    p.add_argument(
+        "--recognition",
+        choices=["prototype", "nearest"],
+        default="prototype",
+        help="score a label by its mean embedding (default) or by its nearest image",
+    )
     p.set_defaults(func=cmd_gallery_build)
     p = gallery.add_parser("add", parents=[common], help="enrol images under a label, without retraining")
     p.add_argument("gallery")

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from imgcls.cli_output import print_text as _print
+from imgcls.cli.output import print_text as _print
 from imgcls.errors import ImgclsError
 
 
@@ -17,13 +17,14 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
 
     if args.paths[0] == "evaluate":
         return cmd_zeroshot_evaluate(args, read_prompts(args.prompts_file))
-    from imgcls.predict import PredictionSinks, expand_paths
+    from imgcls.inference.predictor import PredictionSinks, expand_paths
     from imgcls.zeroshot import parse_labels, zeroshot_predictor
 
     labels = parse_labels(args.labels, args.labels_file)
     items = expand_paths(args.paths)
-    predictor = zeroshot_predictor(labels, clip_model=args.clip_model, clip_weights=args.clip_weights,
-                                   prompts=read_prompts(args.prompts_file))  # fmt: skip
+    predictor = zeroshot_predictor(
+        labels, clip_model=args.clip_model, clip_weights=args.clip_weights, prompts=read_prompts(args.prompts_file)
+    )
     failures = 0
     with PredictionSinks(args.out, args.copy_to, topk=args.topk) as sinks:
         for (_, path), prediction in zip(items, predictor.predict_paths(items, topk=args.topk), strict=True):
@@ -39,10 +40,17 @@ def cmd_zeroshot_evaluate(args: argparse.Namespace, prompts: tuple[str, ...]) ->
     from imgcls.zeroshot.evaluate import evaluate_zeroshot, summary_lines
 
     if len(args.paths) != 2 or args.labels or args.labels_file:
-        raise ImgclsError("usage: imgcls zeroshot evaluate DATA --labels-from-folders [--out DIR] (folder names are "
-                          "the labels; --labels/--labels-file are for images).")  # fmt: skip
-    metrics = evaluate_zeroshot(Path(args.paths[1]), Path(args.out) if args.out else None, clip_model=args.clip_model,
-                                clip_weights=args.clip_weights, prompts=prompts)  # fmt: skip
+        raise ImgclsError(
+            "usage: imgcls zeroshot evaluate DATA --labels-from-folders [--out DIR] (folder names are "
+            "the labels; --labels/--labels-file are for images)."
+        )
+    metrics = evaluate_zeroshot(
+        Path(args.paths[1]),
+        Path(args.out) if args.out else None,
+        clip_model=args.clip_model,
+        clip_weights=args.clip_weights,
+        prompts=prompts,
+    )
     if args.json:
         _print(json.dumps(metrics, ensure_ascii=False))
     else:

@@ -17,14 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from imgcls import checkpoint as ckpt
+from imgcls import files
 from imgcls.data.decode import decode_image
 from imgcls.data.preprocess import Preprocessing
 from imgcls.errors import ConfigError, ExportError, ImgclsError
-from imgcls.inference import is_multilabel
+from imgcls.inference.batched import is_multilabel
+from imgcls.inference.onnx_graph import PARITY_TOLERANCE, max_difference, random_images, to_onnx_bytes
+from imgcls.inference.onnx_runtime import PIXEL_INPUT, normalise, probability_function, session
+from imgcls.inference.predictor import expand_paths
 from imgcls.models.registry import is_classic
-from imgcls.onnx_graph import PARITY_TOLERANCE, max_difference, random_images, to_onnx_bytes
-from imgcls.onnx_model import PIXEL_INPUT, normalise, probability_function, session
-from imgcls.predict import expand_paths
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,16 @@ def sample_images(paths: list[str], pre: Preprocessing, limit: int) -> np.ndarra
     images = []
     for shown, path in items[::step][:limit]:
         try:
-            images.append(decode_image(path, size=pre.img_size, resize=pre.resize, channels=pre.channels,
-                                       max_pixels=pre.max_pixels, name=shown))  # fmt: skip
+            images.append(
+                decode_image(
+                    path,
+                    size=pre.img_size,
+                    resize=pre.resize,
+                    channels=pre.channels,
+                    max_pixels=pre.max_pixels,
+                    name=shown,
+                )
+            )
         except ImgclsError as err:
             log.info("skipped %s", err)
     if not images:
@@ -97,7 +106,7 @@ def export_onnx(
             f"on {len(images)} images (allowed {PARITY_TOLERANCE:.0e}); nothing was written."
         )
     out = Path(out)
-    ckpt.atomic_write_bytes(out, data)
+    files.atomic_write_bytes(out, data)
     log.info("wrote %s (%.1f MB); parity %.1e on %d images", out, len(data) / 1e6, difference, len(images))
     int8_result = None
     if int8:
@@ -142,8 +151,15 @@ def quantize_int8(fp32: bytes, pre: Preprocessing, calibration: np.ndarray) -> b
         try:
             # Shape inference and graph fusion first, as ONNX Runtime's quantization guide asks.
             quant_pre_process(str(source), str(prepared))
-            quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
+            quantize_static(
+                str(prepared),
+                str(target),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
         except Exception as err:  # ORT's quantizer raises untyped errors on graphs it cannot handle
             raise ExportError(f"int8 quantization failed: {err}") from None
         return target.read_bytes()
@@ -164,5 +180,5 @@ def quantize(
     path = None
     if not problems or keep:
         path = out.with_name(out.stem + ".int8.onnx")
-        ckpt.atomic_write_bytes(path, int8)
+        files.atomic_write_bytes(path, int8)
     return Int8Result(path, speedup, agreement, reason)

@@ -1,0 +1,1 @@
+"""The data doctor: checks a dataset for corrupt files, duplicates, leakage and label errors."""
