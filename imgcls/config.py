@@ -32,6 +32,12 @@ class DataConfig:
     img_size: int = 32  # images are decoded once and resized to img_size x img_size
     channels: Literal["auto", "1", "3"] = "auto"  # auto: 1 when every image is grey
     resize: Literal["crop", "squash", "pad"] = "crop"  # how non-square images fit
+    # With pretrained weights these three default to what the weights were trained with
+    # (timm's pretrained config), as timm's resolve_data_config does; set them to override.
+    crop_pct: float = 1.0  # crop: the centre square keeps this share of the shorter side
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    mean: tuple[float, ...] = ()  # per channel, 0..1 scale; empty: the weights' own, else the training images'
+    std: tuple[float, ...] = ()
     val_fraction: float = 0.2  # share of each class held out when no val set exists
     max_pixels: int = 64_000_000  # larger images are refused (decompression bombs)
     decode_workers: int = 0  # processes decoding images; 0 = one per CPU core
@@ -128,10 +134,22 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TransferConfig:
-    pretrained: str | None = None  # .safetensors / .pth state dict, or an imgcls checkpoint
+    # A timm pretrained tag (resnet18.a1_in1k; imagenet = the model's default), fetched into
+    # the Hugging Face cache; or a .safetensors / .pth state dict, or an imgcls checkpoint.
+    pretrained: str | None = None
+    pretrained_source: str | None = None  # recorded when the run starts: where the weights came from
+    pretrained_sha256: str | None = None  # recorded when the run starts; a later run refuses other bytes
     freeze_backbone: bool = False  # train the classifier only (linear probe)
     unfreeze_after: int = 0  # with freeze_backbone: train everything from this epoch on; 0 = never
     head_lr_scale: float = 1.0  # the classifier's rate = lr * head_lr_scale
+    # Before epoch 1, fit the classifier by logistic regression on the frozen network's pooled
+    # features (scikit-learn), so fine-tuning starts from a good head and does not wreck the
+    # backbone with the gradients of a random one (LP-FT, Kumar et al. 2022). Saved as epoch 0.
+    linear_probe: bool = False
+    probe_c: float = 1.0  # inverse L2 strength of that logistic regression (scikit-learn's C)
+    # Batch norm keeps its pretrained statistics (eval mode) while the weights train: batches
+    # of a few dozen images estimate them worse than ImageNet did. A frozen backbone always does.
+    freeze_bn: bool = False
 
 
 @dataclass(frozen=True)
@@ -223,6 +241,12 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         return number
     if annotation is str:
         return str(value)
+    if origin is tuple:  # numbers per channel: a YAML list, or "0.5,0.5,0.5" on the command line
+        if isinstance(value, str):
+            value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list of numbers, got {value!r}.")
+        return tuple(_coerce(key, v, args[0]) for v in value)
     if annotation is dict:
         if isinstance(value, str):
             value = yaml.safe_load(value)
@@ -307,15 +331,21 @@ def build_config(
     recipe: str | Path | None = None,
     overrides: dict | None = None,
     model_defaults: Callable[[str], dict] | None = None,
+    weights_defaults: Callable[[str, str], dict] | None = None,
 ) -> Config:
     """The validated, frozen config of a run. Later layers win: imgcls's defaults, the
-    chosen model's own defaults (`model_defaults(name)`), the recipe, then overrides."""
+    chosen model's own defaults (`model_defaults(name)`), what the starting weights were
+    trained with (`weights_defaults(pretrained, name)`: input size, crop, mean/std), the
+    recipe, then overrides."""
     recipe_values = _merge({}, read_recipe(recipe), f"recipe {recipe or 'default'}")
     overrides = _merge({}, overrides or {}, "override")
     values: dict = {}
+    name = overrides.get("model", {}).get("name") or recipe_values.get("model", {}).get("name") or ModelConfig.name
     if model_defaults is not None:
-        name = overrides.get("model", {}).get("name") or recipe_values.get("model", {}).get("name") or ModelConfig.name
         values = _merge(values, model_defaults(str(name)), f"defaults of model {name}")
+    pretrained = overrides.get("transfer", {}).get("pretrained") or recipe_values.get("transfer", {}).get("pretrained")
+    if weights_defaults is not None and pretrained:
+        values = _merge(values, weights_defaults(str(pretrained), str(name)), f"pretrained weights {pretrained}")
     values = _merge(values, recipe_values, f"recipe {recipe or 'default'}")
     values = _merge(values, overrides, "override")
     config = Config(**{name: _section_from_dict(name, values.get(name, {})) for name in _SECTION_TYPES})
@@ -382,6 +412,10 @@ def validate(config: Config) -> None:
             "distill.alpha must be in [0, 1] and temperature positive",
         ),
         (config.optim.weight_decay >= 0, "optim.weight_decay must not be negative"),
+        (0 < config.data.crop_pct <= 1, "data.crop_pct must be in (0, 1]"),
+        (len(config.data.mean) == len(config.data.std), "data.std must have one value per value of data.mean"),
+        (all(v > 0 for v in config.data.std), "data.std values must be positive"),
+        (config.transfer.probe_c > 0, "transfer.probe_c must be positive"),
         (0 < config.semi.threshold <= 1 and config.semi.mu >= 1, "semi.threshold must be in (0, 1] and mu at least 1"),
         (config.semi.weight >= 0 and config.semi.max_unlabeled >= 0, "semi.weight and max_unlabeled must be >= 0"),
         (config.optim.warmup_epochs >= 0, "optim.warmup_epochs must not be negative"),

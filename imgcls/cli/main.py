@@ -17,6 +17,7 @@ from imgcls import __version__
 from imgcls.cli.data import add_data_parsers
 from imgcls.cli.output import print_text as _print
 from imgcls.cli.retrieval import add_retrieval_parsers
+from imgcls.cli.weights import add_weights_parsers
 from imgcls.cli.zeroshot import add_zeroshot_parser
 from imgcls.errors import ImgclsError
 
@@ -87,9 +88,23 @@ def _probability(text: str) -> float:
     return value
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _train_config(args: argparse.Namespace, overrides: dict):
+    """The run's config: with --pretrained and no --recipe, the fine-tuning recipe; with weights
+    named ARCH.TAG and no --model, that architecture; the weights' own preprocessing under both."""
     from imgcls.config import build_config
+    from imgcls.models.pretrained import DEFAULT_TAG, is_weights_name, weights_config
     from imgcls.models.registry import config_defaults
+
+    recipe = args.recipe
+    if args.pretrained and recipe is None:
+        recipe = "finetune"
+    if args.pretrained and not args.model and args.pretrained != DEFAULT_TAG and is_weights_name(args.pretrained):
+        arch = args.pretrained.removeprefix("hf-hub:").removeprefix("timm/").split(".")[0]
+        overrides.setdefault("model", {})["name"] = arch
+    return build_config(recipe, overrides, config_defaults, weights_config)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
     from imgcls.training.fit import fit
 
     overrides = _overrides(args)
@@ -114,7 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from imgcls.training.distributed import launch
 
         return launch(args.devices, _without_devices(sys.argv[1:] if args.argv is None else args.argv))
-    config = None if args.resume else build_config(args.recipe, overrides, config_defaults)
+    config = None if args.resume else _train_config(args, overrides)
     from imgcls.training import distributed
 
     try:
@@ -130,13 +145,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
-    from imgcls.config import build_config
-    from imgcls.models.registry import config_defaults
     from imgcls.training.lr_find import find_lr, plot_lr_finder
 
     if not args.data:
         raise ImgclsError("lr-find needs DATA (a folder of class folders).")
-    result = find_lr(build_config(args.recipe, _overrides(args), config_defaults), steps=args.steps)
+    result = find_lr(_train_config(args, _overrides(args)), steps=args.steps)
     path = plot_lr_finder(result, Path(args.out))
     _print(f"suggested learning rate: {result.suggestion:.3g} (steepest loss descent; use --set optim.lr=...)")
     _print(f"plot: {path}")
@@ -305,7 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--val-fraction", type=float, help="share held out per class when there is no val set (0.2)")
     training.add_argument("--recipe", help="recipe name or YAML file (default: default)")
     training.add_argument(
-        "--pretrained", help="start from local weights: .safetensors, .pth/.pt state dict, or a checkpoint"
+        "--pretrained",
+        help="start from weights: a timm tag (resnet18.a1_in1k; imagenet = the model's default, fetched and cached), "
+        "a .safetensors or .pth state dict, or an imgcls checkpoint",
     )
     training.add_argument("--freeze-backbone", action="store_true", help="train the classifier only (linear probe)")
     training.add_argument("--teacher", help="distil from this imgcls checkpoint (same classes)")
@@ -380,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     add_zeroshot_parser(sub, common)
+    add_weights_parsers(sub, common)
 
     p = sub.add_parser("export", parents=[common], help="export a checkpoint to ONNX, checked against PyTorch")
     p.add_argument("checkpoint")

@@ -48,14 +48,16 @@ class ImageCache:
 
 
 def _decode_chunk(
-    paths: list[str], size: int, resize: str, channels: int | None, max_pixels: int
+    paths: list[str], size: int, resize: str, channels: int | None, max_pixels: int, **resample
 ) -> list[np.ndarray | str]:
     out: list[np.ndarray | str] = []
     for path in paths:
         try:
             source = read_source(path)  # SHARD.tar/MEMBER: read out of the tar (imgcls.data.shards)
             out.append(
-                decode_image(source, size=size, resize=resize, channels=channels, max_pixels=max_pixels, name=path)
+                decode_image(
+                    source, size=size, resize=resize, channels=channels, max_pixels=max_pixels, name=path, **resample
+                )
             )
         except DataError as err:
             out.append(str(err).removeprefix(f"{path}: "))  # the path is recorded beside the reason
@@ -106,6 +108,8 @@ def build_cache(
     desc: str = "decode",
     memory_limit: int | None = None,
     spill_dir: str | Path | None = None,
+    crop_pct: float = 1.0,
+    interpolation: str = "bilinear",
 ) -> ImageCache:
     """Decode and resize samples into an ImageCache.
 
@@ -119,7 +123,15 @@ def build_cache(
     if not paths:
         raise DataError("no images to decode.")
     chunks = [paths[i : i + CHUNK] for i in range(0, len(paths), CHUNK)]
-    work = partial(_decode_chunk, size=size, resize=resize, channels=channels, max_pixels=max_pixels)
+    work = partial(
+        _decode_chunk,
+        size=size,
+        resize=resize,
+        channels=channels,
+        max_pixels=max_pixels,
+        crop_pct=crop_pct,
+        interpolation=interpolation,
+    )
     workers = workers or cpu_count()
     nbytes = len(paths) * size * size * (channels or 3)
     folder = spill_folder(nbytes, desc, memory_limit=memory_limit, folder=Path(spill_dir) if spill_dir else None)

@@ -61,26 +61,35 @@ def to_standard_mode(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _crop_box(width: int, height: int) -> tuple[int, int, int, int]:
-    side = min(width, height)
+INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def _crop_box(width: int, height: int, crop_pct: float = 1.0) -> tuple[int, int, int, int]:
+    """The centred square of side crop_pct x the shorter side, in whole pixels (timm's eval
+    crop: resize the shorter side to size / crop_pct, then take the centre size x size)."""
+    side = max(1, round(min(width, height) * crop_pct))
     left, top = (width - side) // 2, (height - side) // 2
     return left, top, left + side, top + side
 
 
-def resize_square(img: Image.Image, size: int, policy: str) -> Image.Image:
-    """Fit an image into size x size: centre crop of the shorter side, squash, or pad with black."""
-    if img.size == (size, size):
+def resize_square(
+    img: Image.Image, size: int, policy: str, *, crop_pct: float = 1.0, interpolation: str = "bilinear"
+) -> Image.Image:
+    """Fit an image into size x size: centre crop of the shorter side (crop_pct of it), squash,
+    or pad with black; resampled with Pillow's antialiasing filter of that interpolation."""
+    if img.size == (size, size) and crop_pct == 1.0:
         return img
+    resample = INTERPOLATIONS[interpolation]
     if policy == "crop":
         # Resizing only the crop box keeps absurd aspect ratios (1 x 100000) cheap.
-        return img.resize((size, size), Image.Resampling.BILINEAR, box=_crop_box(*img.size))
+        return img.resize((size, size), resample, box=_crop_box(*img.size, crop_pct))
     if policy == "squash":
-        return img.resize((size, size), Image.Resampling.BILINEAR)
+        return img.resize((size, size), resample)
     if policy == "pad":
         scale = size / max(img.size)
         inner = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
         canvas = Image.new(img.mode, (size, size))
-        canvas.paste(img.resize(inner, Image.Resampling.BILINEAR), ((size - inner[0]) // 2, (size - inner[1]) // 2))
+        canvas.paste(img.resize(inner, resample), ((size - inner[0]) // 2, (size - inner[1]) // 2))
         return canvas
     raise ValueError(f"unknown resize policy {policy!r}; expected one of {RESIZE_POLICIES}")
 
@@ -114,6 +123,8 @@ def decode_image(
     channels: int | None = None,
     max_pixels: int = 64_000_000,
     name: str | None = None,
+    crop_pct: float = 1.0,
+    interpolation: str = "bilinear",
 ) -> np.ndarray:
     """Decode a file or bytes into a uint8 array of shape (H, W, C).
 
@@ -138,7 +149,7 @@ def decode_image(
         elif channels == 3 and img.mode != "RGB":
             img = img.convert("RGB")
         if size is not None:
-            img = resize_square(img, size, resize)
+            img = resize_square(img, size, resize, crop_pct=crop_pct, interpolation=interpolation)
         pixels = np.asarray(img, dtype=np.uint8)
     except DataError:
         raise

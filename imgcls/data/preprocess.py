@@ -7,10 +7,12 @@ through `to_model_input`, with the values stored in the checkpoint, so they cann
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from imgcls.data.decode import decode_image
 from imgcls.device import constant
 
 
@@ -22,6 +24,10 @@ class Preprocessing:
     std: tuple[float, ...]
     resize: str = "crop"  # see imgcls.data.decode.resize_square
     max_pixels: int = 64_000_000
+    # What pretrained weights were trained with (timm's pretrained config): the share of the
+    # shorter side the centre crop keeps, and the resampling filter.
+    crop_pct: float = 1.0
+    interpolation: str = "bilinear"
     # Test-time augmentation: logits are the mean of the image's and its mirror image's
     # (twice the inference cost). Part of the model's preprocessing, so predict, evaluate,
     # serve and the ONNX graph all apply it.
@@ -29,6 +35,20 @@ class Preprocessing:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def decode(self, source: Path | bytes, *, name: str | None = None, max_pixels: int | None = None) -> np.ndarray:
+        """Pixels as the model takes them; `max_pixels` may only lower the model's own limit."""
+        limit = min(max_pixels or self.max_pixels, self.max_pixels)
+        return decode_image(
+            source,
+            size=self.img_size,
+            resize=self.resize,
+            channels=self.channels,
+            max_pixels=limit,
+            name=name,
+            crop_pct=self.crop_pct,
+            interpolation=self.interpolation,
+        )
 
     def scale_shift(self) -> tuple[list[float], list[float]]:
         """Per channel, model input = pixel * scale - shift, i.e. (pixel / 255 - mean) / std."""

@@ -18,7 +18,6 @@ import numpy as np
 
 from imgcls import checkpoint as ckpt
 from imgcls import files
-from imgcls.data.decode import decode_image
 from imgcls.data.preprocess import Preprocessing
 from imgcls.errors import ConfigError, ExportError, ImgclsError
 from imgcls.inference.batched import is_multilabel
@@ -57,16 +56,7 @@ def sample_images(paths: list[str], pre: Preprocessing, limit: int) -> np.ndarra
     images = []
     for shown, path in items[::step][:limit]:
         try:
-            images.append(
-                decode_image(
-                    path,
-                    size=pre.img_size,
-                    resize=pre.resize,
-                    channels=pre.channels,
-                    max_pixels=pre.max_pixels,
-                    name=shown,
-                )
-            )
+            images.append(pre.decode(path, name=shown))
         except ImgclsError as err:
             log.info("skipped %s", err)
     if not images:

@@ -23,7 +23,6 @@ import torch
 from torch import nn
 
 from imgcls import checkpoint as ckpt
-from imgcls.data.decode import decode_image
 from imgcls.data.preprocess import Preprocessing
 from imgcls.data.sources import is_image_file, list_images
 from imgcls.device import choose_autocast, resolve_device
@@ -184,11 +183,7 @@ class Predictor:
 
     def decode(self, source: Path | bytes, name: str | None = None, max_pixels: int | None = None) -> np.ndarray:
         """Pixels as the model takes them; `max_pixels` may only lower the model's own limit."""
-        pre = self.preprocessing
-        limit = min(max_pixels or pre.max_pixels, pre.max_pixels)
-        return decode_image(
-            source, size=pre.img_size, resize=pre.resize, channels=pre.channels, max_pixels=limit, name=name
-        )
+        return self.preprocessing.decode(source, name=name, max_pixels=max_pixels)
 
     def probabilities(self, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """(N, K) class probabilities of (N, H, W, C) uint8 images already decoded by `decode`."""

@@ -29,17 +29,23 @@ class ModelEntry:
     description: str
     min_size: int = 8  # smallest input side the architecture accepts
     config_defaults: dict | None = None  # recipe values this model needs (recipes and flags still win)
+    timm_name: str | None = None  # the timm architecture it builds, whose pretrained weights it can take
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register(
-    name: str, build: Callable[..., nn.Module], description: str, min_size: int = 8, config_defaults: dict | None = None
+    name: str,
+    build: Callable[..., nn.Module],
+    description: str,
+    min_size: int = 8,
+    config_defaults: dict | None = None,
+    timm_name: str | None = None,
 ) -> None:
     if name in _REGISTRY:
         raise ValueError(f"model name {name!r} is already registered")
-    _REGISTRY[name] = ModelEntry(name, build, description, min_size, config_defaults)
+    _REGISTRY[name] = ModelEntry(name, build, description, min_size, config_defaults, timm_name)
 
 
 def config_defaults(name: str) -> dict:
@@ -83,9 +89,9 @@ def is_classic(name: str) -> bool:
     return name in CLASSIC_MODELS
 
 
-register("resnet18", _timm_builder("resnet18"), "ResNet-18 (timm)", min_size=16)
-register("vgg11", _timm_builder("vgg11_bn"), "VGG-11 with batch norm (timm)", min_size=32)
-register("vgg16", _timm_builder("vgg16_bn"), "VGG-16 with batch norm (timm)", min_size=32)
+register("resnet18", _timm_builder("resnet18"), "ResNet-18 (timm)", min_size=16, timm_name="resnet18")
+register("vgg11", _timm_builder("vgg11_bn"), "VGG-11 with batch norm (timm)", min_size=32, timm_name="vgg11_bn")
+register("vgg16", _timm_builder("vgg16_bn"), "VGG-16 with batch norm (timm)", min_size=32, timm_name="vgg16_bn")
 
 
 def _clip_builder(clip_model: str) -> Callable[..., nn.Module]:
@@ -124,11 +130,19 @@ def resolve(name: str) -> ModelEntry:
         return ModelEntry(name, _clip_builder(name.removeprefix(CLIP_PREFIX)), "CLIP image tower + linear head", 16)
     timm_name = name.removeprefix(TIMM_PREFIX)
     if timm_name in timm_model_names():
-        return ModelEntry(name, _timm_builder(timm_name), f"timm model {timm_name}")
+        return ModelEntry(name, _timm_builder(timm_name), f"timm model {timm_name}", timm_name=timm_name)
     choices = list(_REGISTRY) + list(timm_model_names())
     close = difflib.get_close_matches(timm_name, choices, n=5, cutoff=0.6)
     hint = f" Close matches: {', '.join(close)}." if close else ""
     raise ModelNotFoundError(f"unknown model {name!r}.{hint} `imgcls models` lists them all.")
+
+
+def timm_architecture(name: str) -> str | None:
+    """The timm architecture a model name builds (resnet18 -> resnet18, vgg11 -> vgg11_bn), or None."""
+    try:
+        return resolve(name).timm_name
+    except ModelNotFoundError:
+        return None
 
 
 def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: int = 224, **kwargs) -> nn.Module:

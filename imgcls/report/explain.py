@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from imgcls.checkpoint import load_model, read_metadata
-from imgcls.data.decode import decode_image
 from imgcls.data.preprocess import Preprocessing, to_model_input
 from imgcls.data.shards import read_source
 from imgcls.errors import DataError
@@ -83,16 +82,7 @@ def explain(checkpoint: Path, paths: list[str]) -> tuple[list[Explanation], str 
     images, kept = [], []
     for path in paths:
         try:
-            images.append(
-                decode_image(
-                    read_source(path),
-                    size=pre.img_size,
-                    resize=pre.resize,
-                    channels=pre.channels,
-                    max_pixels=pre.max_pixels,
-                    name=path,
-                )
-            )
+            images.append(pre.decode(read_source(path), name=path))
             kept.append(path)
         except DataError as err:
             log.warning("Grad-CAM: %s", err)

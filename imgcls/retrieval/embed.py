@@ -27,7 +27,6 @@ from torch import nn
 
 from imgcls import checkpoint as ckpt
 from imgcls import files
-from imgcls.data.decode import decode_image
 from imgcls.data.preprocess import Preprocessing, to_model_input
 from imgcls.errors import ConfigError, DataError, ImgclsError
 from imgcls.models.registry import is_classic
@@ -98,11 +97,7 @@ class Embedder:
 
     def decode(self, source: Path | bytes, name: str | None = None, max_pixels: int | None = None) -> np.ndarray:
         """Pixels as the model takes them, decoded exactly as for classification."""
-        pre = self.preprocessing
-        limit = min(max_pixels or pre.max_pixels, pre.max_pixels)
-        return decode_image(
-            source, size=pre.img_size, resize=pre.resize, channels=pre.channels, max_pixels=limit, name=name
-        )
+        return self.preprocessing.decode(source, name=name, max_pixels=max_pixels)
 
     def _pre_logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.network.forward_head(self.network.forward_features(x), pre_logits=True).flatten(1).float()

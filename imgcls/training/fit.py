@@ -30,6 +30,7 @@ from imgcls.training import distributed
 from imgcls.training.classic import fit_classic_run
 from imgcls.training.loop import FitResult, epoch_seed, save_epoch, train_one_epoch
 from imgcls.training.outputs import write_outputs, write_run_report
+from imgcls.training.probe import fit_linear_probe, pooled_features
 from imgcls.training.run import TrainingRun, prepare
 from imgcls.training.semi import fit_semi_run
 from imgcls.training.state import (
@@ -129,6 +130,8 @@ def _fit(config: Config, run_dir: Path, resume: bool) -> FitResult:
 
     train = None if run.stream is not None else cache_tensors(run.train)  # streamed: read as it trains
     val_x, val_y = cache_tensors(run.val)
+    if not resume and config.transfer.linear_probe:
+        best_acc = _probe_epoch(run_dir, run, history, best_acc, train, (val_x, val_y))
     with stop_on_sigint() as stop:
         for epoch in range(start_epoch, tc.epochs + 1):
             if tc.early_stopping and history and _epochs_without_progress(history) >= tc.early_stopping:
@@ -148,6 +151,70 @@ def _fit(config: Config, run_dir: Path, resume: bool) -> FitResult:
     metrics, probs = final_metrics(run_dir, run, val_x, val_y)
     write_run_report(run_dir, run, metrics, history, time.perf_counter() - started, probs)
     return FitResult(run_dir, metrics, history, run_dir / "best.safetensors")
+
+
+def _probe_epoch(
+    run_dir: Path, run: TrainingRun, history: list[dict], best_acc: float, train: tuple | None, val: tuple
+) -> float:
+    """Epoch 0: the classifier fitted by logistic regression on the frozen network's features
+    (imgcls.training.probe), evaluated and saved like any epoch, so the best checkpoint is never
+    worse on validation than the probe alone."""
+    if train is None or run.multilabel:
+        log.info("linear probe skipped: it needs decoded single-label training images")
+        return best_acc
+    started, tc = time.perf_counter(), run.config.train
+    images, labels = train
+    features = pooled_features(
+        run.model,
+        images,
+        run.preprocessing,
+        batch_size=tc.eval_batch_size,
+        device=run.device,
+        autocast_dtype=run.autocast_dtype,
+        channels_last=tc.channels_last,
+    )
+    if not fit_linear_probe(run.model, features, labels.numpy(), run.config.transfer.probe_c):
+        return best_acc
+    if run.ema is not None:
+        run.ema.set(run.model)  # the average starts from the fitted head, not the random one
+    with torch.no_grad():
+        head = run.model.get_classifier()
+        logits = head(torch.from_numpy(features).to(head.weight.device, head.weight.dtype)).float().cpu()
+    train_loss = torch.nn.functional.cross_entropy(logits, labels).item()
+    train_acc = (logits.argmax(1) == labels).float().mean().item()
+    val_loss, val_acc, _ = evaluate(
+        run.eval_model,
+        *val,
+        run.preprocessing,
+        batch_size=tc.eval_batch_size,
+        autocast_dtype=run.autocast_dtype,
+        channels_last=tc.channels_last,
+        device=run.device,
+        shared=True,
+    )
+    seconds = time.perf_counter() - started
+    history.append(
+        {
+            "epoch": 0,
+            "train_loss": round(train_loss, 6),
+            "train_acc": round(train_acc, 6),
+            "val_loss": round(val_loss, 6),
+            "val_acc": round(val_acc, 6),
+            "lr": 0.0,
+            "seconds": round(seconds, 3),
+        }
+    )
+    log.info(
+        "epoch 0 (linear probe)  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.1f s",
+        train_loss,
+        train_acc,
+        val_loss,
+        val_acc,
+        seconds,
+    )
+    if not distributed.is_main():
+        return max(best_acc, val_acc)
+    return save_epoch(run_dir, run, history, best_acc)
 
 
 def _train_epoch(

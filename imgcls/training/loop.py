@@ -23,6 +23,7 @@ from imgcls.device import autocast, constant, rng_states, set_rng_states, to_dev
 from imgcls.progress import progress_bar
 from imgcls.training import distributed
 from imgcls.training.losses import correct_predictions, distillation_loss
+from imgcls.training.probe import train_mode
 from imgcls.training.run import TrainingRun
 from imgcls.training.state import (
     EpochInterrupted,
@@ -93,7 +94,7 @@ def train_one_epoch(
     for the host after every step."""
     config, model = run.config, run.model
     tc, augment = config.train, config.augment
-    model.train()
+    train_mode(model, freeze_bn=config.transfer.freeze_bn)
     done = progress or EpochProgress()
     if progress is not None and not distributed.is_main():
         # The saved running sums are rank 0's share (it alone saves): the others count from here,

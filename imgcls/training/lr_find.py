@@ -17,6 +17,7 @@ from imgcls.data.loader import batch_indices, cache_tensors
 from imgcls.data.preprocess import to_model_input
 from imgcls.device import autocast, to_device
 from imgcls.errors import ConfigError
+from imgcls.training.probe import train_mode
 from imgcls.training.run import prepare
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ def find_lr(config: Config, *, start: float = 1e-6, end: float = 1.0, steps: int
         group["lr"] = start
     factor = (end / start) ** (1 / max(1, steps - 1))
     lrs, losses, smoothed, best = [], [], 0.0, math.inf
-    model, tc = run.model.train(), config.train
+    model, tc = run.model, config.train
+    train_mode(model, freeze_bn=config.transfer.freeze_bn)
     step = 0
     while step < steps:
         for index in batch_indices(len(labels), tc.batch_size, shuffle=True, generator=generator):

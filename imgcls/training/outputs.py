@@ -94,9 +94,19 @@ def write_run_report(
         "train images": len(run.train),
         "val images": len(run.val),
         "image size": f"{config.data.img_size} px, {run.train.channels} channel(s)",
-        "epochs": f"{len(history)} of {config.train.epochs}",
+        "epochs": f"{sum(row['epoch'] > 0 for row in history)} of {config.train.epochs}"
+        + (" after a linear probe (epoch 0)" if history and history[0]["epoch"] == 0 else ""),
         "precision": precision_name(run.autocast_dtype),
         "device": str(run.device),
         "run seconds": round(seconds, 1),
     }
+    if run.pretrained:
+        start = run.pretrained
+        sha = f", sha256 {start['sha256'][:16]}…" if start["sha256"] else ""
+        summary["pretrained weights"] = f"{start['name']} ({start['source'] or 'local file'}{sha})"
+    pre = run.preprocessing
+    summary["preprocessing"] = (
+        f"{pre.resize} {pre.crop_pct:g} of the shorter side, {pre.interpolation}, "
+        f"mean {', '.join(f'{m:.3f}' for m in pre.mean)}, std {', '.join(f'{s:.3f}' for s in pre.std)}"
+    )
     write_outputs(run_dir, metrics, history, summary, val=run.val, probs=probs.numpy(), train=run.train)

@@ -26,6 +26,7 @@ from imgcls.data.stream import ShardStream
 from imgcls.device import choose_autocast, grad_scaler, resolve_device
 from imgcls.errors import CheckpointError, ConfigError, DataError
 from imgcls.models import create_model
+from imgcls.models.pretrained import resolve_start_weights
 from imgcls.models.registry import resolve
 from imgcls.models.seed import SeedNet, kaiming_init
 from imgcls.training.losses import balanced_class_weights, build_loss, build_multilabel_loss, positive_weights
@@ -80,11 +81,27 @@ class TrainingRun:
             "classes": list(self.sources.classes),
             "preprocess": self.preprocessing.to_dict(),
             "training": training,
+            **({"pretrained": self.pretrained} if self.pretrained else {}),
         }
+
+    @property
+    def pretrained(self) -> dict | None:
+        """Where the starting weights came from, as the checkpoint and the report record it."""
+        transfer = self.config.transfer
+        if not transfer.pretrained:
+            return None
+        return {"name": transfer.pretrained, "source": transfer.pretrained_source, "sha256": transfer.pretrained_sha256}
+
+
+# Random resized crops are cut from training images cached this much larger than the model's
+# input (the whole centre square), so a crop of the whole image still has detail to resample;
+# 1.15 ~ 1 / 0.875, the share of the image timm's evaluation crop keeps.
+CROP_CACHE_SCALE = 1.15
 
 
 def decode_val(config: Config, sources: DataSources, channels: int) -> ImageCache:
-    """The validation images, decoded once with the training set's channel count."""
+    """The validation images, decoded once with the training set's channel count, exactly as
+    prediction will decode them."""
     data = config.data
     return build_cache(
         sources.val,
@@ -94,19 +111,32 @@ def decode_val(config: Config, sources: DataSources, channels: int) -> ImageCach
         max_pixels=data.max_pixels,
         workers=data.decode_workers,
         desc="decode val",
+        crop_pct=data.crop_pct,
+        interpolation=data.interpolation,
     )
+
+
+def train_decode_size(config: Config) -> tuple[int, float]:
+    """(side, crop share) the training images are cached at: as evaluation decodes them, or
+    the whole centre square at CROP_CACHE_SCALE x the input when the recipe crops at random."""
+    if config.augment.random_resized_crop > 0:
+        return round(config.data.img_size * CROP_CACHE_SCALE), 1.0
+    return config.data.img_size, config.data.crop_pct
 
 
 def decode_sources(config: Config, sources: DataSources) -> tuple[ImageCache, ImageCache]:
     data = config.data
+    size, crop_pct = train_decode_size(config)
     train = build_cache(
         sources.train,
-        size=data.img_size,
+        size=size,
         resize=data.resize,
         channels=None if data.channels == "auto" else int(data.channels),
         max_pixels=data.max_pixels,
         workers=data.decode_workers,
         desc="decode train",
+        crop_pct=crop_pct,
+        interpolation=data.interpolation,
     )
     val = decode_val(config, sources, train.channels)
     if train.labels.ndim == 2:  # multi-label: a class is present when any image has it
@@ -148,7 +178,14 @@ def build_model(config: Config, num_classes: int, pre: Preprocessing) -> nn.Modu
         config.model.name, num_classes=num_classes, in_chans=pre.channels, img_size=pre.img_size, **config.model.kwargs
     )
     if config.transfer.pretrained:
-        load_pretrained(model, config.transfer.pretrained)
+        start = resolve_start_weights(config.transfer.pretrained, config.model.name)
+        recorded = config.transfer.pretrained_sha256
+        if recorded and start.sha256 != recorded:
+            raise CheckpointError(
+                f"pretrained weights {start.file} are not the ones this run started from "
+                f"(sha256 {start.sha256[:12]}…, config.yaml says {recorded[:12]}…)."
+            )
+        load_pretrained(model, start.file)
     elif config.train.init == "kaiming" and isinstance(model, SeedNet):
         kaiming_init(model)  # timm models come initialised as their papers say
     if config.transfer.freeze_backbone:
@@ -161,6 +198,13 @@ def pretrained_normalisation(config: Config, channels: int) -> tuple[tuple, tupl
     checkpoint's own mean/std, or a timm model's pretrained (ImageNet) values for RGB; a CLIP
     backbone the statistics CLIP was trained with (their average for grey images, whose first
     convolution sums CLIP's RGB filters)."""
+    if config.data.mean:  # set by the user, or by the pretrained weights' config
+        mean, std = tuple(config.data.mean), tuple(config.data.std)
+        if len(mean) == channels:
+            return mean, std
+        if channels == 1:  # grey images into RGB-trained weights: their channels' average
+            return (sum(mean) / len(mean),), (sum(std) / len(std),)
+        raise ConfigError(f"data.mean has {len(mean)} values; these images have {channels} channels.")
     if config.model.name.startswith("clip:"):
         from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
@@ -245,7 +289,15 @@ def prepare(config: Config, device: torch.device | None = None) -> TrainingRun:
         train, val = decode_sources(config, sources)
     mean, std = pretrained_normalisation(config, train.channels) or stats or channel_stats(train.images)
     pre = Preprocessing(
-        data.img_size, train.channels, mean, std, data.resize, data.max_pixels, test_flip=config.augment.test_flip
+        data.img_size,
+        train.channels,
+        mean,
+        std,
+        data.resize,
+        data.max_pixels,
+        test_flip=config.augment.test_flip,
+        crop_pct=data.crop_pct,
+        interpolation=data.interpolation,
     )
     model = build_model(config, len(sources.classes), pre)
     total_steps = steps_per_epoch(len(train), tc.batch_size) * tc.epochs // tc.accumulate

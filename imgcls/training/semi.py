@@ -52,6 +52,7 @@ from imgcls.training.loop import (
 )
 from imgcls.training.optim import build_schedule
 from imgcls.training.outputs import write_run_report
+from imgcls.training.probe import train_mode
 from imgcls.training.run import TrainingRun, prepare
 from imgcls.training.state import (
     EpochInterrupted,
@@ -159,7 +160,7 @@ def train_one_epoch_semi(
     passes = -(-steps * batch // len(labels))  # labelled batches cycle through reshuffled passes
     lab_order = torch.cat([torch.randperm(len(labels), generator=generator) for _ in range(passes)])
     transform = strong_transform()
-    model.train()
+    train_mode(model, freeze_bn=config.transfer.freeze_bn)
     done = progress or EpochProgress()
     if done.generator_state is not None:  # the orders are drawn above; the draws go on from here
         generator.set_state(done.generator_state)
