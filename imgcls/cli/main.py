@@ -235,6 +235,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"parity with PyTorch: largest probability difference {result.max_difference:.1e} "
         f"on {result.check_images} images ({result.check_source})"
     )
+    if result.resize is not None:
+        r = result.resize
+        _print(
+            f"resize inside the graph against imgcls's: largest probability difference {r.probability:.1e}, "
+            f"largest pixel difference {r.levels} grey levels, on {r.images} images of their own sizes"
+        )
     if result.int8 is not None:
         q = result.int8
         verdict = f"written to {q.path}" if q.path else "not kept (--keep-int8 keeps it anyway)"
@@ -386,7 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["onnx"], default="onnx")
     p.add_argument("--out", help="output file (default: the checkpoint's name with .onnx)")
     p.add_argument(
-        "--with-preprocessing", action="store_true", help="the graph takes uint8 pixels (N, H, W, C) and normalises"
+        "--with-preprocessing",
+        action="store_true",
+        help="the graph takes decoded uint8 images (N, H, W, C) of any size and crops, resizes and normalises",
     )
     p.add_argument("--check", nargs="+", metavar="PATH", help="images for the parity check (default: --calibration)")
     p.add_argument("--int8", action="store_true", help="also make a static int8 copy, kept where faster and accurate")
