@@ -130,3 +130,35 @@ def test_crop_is_the_centre_square_resized_as_pillow_does(crop_pct, interpolatio
         box = (left, top, left + side, top + side)
         pillow = np.asarray(Image.fromarray(image).crop(box).resize((32, 32), resample)).astype(int)
         assert np.abs(graph_square(pre, image, crop_pct, interpolation) - pillow).max() <= 1, (h, w)
+
+
+def test_imgcls_runs_the_file_as_it_runs_the_checkpoint(exported, capsys):
+    """imgcls decodes and resizes itself, so it runs the graph from after its resize: the ONNX
+    file then predicts exactly as the checkpoint, whatever the crop (crop_pct included)."""
+    checkpoint, model, mixed = exported
+    by_checkpoint = imgcls_predictions(checkpoint, mixed, capsys)
+    by_file = imgcls_predictions(model, mixed, capsys)
+    assert by_file.keys() == by_checkpoint.keys()
+    for path, scores in by_checkpoint.items():
+        assert max(abs(by_file[path][c] - s) for c, s in scores.items()) < 1e-4, path
+
+
+def test_int8_copy_of_a_graph_that_resizes(exported, tmp_path):
+    from imgcls.inference.export import export_onnx
+    from imgcls.inference.predictor import Predictor, expand_paths
+
+    checkpoint, _, mixed = exported
+    result = export_onnx(
+        checkpoint, tmp_path / "m.onnx", pixels=True, int8=True, calibration=[str(mixed)], keep_int8=True
+    )
+    session = ort.InferenceSession(str(result.int8.path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[1:3] == ["height", "width"]  # still takes any size
+    assert session.run(["probabilities"], {"pixels": np.zeros((1, 70, 45, 3), np.uint8)})[0].shape == (1, 3)
+    predictions = list(Predictor.from_onnx(result.int8.path).predict_paths(expand_paths([str(mixed)])))
+    assert len(predictions) == 60 and all(p.error is None for p in predictions)
+
+
+def test_web_format_refuses_int8_in_one_line(exported, capsys):
+    checkpoint, _, _ = exported
+    assert main(["export", str(checkpoint), "--format", "web", "--int8"]) == 2
+    assert "--int8" in capsys.readouterr().err

@@ -30,7 +30,14 @@ from imgcls.inference.onnx_graph import (
     to_onnx_bytes,
     torch_probabilities,
 )
-from imgcls.inference.onnx_runtime import PIXEL_INPUT, normalise, probability_function, session, square_part
+from imgcls.inference.onnx_runtime import (
+    PIXEL_INPUT,
+    normalise,
+    probability_function,
+    session,
+    square_part,
+    takes_any_size,
+)
 from imgcls.inference.predictor import expand_paths
 from imgcls.inference.resize_parity import RESIZE_TOLERANCE, ResizeParity, raw_images, resize_parity
 from imgcls.models.registry import is_classic
@@ -157,7 +164,8 @@ def quantize_int8(fp32: bytes, pre: Preprocessing, calibration: np.ndarray) -> b
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    input_name = session(fp32).get_inputs()[0].name
+    sess = session(fp32)
+    input_name, any_size = sess.get_inputs()[0].name, takes_any_size(sess)
     feeds = [calibration[i : i + 16] for i in range(0, len(calibration), 16)]
 
     class Reader(CalibrationDataReader):
@@ -175,7 +183,9 @@ def quantize_int8(fp32: bytes, pre: Preprocessing, calibration: np.ndarray) -> b
         source.write_bytes(fp32)
         try:
             # Shape inference and graph fusion first, as ONNX Runtime's quantization guide asks.
-            quant_pre_process(str(source), str(prepared))
+            # Symbolic shape inference cannot follow the crop sizes of a graph that resizes inside;
+            # ONNX shape inference (still run) is enough for quantization.
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=any_size)
             quantize_static(
                 str(prepared),
                 str(target),
