@@ -233,6 +233,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from imgcls.inference.export import export_onnx
 
+    if args.format == "web":
+        return _export_web(args)
     out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".onnx")
     result = export_onnx(
         Path(args.checkpoint),
@@ -244,10 +246,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         keep_int8=args.keep_int8,
     )
     _print(f"exported {result.path}")
-    _print(
-        f"parity with PyTorch: largest probability difference {result.max_difference:.1e} "
-        f"on {result.check_images} images ({result.check_source})"
-    )
+    _print_parity(result)
     if result.int8 is not None:
         q = result.int8
         verdict = f"written to {q.path}" if q.path else "not kept (--keep-int8 keeps it anyway)"
@@ -256,6 +255,31 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"of the check images; {q.reason}; {verdict}"
         )
     return 0
+
+
+def _export_web(args: argparse.Namespace) -> int:
+    from imgcls.inference.web_export import export_web
+
+    if args.int8 or args.calibration or args.keep_int8:
+        raise ImgclsError("--format web exports the float32 model; --int8 and --calibration do not apply.")
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix("")
+    result = export_web(Path(args.checkpoint), out, check=args.check)
+    _print(f"wrote {out}/: open index.html through any static web server, e.g. python -m http.server -d {out}")
+    _print_parity(result)
+    return 0
+
+
+def _print_parity(result) -> None:
+    _print(
+        f"parity with PyTorch: largest probability difference {result.max_difference:.1e} "
+        f"on {result.check_images} images ({result.check_source})"
+    )
+    if result.resize is not None:
+        r = result.resize
+        _print(
+            f"resize inside the graph against imgcls's: largest probability difference {r.probability:.1e}, "
+            f"largest pixel difference {r.levels} grey levels, on {r.images} images of their own sizes"
+        )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -399,10 +423,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", parents=[common], help="export a checkpoint to ONNX, checked against PyTorch")
     p.add_argument("checkpoint")
-    p.add_argument("--format", choices=["onnx"], default="onnx")
-    p.add_argument("--out", help="output file (default: the checkpoint's name with .onnx)")
     p.add_argument(
-        "--with-preprocessing", action="store_true", help="the graph takes uint8 pixels (N, H, W, C) and normalises"
+        "--format",
+        choices=["onnx", "web"],
+        default="onnx",
+        help="onnx: one file; web: a static folder that classifies dropped images in the browser (docs/deploy.md)",
+    )
+    p.add_argument("--out", help="output file, or folder for --format web (default: beside the checkpoint)")
+    p.add_argument(
+        "--with-preprocessing",
+        action="store_true",
+        help="the graph takes decoded uint8 images (N, H, W, C) of any size and crops, resizes and normalises",
     )
     p.add_argument("--check", nargs="+", metavar="PATH", help="images for the parity check (default: --calibration)")
     p.add_argument("--int8", action="store_true", help="also make a static int8 copy, kept where faster and accurate")

@@ -1,8 +1,9 @@
 """Export a checkpoint to ONNX: one stand-alone file, checked against PyTorch before it is written.
 
 checkpoint -> model (float32, eval) -> ONNX graph (onnx_graph.py) -> parity check in ONNX
-Runtime against PyTorch -> atomic write. Optionally the graph takes raw uint8 pixels and
-normalises inside, and an int8 copy is made by ONNX Runtime's static (calibrated)
+Runtime against PyTorch -> atomic write. Optionally the graph takes decoded uint8 images of
+any size and does imgcls's resize and normalisation inside; its resize is then also checked
+against imgcls's own (resize_parity.py). An int8 copy is made by ONNX Runtime's static (calibrated)
 quantization, kept only where it is faster and agrees with float32.
 """
 
@@ -21,9 +22,23 @@ from imgcls import files
 from imgcls.data.preprocess import Preprocessing
 from imgcls.errors import ConfigError, ExportError, ImgclsError
 from imgcls.inference.batched import is_multilabel
-from imgcls.inference.onnx_graph import PARITY_TOLERANCE, max_difference, random_images, to_onnx_bytes
-from imgcls.inference.onnx_runtime import PIXEL_INPUT, normalise, probability_function, session
+from imgcls.inference.onnx_graph import (
+    PARITY_TOLERANCE,
+    max_difference,
+    random_images,
+    to_onnx_bytes,
+    torch_probabilities,
+)
+from imgcls.inference.onnx_runtime import (
+    PIXEL_INPUT,
+    normalise,
+    probability_function,
+    session,
+    square_part,
+    takes_any_size,
+)
 from imgcls.inference.predictor import expand_paths
+from imgcls.inference.resize_parity import RESIZE_TOLERANCE, ResizeParity, raw_images, resize_parity
 from imgcls.models.registry import is_classic
 
 log = logging.getLogger(__name__)
@@ -47,6 +62,7 @@ class ExportResult:
     check_images: int
     check_source: str
     int8: Int8Result | None = None
+    resize: ResizeParity | None = None  # with the preprocessing inside: its resize against imgcls's
 
 
 def sample_images(paths: list[str], pre: Preprocessing, limit: int) -> np.ndarray:
@@ -88,13 +104,16 @@ def export_onnx(
         source = " ".join(check or calibration)
     else:
         images, source = random_images(pre), "random pixels (give --check DATA for real images)"
-    run = probability_function(session(data), pre)
+    # A graph that resizes is checked in two parts: after its resize against PyTorch, as any
+    # export, and its resize on images of other sizes against imgcls's.
+    run = probability_function(session(square_part(data) if pixels else data), pre)
     difference = max_difference(model, pre, run, images, multilabel=is_multilabel(meta))
     if not difference < PARITY_TOLERANCE:
         raise ExportError(
             f"the ONNX model disagrees with PyTorch: largest probability difference {difference:.2e} "
             f"on {len(images)} images (allowed {PARITY_TOLERANCE:.0e}); nothing was written."
         )
+    resize = _check_resize(data, model, pre, meta, check or calibration) if pixels else None
     out = Path(out)
     files.atomic_write_bytes(out, data)
     log.info("wrote %s (%.1f MB); parity %.1e on %d images", out, len(data) / 1e6, difference, len(images))
@@ -102,7 +121,20 @@ def export_onnx(
     if int8:
         calibration_images = sample_images(calibration, pre, limit=256)
         int8_result = quantize(data, out, pre, calibration_images, images, keep=keep_int8)
-    return ExportResult(out, difference, len(images), source, int8_result)
+    return ExportResult(out, difference, len(images), source, int8_result, resize)
+
+
+def _check_resize(data: bytes, model, pre: Preprocessing, meta: dict, paths: list[str] | None) -> ResizeParity:
+    multilabel = is_multilabel(meta)
+    parity = resize_parity(
+        data, lambda squares: torch_probabilities(model, pre, squares, multilabel), pre, raw_images(paths, pre)
+    )
+    if not parity.probability <= RESIZE_TOLERANCE:
+        raise ExportError(
+            f"the ONNX graph's resize disagrees with imgcls's: largest probability difference "
+            f"{parity.probability:.2e} on {parity.images} images (allowed {RESIZE_TOLERANCE:.0e}); nothing was written."
+        )
+    return parity
 
 
 def _median_seconds(run, images: np.ndarray, repeats: int = 15) -> float:
@@ -122,7 +154,8 @@ def quantize_int8(fp32: bytes, pre: Preprocessing, calibration: np.ndarray) -> b
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    input_name = session(fp32).get_inputs()[0].name
+    sess = session(fp32)
+    input_name, any_size = sess.get_inputs()[0].name, takes_any_size(sess)
     feeds = [calibration[i : i + 16] for i in range(0, len(calibration), 16)]
 
     class Reader(CalibrationDataReader):
@@ -140,7 +173,9 @@ def quantize_int8(fp32: bytes, pre: Preprocessing, calibration: np.ndarray) -> b
         source.write_bytes(fp32)
         try:
             # Shape inference and graph fusion first, as ONNX Runtime's quantization guide asks.
-            quant_pre_process(str(source), str(prepared))
+            # Symbolic shape inference cannot follow the crop sizes of a graph that resizes inside;
+            # ONNX shape inference (still run) is enough for quantization.
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=any_size)
             quantize_static(
                 str(prepared),
                 str(target),

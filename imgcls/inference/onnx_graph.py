@@ -10,8 +10,8 @@ where torch's default dynamo exporter also needs `onnxscript`.
 from __future__ import annotations
 
 import io
-import json
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,8 +20,15 @@ from torch import nn
 from imgcls.data.preprocess import Preprocessing
 from imgcls.errors import ExportError
 from imgcls.inference.batched import batched_logits, is_multilabel, to_probabilities
-from imgcls.inference.onnx_runtime import FLOAT_INPUT, METADATA_KEY, OUTPUTS, PIXEL_INPUT
+from imgcls.inference.onnx_metadata import add_metadata
+from imgcls.inference.onnx_preprocess import PRE_OPSET, preprocessing_graph
+from imgcls.inference.onnx_runtime import FLOAT_INPUT, OUTPUTS, SQUARE
 
+if TYPE_CHECKING:
+    import onnx
+
+# Opset 17 for the float-input graph: OpenCV's DNN module reads it. The preprocessing graph
+# needs 18 (Resize's antialias), and the network joined to it must share that opset.
 OPSET = 17
 PARITY_TOLERANCE = 1e-4  # largest allowed |probability(ONNX) - probability(PyTorch)|
 
@@ -49,17 +56,10 @@ class ExportableModel(nn.Module):
         return logits, to_probabilities(logits, self.multilabel)
 
 
-def to_onnx_bytes(model: nn.Module, pre: Preprocessing, meta: dict, *, pixels: bool) -> bytes:
-    """The serialized ONNX model with imgcls's metadata."""
+def _export_network(wrapper: nn.Module, meta: dict, name: str, example: torch.Tensor, opset: int) -> onnx.ModelProto:
+    """torch's export of the wrapped classifier, batch dimension dynamic."""
     import onnx
 
-    network = model.float().eval().to(memory_format=torch.contiguous_format)
-    wrapper = ExportableModel(network, pre, pixels, multilabel=is_multilabel(meta)).eval()
-    size, channels = pre.img_size, pre.channels
-    if pixels:
-        name, example = PIXEL_INPUT, torch.zeros(2, size, size, channels, dtype=torch.uint8)
-    else:
-        name, example = FLOAT_INPUT, torch.zeros(2, channels, size, size)
     buffer = io.BytesIO()
     dynamic = {key: {0: "batch"} for key in (name, *OUTPUTS)}
     try:
@@ -73,25 +73,46 @@ def to_onnx_bytes(model: nn.Module, pre: Preprocessing, meta: dict, *, pixels: b
                 input_names=[name],
                 output_names=list(OUTPUTS),
                 dynamic_axes=dynamic,
-                opset_version=OPSET,
+                opset_version=opset,
                 dynamo=False,
             )
     except Exception as err:  # the exporter raises many kinds for operators ONNX lacks
         raise ExportError(f"model {meta['model']['name']!r} cannot be exported to ONNX: {err}") from None
-    proto = onnx.load_from_string(buffer.getvalue())
-    input_format = "uint8 pixels (N, H, W, C), 0-255" if pixels else "normalised float32 (N, C, H, W)"
-    props = {
-        METADATA_KEY: json.dumps(meta, ensure_ascii=False),
-        "classes": json.dumps(meta["classes"], ensure_ascii=False),
-        "input_format": input_format,
-        "mean": json.dumps(pre.mean),
-        "std": json.dumps(pre.std),
-    }
-    for key, value in props.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    proto.producer_name = "imgcls"
-    proto.doc_string = f"imgcls classifier {meta['model']['name']}: {len(meta['classes'])} classes, {input_format}"
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _with_preprocessing(network: onnx.ModelProto, pre: Preprocessing) -> onnx.ModelProto:
+    """The preprocessing graph (any-size uint8 -> the model's square) joined to the network."""
+    import onnx
+
+    front = preprocessing_graph(
+        pre.img_size,
+        pre.channels,
+        pre.resize,
+        float(getattr(pre, "crop_pct", 1.0)),  # getattr: checkpoints from before these fields
+        getattr(pre, "interpolation", "bilinear"),
+    )
+    front.ir_version = network.ir_version  # merge_models asks for one IR version
+    merged = onnx.compose.merge_models(front, network, io_map=[(SQUARE, SQUARE)])
+    # merge_models lists the default opset once per part; one entry is what runtimes expect.
+    del merged.opset_import[:]
+    merged.opset_import.append(onnx.helper.make_opsetid("", PRE_OPSET))
+    return merged
+
+
+def to_onnx_bytes(model: nn.Module, pre: Preprocessing, meta: dict, *, pixels: bool) -> bytes:
+    """The serialized ONNX model with imgcls's metadata. With `pixels` it takes decoded uint8
+    images of any size and does imgcls's resize, normalisation and mirror TTA inside."""
+    network = model.float().eval().to(memory_format=torch.contiguous_format)
+    wrapper = ExportableModel(network, pre, pixels, multilabel=is_multilabel(meta)).eval()
+    size, channels = pre.img_size, pre.channels
+    if pixels:
+        example = torch.zeros(2, size, size, channels, dtype=torch.uint8)
+        proto = _with_preprocessing(_export_network(wrapper, meta, SQUARE, example, PRE_OPSET), pre)
+    else:
+        example = torch.zeros(2, channels, size, size)
+        proto = _export_network(wrapper, meta, FLOAT_INPUT, example, OPSET)
+    add_metadata(proto, pre, meta, pixels=pixels)
     return proto.SerializeToString()
 
 
@@ -99,9 +120,13 @@ def random_images(pre: Preprocessing, count: int = 64, seed: int = 0) -> np.ndar
     return np.random.default_rng(seed).integers(0, 256, (count, pre.img_size, pre.img_size, pre.channels), np.uint8)
 
 
+def torch_probabilities(model: nn.Module, pre: Preprocessing, images: np.ndarray, multilabel: bool) -> np.ndarray:
+    """PyTorch's float32 probabilities of (N, S, S, C) uint8 images."""
+    logits = batched_logits(model, torch.from_numpy(np.ascontiguousarray(images)), pre, channels_last=False)
+    return to_probabilities(logits, multilabel).numpy()
+
+
 def max_difference(model: nn.Module, pre: Preprocessing, run, images: np.ndarray, multilabel: bool = False) -> float:
     """Largest probability difference between PyTorch (float32) and `run` (ONNX Runtime's
     probability function of the same model) on `images`."""
-    logits = batched_logits(model, torch.from_numpy(images), pre, channels_last=False)
-    expected = to_probabilities(logits, multilabel).numpy()
-    return float(np.abs(expected - run(images)).max())
+    return float(np.abs(torch_probabilities(model, pre, images, multilabel) - run(images)).max())

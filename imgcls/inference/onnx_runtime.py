@@ -4,7 +4,9 @@ An imgcls ONNX file stands alone: its metadata holds the checkpoint's JSON (clas
 preprocessing, model), so a predictor needs nothing but the file. It takes either
 normalised float input (N, C, H, W) named "input", or raw uint8 pixels (N, H, W, C) named
 "pixels" when exported with the preprocessing inside; both give "logits" and
-"probabilities".
+"probabilities". A "pixels" graph takes images of any size and does imgcls's resize first;
+imgcls, which decodes and resizes itself, runs only its part after the resize (the tensor
+"square_pixels"), so the ONNX file predicts exactly as the checkpoint does.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from imgcls.errors import CheckpointError
 METADATA_KEY = "imgcls"  # the checkpoint's metadata JSON
 FLOAT_INPUT = "input"
 PIXEL_INPUT = "pixels"
+SQUARE = "square_pixels"  # in a "pixels" graph: the model's square, after the resize
 OUTPUTS = ("logits", "probabilities")
 
 
@@ -69,10 +72,26 @@ def probability_function(sess, pre: Preprocessing) -> Callable[[np.ndarray], np.
     name = sess.get_inputs()[0].name
 
     def run(images: np.ndarray) -> np.ndarray:
-        feed = np.ascontiguousarray(images, dtype=np.uint8) if name == PIXEL_INPUT else normalise(images, pre)
+        pixels = name in (PIXEL_INPUT, SQUARE)
+        feed = np.ascontiguousarray(images, dtype=np.uint8) if pixels else normalise(images, pre)
         return sess.run(["probabilities"], {name: feed})[0]
 
     return run
+
+
+def takes_any_size(sess) -> bool:
+    """A "pixels" graph with dynamic height and width, i.e. one that resizes inside."""
+    [first] = sess.get_inputs()
+    return first.name == PIXEL_INPUT and not isinstance(first.shape[1], int)
+
+
+def square_part(data: bytes) -> bytes:
+    """The part of a "pixels" graph after its resize: input "square_pixels" (N, S, S, C) uint8."""
+    import onnx
+    import onnx.utils
+
+    model = onnx.load_from_string(data)
+    return onnx.utils.Extractor(model).extract_model([SQUARE], list(OUTPUTS)).SerializeToString()
 
 
 def load_onnx(path: Path | str, threads: int = 0) -> tuple[Callable[[np.ndarray], np.ndarray], Preprocessing, dict]:
@@ -81,5 +100,7 @@ def load_onnx(path: Path | str, threads: int = 0) -> tuple[Callable[[np.ndarray]
         raise CheckpointError(f"model file {path} does not exist.")
     sess = session(path, threads)
     meta = read_metadata(sess, path)
+    if takes_any_size(sess):
+        sess = session(square_part(Path(path).read_bytes()), threads)
     pre = Preprocessing.from_dict(meta["preprocess"])
     return probability_function(sess, pre), pre, meta
