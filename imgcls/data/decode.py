@@ -61,6 +61,7 @@ def to_standard_mode(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+DRAFT_MARGIN = 2
 INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
@@ -81,8 +82,10 @@ def resize_square(
         return img
     resample = INTERPOLATIONS[interpolation]
     if policy == "crop":
-        # Resizing only the crop box keeps absurd aspect ratios (1 x 100000) cheap.
-        return img.resize((size, size), resample, box=_crop_box(*img.size, crop_pct))
+        # Cut first, then resize: the same two operations a client (or the exported ONNX graph)
+        # does, whereas Pillow's resize(box=) also reads pixels just outside the box. Cutting
+        # first also keeps absurd aspect ratios (1 x 100000) cheap.
+        return img.crop(_crop_box(*img.size, crop_pct)).resize((size, size), resample)
     if policy == "squash":
         return img.resize((size, size), resample)
     if policy == "pad":
@@ -110,7 +113,10 @@ def _open(source: Path | bytes, name: str, max_pixels: int, size: int | None) ->
                 "(data.max_pixels); shrink the image or raise the limit."
             )
         if size is not None and img.format == "JPEG":
-            img.draft(img.mode, (size, size))  # decode JPEGs at 1/2, 1/4, 1/8 scale when enough
+            # Decode large JPEGs at 1/2, 1/4 or 1/8 scale (4-20x faster on phone photos), but
+            # never below twice the size asked for: the antialiased resize from there is what a
+            # client that decodes at full scale gets, within 1e-2 in probability.
+            img.draft(img.mode, (DRAFT_MARGIN * size, DRAFT_MARGIN * size))
         img.load()
     return ImageOps.exif_transpose(img)
 
