@@ -244,17 +244,32 @@ def check_model_config(config: Config) -> None:
         )
 
 
-def check_multilabel_config(config: Config) -> None:
-    """Options that assume one class per image, refused for multi-label data before decoding."""
-    tc = config.train
-    refused = [
-        ("train.balanced_sampling", tc.balanced_sampling),
-        ("train.label_smoothing", tc.label_smoothing),
-        ("distill.teacher", config.distill.teacher),
-    ]
-    given = [name for name, value in refused if value]
-    if given:
-        raise ConfigError(f"{', '.join(given)} assume one class per image; multi-label training does not use them.")
+def check_task_options(config: Config, task: str) -> None:
+    """Combinations of options refused before any image is decoded, once the data's task is
+    known (from the folder layout or the manifest); each message names one key."""
+    tc, augment = config.train, config.augment
+    refused = []
+    if task == "multi-label":
+        why = "assumes one class per image; multi-label training does not use it"
+        refused += [
+            ("train.balanced_sampling", tc.balanced_sampling, why),
+            ("train.label_smoothing", tc.label_smoothing, why),
+            ("distill.teacher", config.distill.teacher, why),
+        ]
+    if config.semi.unlabeled:
+        why = "does not combine with semi-supervised training (--unlabeled); turn one off"
+        mixing = augment.mix_prob > 0
+        refused += [
+            ("train.accumulate", tc.accumulate != 1, why),
+            ("augment.mixup", mixing and augment.mixup > 0, why),
+            ("augment.cutmix", mixing and augment.cutmix > 0, why),
+            ("augment.ricap", mixing and augment.ricap > 0, why),
+            ("distill.teacher", config.distill.teacher, why),
+            ("data.task", task == "multi-label", "multi-label data " + why),
+        ]
+    for key, given, why in refused:
+        if given:
+            raise ConfigError(f"{key} {why}.")
 
 
 def prepare(config: Config, device: torch.device | None = None) -> TrainingRun:
@@ -272,8 +287,7 @@ def prepare(config: Config, device: torch.device | None = None) -> TrainingRun:
         task=data.task,
         allow_outside=data.allow_outside,
     )
-    if sources.task == "multi-label":
-        check_multilabel_config(config)
+    check_task_options(config, sources.task)
     log.info(
         "data: %s; %d classes, %d train and %d val images",
         sources.layout,

@@ -33,13 +33,13 @@ from torch import nn
 from torchvision.transforms import v2
 
 from imgcls.config import Config
-from imgcls.data.augment import apply_per_image, augment_batch, cutout, mixing_enabled
+from imgcls.data.augment import apply_per_image, augment_batch, cutout
 from imgcls.data.cache import ImageCache, build_cache
 from imgcls.data.loader import cache_tensors
 from imgcls.data.preprocess import to_model_input
 from imgcls.data.sources import Sample, list_images
 from imgcls.device import autocast, set_rng_states, to_device
-from imgcls.errors import ConfigError, DataError
+from imgcls.errors import DataError
 from imgcls.progress import progress_bar
 from imgcls.training.loop import (
     SYNC_EVERY,
@@ -123,19 +123,6 @@ def decode_unlabeled(config: Config, run: TrainingRun) -> ImageCache:
         )
     log.info("unlabeled: %d images from %s (%d skipped)", len(cache), folder, len(cache.skipped))
     return cache
-
-
-def check_semi_config(config: Config, run: TrainingRun) -> None:
-    tc = config.train
-    refused = [
-        (tc.accumulate != 1, "train.accumulate"),
-        (mixing_enabled(config.augment), "mixup/cutmix/ricap"),
-        (config.distill.teacher is not None, "distillation"),
-        (getattr(run, "multilabel", False), "multi-label data"),
-    ]
-    for bad, what in refused:
-        if bad:
-            raise ConfigError(f"semi-supervised training (--unlabeled) does not combine with {what}; turn one off.")
 
 
 def train_one_epoch_semi(
@@ -232,7 +219,6 @@ def fit_semi_run(config: Config, run_dir: Path, resume: bool, started: float) ->
     """`fit` with unlabeled images: called by imgcls.training.fit._fit when config.semi.unlabeled is set."""
     tc = config.train
     run = prepare(config)
-    check_semi_config(config, run)
     unlabeled = decode_unlabeled(config, run)
     run.train.skipped.extend(unlabeled.skipped)  # metrics.json's skipped_files lists them with the labelled ones
     steps = semi_steps(len(unlabeled), len(run.train), tc.batch_size, config.semi.mu)
