@@ -82,15 +82,17 @@ def test_predictor_from_local_weights_scores_every_label(tiny_clip):
     assert not np.allclose(other.probabilities(_images(5)), probs)
 
 
-def test_missing_weights_say_how_to_get_them_and_nothing_is_downloaded(tiny_clip, tmp_path, monkeypatch):
+def test_missing_weights_say_how_to_get_them_when_offline(tiny_clip, tmp_path, monkeypatch):
     import huggingface_hub.constants
 
     config, _ = tiny_clip
     with pytest.raises(CheckpointError, match="--clip-weights FILE"):
         zeroshot_predictor(["a", "b"], clip_model=config, clip_weights=tmp_path / "nope.safetensors")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    with pytest.raises(CheckpointError, match="nothing is downloaded"):
+    with pytest.raises(CheckpointError, match="imgcls weights get clip:ViT-B-32/TAG"):
         zeroshot_predictor(["a", "b"], clip_model="ViT-B-32", clip_weights=None)
+    with pytest.raises(CheckpointError, match="imgcls weights get clip:ViT-B-32/openai"):
+        zeroshot_predictor(["a", "b"], clip_model="ViT-B-32", clip_weights="ViT-B-32/openai")
 
 
 def test_weights_are_found_in_the_local_hugging_face_cache(tmp_path, monkeypatch):
@@ -106,6 +108,9 @@ def test_weights_are_found_in_the_local_hugging_face_cache(tmp_path, monkeypatch
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     path, quick_gelu = resolve_weights("ViT-B-32", "laion2b_s34b_b79k")
     assert path == snapshot / "open_clip_model.safetensors" and quick_gelu is False
+    assert resolve_weights("ViT-B-32", "ViT-B-32/laion2b_s34b_b79k")[0] == path  # MODEL/TAG
+    with pytest.raises(ConfigError, match="RN50 weights"):
+        resolve_weights("ViT-B-32", "RN50/openai")
     assert resolve_weights("ViT-B-32", None)[0] == path  # any cached tag of the architecture
     with pytest.raises(CheckpointError):
         resolve_weights("ViT-B-32", "openai")  # a known tag, but not in this cache

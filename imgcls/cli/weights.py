@@ -12,8 +12,13 @@ def cmd_weights_get(args: argparse.Namespace) -> int:
     from imgcls.models.pretrained import fetch, hub_cache, sha256_file, weights_name
 
     for spec in args.names:
-        name = weights_name(spec, args.model)
-        file = fetch(name)
+        if spec.startswith("clip:"):
+            from imgcls.models.clip_backbone import fetch_clip
+
+            name, file = spec, fetch_clip(spec)
+        else:
+            name = weights_name(spec, args.model)
+            file = fetch(name)
         _print(f"{name}: {file} (sha256 {sha256_file(file)[:16]}…)")
     _print(f"cache: {hub_cache()} — copy it to an offline machine, or point HF_HUB_CACHE at it")
     return 0
@@ -46,7 +51,7 @@ def add_weights_parsers(sub, common: argparse.ArgumentParser) -> None:
     weights = sub.add_parser("weights", parents=[common], help="fetch pretrained weights ahead; list the cache")
     group = weights.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
     p = group.add_parser("get", parents=[common], help="fetch weights into the Hugging Face cache (with network)")
-    p.add_argument("names", nargs="+", metavar="NAME", help="timm pretrained tags, e.g. resnet18.a1_in1k")
+    p.add_argument("names", nargs="+", metavar="NAME", help="timm pretrained tags (resnet18.a1_in1k) or clip:MODEL/TAG")
     p.add_argument("--model", help="with NAME imagenet: the model whose default weights to fetch")
     p.set_defaults(func=cmd_weights_get)
     p = group.add_parser("list", parents=[common], help="weights in the cache; with PATTERN, timm's tags")

@@ -1,9 +1,10 @@
-"""CLIP models through open_clip, from local weights only; and CLIP's image tower as a backbone.
+"""CLIP models through open_clip; and CLIP's image tower as a backbone.
 
-Weights come from a file the user names (`--clip-weights FILE`) or from the local Hugging Face
-cache that open_clip itself fills (`open_clip.create_model(..., pretrained=TAG)` on a machine
-with internet); nothing is ever downloaded here. `.safetensors` files are preferred; torch
-files are read with `weights_only=True` (open_clip's default), which refuses pickled objects.
+Weights come from a file the user names (`--clip-weights FILE`), or by name (`--clip-weights
+ViT-B-32/laion2b_s34b_b79k`, or the tag alone) from the Hugging Face cache, fetched into it on
+first use as timm's weights are (imgcls.models.pretrained; `imgcls weights get clip:MODEL/TAG`
+fetches ahead). `.safetensors` files are preferred; torch files are read with
+`weights_only=True` (open_clip's default), which refuses pickled objects.
 
 `--clip-model` is an open_clip architecture name (ViT-B-32, ViT-B-32-quickgelu for OpenAI's
 original weights, ...) or a JSON file holding an open_clip model config (embed_dim,
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from imgcls.errors import CheckpointError, ConfigError
+from imgcls.models.pretrained import hub_cache, offline
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +68,15 @@ def architecture_name(clip_model: str) -> str:
     return clip_model
 
 
-def _cached_weights(arch: str, tag: str | None) -> tuple[Path, dict] | None:
-    """A weights file of `arch` (of `tag`, or of any tag) already in the local Hugging Face cache."""
+def _hub_weights(arch: str, tag: str | None, *, download: bool) -> tuple[Path, dict] | None:
+    """A weights file of `arch` (of `tag`, or of any tag) from the Hugging Face cache; with
+    `download`, fetched into it first (with huggingface_hub's progress bar) when missing."""
     import open_clip
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
     from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
+    cache = hub_cache()
     tags = [tag] if tag else open_clip.list_pretrained_tags_by_model(arch)
     for name in tags:
         cfg = open_clip.get_pretrained_cfg(arch, name)
@@ -79,34 +84,67 @@ def _cached_weights(arch: str, tag: str | None) -> tuple[Path, dict] | None:
         if not repo:
             continue
         for filename in (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME):
-            found = try_to_load_from_cache(repo, filename)  # looks at local files only
+            found = try_to_load_from_cache(repo, filename, cache_dir=cache)  # looks at local files only
             if isinstance(found, str):
-                log.info("CLIP weights %s (%s) from the local Hugging Face cache", name, repo)
+                log.info("CLIP weights %s (%s) from the Hugging Face cache", name, repo)
                 return Path(found), cfg
+        if download and tag:
+            for filename in (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME):
+                try:
+                    return Path(hf_hub_download(repo, filename, cache_dir=cache)), cfg
+                except EntryNotFoundError:
+                    continue
+                except LocalEntryNotFoundError:  # no network
+                    return None
     return None
 
 
+def split_weights_name(arch: str, weights: str | None) -> str | None:
+    """The open_clip pretrained tag of `--clip-weights TAG` or `--clip-weights MODEL/TAG`."""
+    path_like = weights and (weights.count("/") != 1 or weights.startswith(".") or Path(weights).suffix)
+    if not weights or path_like:
+        return weights  # a tag alone, or a file that is not there (refused by the caller)
+    named, _, tag = weights.rpartition("/")
+    if named != arch:
+        raise ConfigError(f"--clip-weights {weights} are {named} weights; the model is {arch}.")
+    return tag
+
+
 def resolve_weights(arch: str, weights: str | None) -> tuple[Path, bool]:
-    """(weights file, quick_gelu) for `--clip-weights`: a file, an open_clip pretrained tag found
-    in the local Hugging Face cache, or None for any cached tag of the architecture."""
+    """(weights file, quick_gelu) for `--clip-weights`: a file; or an open_clip pretrained tag
+    (TAG or MODEL/TAG), taken from the Hugging Face cache or fetched into it; or None for any
+    cached tag of the architecture."""
     import open_clip
 
     if weights and Path(weights).is_file():
         return Path(weights), False
-    is_tag = bool(weights) and weights in open_clip.list_pretrained_tags_by_model(arch)
-    if weights and not is_tag:
+    tag = split_weights_name(arch, weights)
+    if tag and tag not in open_clip.list_pretrained_tags_by_model(arch):
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)[:6])
         raise CheckpointError(
-            f"CLIP weights {weights} do not exist (neither a file nor a pretrained tag of {arch}). " + GET_WEIGHTS_HINT
+            f"CLIP weights {weights} do not exist (neither a file nor a pretrained tag of {arch}"
+            + (f"; its tags: {tags}" if tags else "")
+            + "). "
+            + GET_WEIGHTS_HINT
         )
-    cached = _cached_weights(arch, weights)
-    if cached is None:
-        what = f"the {weights!r} weights of {arch} are not" if weights else f"no pretrained {arch} weights are"
+    found = _hub_weights(arch, tag, download=not offline())
+    if found is None:
+        what = f"the {tag!r} weights of {arch} are not" if tag else f"no pretrained {arch} weights are"
+        fetch = f"imgcls weights get clip:{arch}/{tag or 'TAG'}"
         raise CheckpointError(
-            f"{what} in the local Hugging Face cache and no --clip-weights FILE was given; "
-            "nothing is downloaded at run time. " + GET_WEIGHTS_HINT
+            f"{what} in the Hugging Face cache ({hub_cache()}) and it cannot be reached: run `{fetch}` "
+            "on a machine with a network and copy the cache here, or give --clip-weights FILE."
         )
-    path, cfg = cached
+    path, cfg = found
     return path, bool(cfg.get("quick_gelu", False))
+
+
+def fetch_clip(name: str) -> Path:
+    """`imgcls weights get clip:MODEL/TAG`: the weights file, fetched into the cache if needed."""
+    arch, _, tag = name.removeprefix(CLIP_PREFIX).partition("/")
+    if not tag:
+        raise ConfigError(f"{name}: name the weights as clip:MODEL/TAG, e.g. clip:ViT-B-32/laion2b_s34b_b79k.")
+    return resolve_weights(architecture_name(arch), f"{arch}/{tag}")[0]
 
 
 def load_clip(clip_model: str, weights: str | Path | None, *, image_size: int | None = None, random: bool = False):

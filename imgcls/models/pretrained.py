@@ -47,15 +47,19 @@ class StartWeights:
 
 
 def hub_cache() -> Path:
-    """The Hugging Face cache folder, read from the environment at call time (tests move it)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
-    return Path(home) / "hub"
+    """The Hugging Face cache folder: HF_HUB_CACHE as set now, else huggingface_hub's own
+    default (HF_HOME/hub, ~/.cache/huggingface/hub), which it read when first imported."""
+    from huggingface_hub import constants
+
+    return Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
 
 
 def offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "on", "yes", "true"}
+    """HF_HUB_OFFLINE as set now (huggingface_hub reads it once, when first imported)."""
+    from huggingface_hub import constants
+
+    value = os.environ.get("HF_HUB_OFFLINE")
+    return constants.HF_HUB_OFFLINE if value is None else value.strip().lower() in {"1", "on", "yes", "true"}
 
 
 def is_weights_name(spec: str) -> bool:
