@@ -138,3 +138,15 @@ def test_count_parameters():
 def test_bad_model_arguments_are_a_config_error():
     with pytest.raises(ConfigError, match="keras-cnn"):
         create_model("keras-cnn", num_classes=3, in_chans=1, img_size=28, no_such_argument=1)
+
+
+def test_only_a_refused_argument_reads_as_one(monkeypatch):
+    with pytest.raises(ConfigError, match="does not accept these arguments.*'no_such_option'"):
+        create_model("keras-cnn", num_classes=3, img_size=32, no_such_option=1)
+
+    def faulty(**_):
+        return len(None)  # a bug inside a builder: a TypeError that is not about the arguments
+
+    monkeypatch.setitem(_REGISTRY, "faulty", registry.ModelEntry("faulty", faulty, "a broken builder"))
+    with pytest.raises(TypeError, match="NoneType"):
+        create_model("faulty", num_classes=3, img_size=32, width=4)
