@@ -19,6 +19,7 @@ from torch import nn
 
 from imgcls.data.preprocess import Preprocessing
 from imgcls.errors import ExportError
+from imgcls.extras import require
 from imgcls.inference.batched import batched_logits, is_multilabel, to_probabilities
 from imgcls.inference.onnx_runtime import FLOAT_INPUT, METADATA_KEY, OUTPUTS, PIXEL_INPUT
 
@@ -51,7 +52,7 @@ class ExportableModel(nn.Module):
 
 def to_onnx_bytes(model: nn.Module, pre: Preprocessing, meta: dict, *, pixels: bool) -> bytes:
     """The serialized ONNX model with imgcls's metadata."""
-    import onnx
+    onnx = require("onnx", "onnx")
 
     network = model.float().eval().to(memory_format=torch.contiguous_format)
     wrapper = ExportableModel(network, pre, pixels, multilabel=is_multilabel(meta)).eval()
