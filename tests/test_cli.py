@@ -35,7 +35,7 @@ def _train(data: Path, out: Path, *extra: str) -> int:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
-    from tests.conftest import make_class_folders
+    from tests.helpers import make_class_folders
 
     data = make_class_folders(tmp_path_factory.mktemp("cli") / "data", per_class=24)
     run = data.parent / "run"

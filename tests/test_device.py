@@ -117,7 +117,7 @@ def test_gradients_are_unscaled_before_clipping():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    from tests.conftest import make_class_folders
+    from tests.helpers import make_class_folders
 
     return make_class_folders(tmp_path_factory.mktemp("fp16") / "data", per_class=16, junk=False)
 

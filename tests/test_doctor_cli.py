@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from imgcls.cli.main import main
-from tests.conftest import CLASS_COLOURS, make_class_folders
+from tests.helpers import CLASS_COLOURS, make_class_folders
 
 
 def listing(root: Path) -> dict[str, bytes]:

@@ -19,7 +19,7 @@ from imgcls.inference.export import export_onnx
 from imgcls.inference.onnx_graph import max_difference, to_onnx_bytes
 from imgcls.inference.onnx_runtime import probability_function, session
 from imgcls.inference.predictor import Predictor, expand_paths
-from tests.conftest import make_class_folders
+from tests.helpers import make_class_folders
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from imgcls.config import OptimConfig, build_config, list_recipes
 from imgcls.errors import CheckpointError
 from imgcls.training.optim import build_optimizer, build_schedule
 from imgcls.training.transfer import load_pretrained, read_state_dict
-from tests.conftest import make_class_folders
+from tests.helpers import make_class_folders
 
 FAST = ["-q", "--img-size", "32", "--batch-size", "16", "--epochs", "1"]
 

@@ -24,7 +24,7 @@ from imgcls.data.sources import list_images
 from imgcls.errors import CheckpointError, ConfigError, DataError
 from imgcls.files import write_json
 from imgcls.training.transfer import read_state_dict
-from tests.conftest import make_class_folders
+from tests.helpers import make_class_folders
 
 NOT_UTF8 = os.fsdecode(b"caf\xe9-\xff.png")  # Latin-1 bytes: a surrogate-escaped str in Python
 

@@ -20,7 +20,7 @@ from imgcls.data.cache import build_cache
 from imgcls.data.loader import cache_tensors
 from imgcls.data.sources import Sample
 from imgcls.errors import DataError
-from tests.conftest import make_class_folders
+from tests.helpers import make_class_folders
 
 
 @pytest.fixture

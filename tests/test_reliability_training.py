@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    from tests.conftest import make_class_folders
+    from tests.helpers import make_class_folders
 
     return make_class_folders(tmp_path_factory.mktemp("faults") / "data", per_class=16, junk=False)
 

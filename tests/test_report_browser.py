@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 
 from imgcls.cli.main import main
-from tests.conftest import make_class_folders
-from tests.test_web_page import browser  # noqa: F401 - the shared Chromium fixture (skips without one)
+from tests.helpers import make_class_folders, require_browser
+
+require_browser()
 
 SECTIONS = (
     "summary",

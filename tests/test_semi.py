@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import make_class_folders
 
 from imgcls import checkpoint as ckpt
 from imgcls.cli.main import main
@@ -18,6 +17,7 @@ from imgcls.data.sources import Sample
 from imgcls.errors import DataError
 from imgcls.training.fit import fit
 from imgcls.training.semi import decode_unlabeled, select_pseudo_labels, strong_view, weak_view
+from tests.helpers import make_class_folders
 
 
 def _logits(rows: list[list[float]]) -> torch.Tensor:

@@ -13,7 +13,7 @@ from imgcls.data.resolve import resolve_training_data
 from imgcls.data.shards import parse_size, read_index, shard_sources, write_shards
 from imgcls.data.sources import list_images
 from imgcls.errors import DataError
-from tests.conftest import make_class_folders
+from tests.helpers import make_class_folders
 
 
 def test_parse_size():

@@ -18,8 +18,7 @@ from imgcls.config import build_config
 from imgcls.data.resolve import resolve_training_data
 from imgcls.data.shards import write_shards
 from imgcls.errors import ConfigError
-from tests.conftest import make_class_folders
-from tests.test_distributed import torchrun
+from tests.helpers import make_class_folders, torchrun
 
 # One reader process, one torch thread: a run and its resumed copy compute the same floats.
 FAST = [

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_class_folders
 from PIL import Image
 
 from imgcls import checkpoint as ckpt
@@ -20,6 +19,7 @@ from imgcls.cli.main import main
 from imgcls.errors import CheckpointError, ConfigError
 from imgcls.inference.predictor import Predictor
 from imgcls.zeroshot import DEFAULT_PROMPTS, parse_labels, read_prompts, zeroshot_predictor
+from tests.helpers import make_class_folders
 
 open_clip = pytest.importorskip("open_clip")
 
