@@ -58,3 +58,25 @@ def browser():
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     yield driver
     driver.quit()
+
+
+# Module fixtures that train a model or fit one (5-15 s each on 2 cores). The tests that use
+# them are marked slow here, in one place: `make test` runs them, `make test-fast` does not.
+TRAINING_FIXTURES = {
+    "test_cli.py": "trained",
+    "test_classic.py": "fitted",
+    "test_export.py": "trained",
+    "test_multilabel.py": "multilabel_run",
+    "test_report.py": "report3",
+    "test_retrieval.py": "trained",
+    "test_retrieval_cli.py": "setup",
+    "test_serve.py": "checkpoint",
+    "test_server_abuse.py": "checkpoint",
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        fixture = TRAINING_FIXTURES.get(item.path.name)
+        if fixture and fixture in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -17,6 +17,8 @@ from imgcls.cli.main import _without_devices, main
 from imgcls.training import distributed
 from tests.helpers import make_class_folders, torchrun
 
+pytestmark = pytest.mark.slow  # torchrun and other processes
+
 # No augmentation, no dropout, no batch norm (LeNet): the two runs then compute the same
 # gradients up to float rounding, so their losses must agree closely. Two batches a step:
 # DDP skips the all-reduce on the first (no_sync), and the sum must still come out the same.

@@ -27,6 +27,7 @@ def test_readme_is_a_front_door():
     assert "<!-- photos-quickstart -->" in text and "<!-- /photos-quickstart -->" in text
 
 
+@pytest.mark.slow
 def test_readme_python_example_runs(tmp_path, monkeypatch):
     text = README.read_text(encoding="utf-8")
     block = re.search(r"<!-- api-example -->\n```python\n(.*?)```\n<!-- /api-example -->", text, re.S)

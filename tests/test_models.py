@@ -30,8 +30,12 @@ def embedding_width(model: torch.nn.Module) -> int:
     return getattr(model, "head_hidden_size", model.num_features)
 
 
+# The big networks take 10-20 s each on 2 cores: make test checks them, make test-fast does not.
+BIG = {"alexnet", "vgg11", "vgg16"}
+
+
 @pytest.mark.parametrize("in_chans", [1, 3])
-@pytest.mark.parametrize("name", list(NETWORKS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in BIG else n for n in NETWORKS])
 def test_registered_model_interface(name, in_chans):
     size = max(_REGISTRY[name].min_size, 32)
     torch.manual_seed(0)

@@ -12,6 +12,8 @@ import pytest
 from imgcls.cli.main import main
 from tests.helpers import make_class_folders, require_browser
 
+pytestmark = pytest.mark.slow  # a real browser
+
 require_browser()
 
 SECTIONS = (

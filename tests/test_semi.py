@@ -99,6 +99,7 @@ def test_unlabeled_folder_errors(tmp_path):
         fit(mixing, tmp_path / "run")  # refused before any unlabeled image is decoded
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["fixmatch", "pseudo"])
 def test_short_semi_supervised_run_completes_and_checkpoints(tmp_path, method):
     data = make_class_folders(tmp_path / "data", per_class=6, seed=1, junk=False)
@@ -142,6 +143,7 @@ def test_short_semi_supervised_run_completes_and_checkpoints(tmp_path, method):
     assert model(torch.zeros(1, 3, 16, 16)).shape == (1, 3)
 
 
+@pytest.mark.slow
 def test_ctrl_c_inside_a_semi_supervised_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch):
     """A SIGINT after step 6 of 8 (epoch 2, step 2): the epoch's progress, pseudo-label counts
     and RNG states are saved, and the resumed run ends exactly as the uninterrupted one."""

@@ -77,6 +77,7 @@ def test_malformed_multipart_is_a_json_400(client, case):
     assert response.json()["error"]
 
 
+@pytest.mark.slow
 def test_a_burst_of_bad_requests_leaves_good_ones_served(client):
     bad = [
         ({"content": b"hello"}, "image/png", 415),

@@ -21,6 +21,8 @@ from imgcls.cli.main import main
 from imgcls.serve.app import create_app
 from tests.helpers import CLASS_COLOURS, COLOURS, make_class_folders, mosaic, png, require_browser, write_csv
 
+pytestmark = pytest.mark.slow  # a real browser
+
 require_browser()
 
 

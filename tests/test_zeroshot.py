@@ -142,6 +142,7 @@ def test_cli_prints_predict_format_and_reports_bad_files(tiny_clip, tmp_path, ca
     assert capsys.readouterr().out.startswith(f"{good}: ")
 
 
+@pytest.mark.slow
 def test_cli_evaluate_uses_folder_names_and_writes_metrics_and_report(tiny_clip, class_folders, tmp_path, capsys):
     config, weights = tiny_clip
     out = tmp_path / "eval"
@@ -167,6 +168,7 @@ def test_cli_evaluate_uses_folder_names_and_writes_metrics_and_report(tiny_clip,
     assert "zero-shot accuracy" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_clip_linear_probe_checkpoint_keeps_the_hash_not_the_backbone(tiny_clip, tmp_path):
     from safetensors.torch import load_file
 
@@ -219,6 +221,7 @@ def test_clip_linear_probe_checkpoint_keeps_the_hash_not_the_backbone(tiny_clip,
         save_file(clip_tensors, weights)
 
 
+@pytest.mark.slow
 def test_clip_backbone_copied_on_request_needs_no_weights_file(tiny_clip, tmp_path):
     import shutil
 
