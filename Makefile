@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # torch and torchvision are pinned to the builds this project is developed and measured with.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test bench lint format clean
+.PHONY: demo test test-fast docs bench lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -13,14 +13,23 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH_PINS)
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[all,test]"  # every extra: the tests cover every feature
 	touch $@
 
 demo: $(VENV)/.installed
 	bash scripts/demo.sh
 
+# Everything, as CI runs it (.ci/run): real Fashion-MNIST, torchrun, SIGKILLed runs, a browser.
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
+
+# While working: the suite without the tests marked slow; under a minute on 2 cores.
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# docs/configuration.md is written from imgcls/config.py (tests/test_docs.py checks it is current).
+docs: $(VENV)/.installed
+	$(BIN)/python -m imgcls.config_docs > docs/configuration.md
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/run_all.py

@@ -36,3 +36,7 @@ class CheckpointError(ImgclsError):
 
 class ExportError(ImgclsError):
     """A model cannot be exported, or its export disagrees with the original."""
+
+
+class MissingExtraError(ImgclsError):
+    """An optional feature's package is not installed; the message names the pip extra to add."""

@@ -1,57 +1,19 @@
-"""Shared fixtures: small image folders made on the spot, never downloaded."""
+"""Shared fixtures: small image folders made on the spot (helpers.py makes them), Chromium."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+
+from tests.helpers import CHROMEDRIVER, CHROMIUM, make_class_folders
 
 # Keep the suite within two cores and quiet: no progress bars in captured output.
 os.environ.setdefault("IMGCLS_PROGRESS", "0")
 # Tests never touch the network: weights come from Hugging Face caches the tests build.
 os.environ["HF_HUB_OFFLINE"] = "1"
-
-CLASS_COLOURS = {"猫": (210, 60, 40), "狗 dog": (40, 70, 200), "bird": (60, 190, 70)}
-
-
-def _image(rng: np.random.Generator, colour: tuple[int, int, int], size: tuple[int, int]) -> np.ndarray:
-    noise = rng.integers(-50, 50, (size[1], size[0], 3))
-    return np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
-
-
-def make_class_folders(root: Path, per_class: int, *, seed: int = 0, junk: bool = True) -> Path:
-    """Three colour classes with Chinese names, in mixed formats, modes and sizes, plus junk
-    files that must be ignored (hidden, non-image) or skipped (broken)."""
-    rng = np.random.default_rng(seed)
-    formats = [
-        ("png", "RGB"),
-        ("JPG", "RGB"),
-        ("webp", "RGB"),
-        ("bmp", "RGB"),
-        ("png", "RGBA"),
-        ("tif", "RGB"),
-        ("gif", "P"),
-    ]
-    for name, colour in CLASS_COLOURS.items():
-        folder = root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            ext, mode = formats[i % len(formats)]
-            size = (int(rng.integers(20, 60)), int(rng.integers(20, 60)))
-            img = Image.fromarray(_image(rng, colour, size)).convert(mode)
-            img.save(folder / f"{i:03d}.{ext}")
-    if junk:
-        first = root / next(iter(CLASS_COLOURS))
-        (first / "notes.txt").write_text("not an image")
-        (first / ".DS_Store").write_bytes(b"\0\1\2")
-        (first / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
-        (first / "empty.jpg").write_bytes(b"")
-        (root / ".ipynb_checkpoints").mkdir(exist_ok=True)
-    return root
 
 
 @pytest.fixture(autouse=True)
@@ -74,3 +36,49 @@ def split_root(tmp_path: Path) -> Path:
     make_class_folders(root / "val", per_class=8, seed=2, junk=False)
     make_class_folders(root / "test", per_class=8, seed=3, junk=False)
     return root
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium driven through Selenium (modules using it call require_browser())."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+# Module fixtures that train a model or fit one (5-15 s each on 2 cores). The tests that use
+# them are marked slow here, in one place: `make test` runs them, `make test-fast` does not.
+TRAINING_FIXTURES = {
+    "test_cli.py": "trained",
+    "test_classic.py": "fitted",
+    "test_export.py": "trained",
+    "test_multilabel.py": "multilabel_run",
+    "test_report.py": "report3",
+    "test_retrieval.py": "trained",
+    "test_retrieval_cli.py": "setup",
+    "test_serve.py": "checkpoint",
+    "test_server_abuse.py": "checkpoint",
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        fixture = TRAINING_FIXTURES.get(item.path.name)
+        if fixture and fixture in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -48,6 +48,7 @@ def test_digits_load():
     assert set(labels.tolist()) == set(range(10))
 
 
+@pytest.mark.slow
 def test_get_digits_writes_class_folders_that_decode_exactly(tmp_path):
     info = builtin.get_dataset("digits", tmp_path)
     assert info["counts"] == {"train": 1437, "test": 360}

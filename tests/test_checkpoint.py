@@ -233,6 +233,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None
     ],
     ids=["sgd-nesterov", "sgd-momentum", "adamw"],
 )
+@pytest.mark.slow
 def test_optimizer_state_round_trip_through_file(tmp_path, config):
     model = make_model(0)
     optimizer = build_optimizer(model, config)

@@ -13,7 +13,8 @@ import pytest
 from imgcls import checkpoint as ckpt
 from imgcls.errors import CheckpointError, ConfigError, DataError
 from imgcls.models import classic, classic_features
-from imgcls.models.classic import CLASSIC_MODELS, ClassicModel, extract_features, fit_classic, is_classic
+from imgcls.models.classic import ClassicModel, extract_features, fit_classic
+from imgcls.models.registry import CLASSIC_MODELS, is_classic
 
 SIZE = 28
 COLOURS = np.array([(200, 40, 40), (40, 200, 40), (40, 40, 200)])  # distinct hues and lumas (88, 133, 58)

@@ -35,7 +35,7 @@ def _train(data: Path, out: Path, *extra: str) -> int:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
-    from tests.conftest import make_class_folders
+    from tests.helpers import make_class_folders
 
     data = make_class_folders(tmp_path_factory.mktemp("cli") / "data", per_class=24)
     run = data.parent / "run"
@@ -71,6 +71,7 @@ def test_evaluate_json_on_a_class_folder_root(trained, capsys):
     assert len(metrics["skipped_files"]) == 2
 
 
+@pytest.mark.slow
 def test_evaluate_uses_test_folder_and_writes_report(trained, split_root, tmp_path, capsys):
     _, run = trained
     out = tmp_path / "eval"
@@ -135,6 +136,7 @@ def test_bad_data_fails_with_one_line(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_metrics(class_folders, tmp_path, monkeypatch):
     """A run stopped after epoch 1 and resumed ends exactly as an uninterrupted run."""
     import imgcls.training.fit as train_module
@@ -178,6 +180,7 @@ def test_models_lists_names_with_parameter_counts(capsys):
     assert "mobilenetv3_small_100" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_data_get_digits(tmp_path, capsys):
     assert main(["-q", "data", "get", "digits", "--out", str(tmp_path / "digits")]) == 0
     assert "1,437" in capsys.readouterr().out

@@ -117,7 +117,7 @@ def test_gradients_are_unscaled_before_clipping():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    from tests.conftest import make_class_folders
+    from tests.helpers import make_class_folders
 
     return make_class_folders(tmp_path_factory.mktemp("fp16") / "data", per_class=16, junk=False)
 
@@ -134,6 +134,7 @@ def _outcome(run: Path) -> tuple[dict, str]:
     return metrics, "\n".join(history)
 
 
+@pytest.mark.slow
 def test_float16_with_loss_scaling_trains_and_resumes_exactly(data, tmp_path, monkeypatch):
     """The CUDA recipe's arithmetic (float16 autocast + GradScaler) through imgcls's training
     loop on the CPU: a Ctrl-C in epoch 2 saves the scaler's state with the run, and the
@@ -164,6 +165,7 @@ def test_float16_with_loss_scaling_trains_and_resumes_exactly(data, tmp_path, mo
     assert _outcome(run) == _outcome(straight)
 
 
+@pytest.mark.slow
 def test_inference_runtimes_from_the_command_line(data, tmp_path, monkeypatch, capsys):
     """evaluate/predict --runtime: ONNX Runtime scores like PyTorch; cuda without a GPU says so."""
     run = tmp_path / "run"
@@ -205,6 +207,7 @@ def test_inference_runtimes_from_the_command_line(data, tmp_path, monkeypatch, c
     assert "no CUDA GPU" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_resumed_run_may_move_to_another_device(data, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     args = [

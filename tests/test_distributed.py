@@ -15,7 +15,9 @@ import yaml
 
 from imgcls.cli.main import _without_devices, main
 from imgcls.training import distributed
-from tests.conftest import make_class_folders
+from tests.helpers import make_class_folders, torchrun
+
+pytestmark = pytest.mark.slow  # torchrun and other processes
 
 # No augmentation, no dropout, no batch norm (LeNet): the two runs then compute the same
 # gradients up to float rounding, so their losses must agree closely. Two batches a step:
@@ -44,21 +46,6 @@ LOSS_TOLERANCE = 1e-4  # relative; measured: identical to the 6 decimals history
 def history(run: Path) -> list[dict]:
     with (run / "history.csv").open(encoding="utf-8") as f:
         return list(csv.DictReader(f))
-
-
-def torchrun(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        "-m",
-        "imgcls",
-        *args,
-    ]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
 
 
 @pytest.fixture(scope="module")

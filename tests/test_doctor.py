@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from imgcls.cli.main import main
 from imgcls.doctor.check import check_dataset, problems
 
@@ -19,6 +21,7 @@ def test_clean_split_root_has_no_problems(split_root):
     assert report["leakage"] == [] and report["conflicting_labels"] == []
 
 
+@pytest.mark.slow
 def test_copies_across_splits_and_classes_are_found(split_root, capsys):
     source = next((split_root / "train" / "bird").glob("*.png"))
     shutil.copy(source, split_root / "test" / "bird" / "copy.png")  # leakage, same label

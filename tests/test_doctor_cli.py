@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from imgcls.cli.main import main
-from tests.conftest import CLASS_COLOURS, make_class_folders
+from tests.helpers import CLASS_COLOURS, make_class_folders
 
 
 def listing(root: Path) -> dict[str, bytes]:
@@ -36,6 +36,7 @@ def messy(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_fail_on_exit_codes(tmp_path, messy, capsys):
     clean = make_class_folders(tmp_path / "clean", per_class=10, junk=False)
     assert main(["-q", "data", "check", str(clean), "--fail-on", "all", "--no-label-errors"]) == 0

@@ -19,7 +19,7 @@ from imgcls.inference.export import export_onnx
 from imgcls.inference.onnx_graph import max_difference, to_onnx_bytes
 from imgcls.inference.onnx_runtime import probability_function, session
 from imgcls.inference.predictor import Predictor, expand_paths
-from tests.conftest import make_class_folders
+from tests.helpers import make_class_folders
 
 
 @pytest.fixture(scope="module")
@@ -204,6 +204,7 @@ def test_predict_writes_csv_and_sorts_into_class_folders(trained, tmp_path, caps
         assert len(list((sorted_dir / label).iterdir())) == sum(r["label_1"] == label for r in good)
 
 
+@pytest.mark.slow
 def test_predicting_from_onnx_never_imports_training_code(trained, tmp_path):
     import subprocess
     import sys
@@ -222,6 +223,7 @@ def test_predicting_from_onnx_never_imports_training_code(trained, tmp_path):
     assert result.stdout.count(": bird") == 16  # and it predicted the folder right
 
 
+@pytest.mark.slow
 def test_test_time_flip_travels_with_the_model(tmp_path):
     """augment.test_flip: logits are the mean over the image and its mirror, in PyTorch and
     in the exported graph alike, and the checkpoint says so."""

@@ -14,6 +14,8 @@ import pytest
 from imgcls.cli.main import main
 from imgcls.data.builtin import find_fashion_mnist
 
+pytestmark = pytest.mark.slow  # real Fashion-MNIST
+
 
 @pytest.fixture(scope="module")
 def fashion_mnist(tmp_path_factory):

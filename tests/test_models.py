@@ -30,8 +30,12 @@ def embedding_width(model: torch.nn.Module) -> int:
     return getattr(model, "head_hidden_size", model.num_features)
 
 
+# The big networks take 10-20 s each on 2 cores: make test checks them, make test-fast does not.
+BIG = {"alexnet", "vgg11", "vgg16"}
+
+
 @pytest.mark.parametrize("in_chans", [1, 3])
-@pytest.mark.parametrize("name", list(NETWORKS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in BIG else n for n in NETWORKS])
 def test_registered_model_interface(name, in_chans):
     size = max(_REGISTRY[name].min_size, 32)
     torch.manual_seed(0)
@@ -138,3 +142,15 @@ def test_count_parameters():
 def test_bad_model_arguments_are_a_config_error():
     with pytest.raises(ConfigError, match="keras-cnn"):
         create_model("keras-cnn", num_classes=3, in_chans=1, img_size=28, no_such_argument=1)
+
+
+def test_only_a_refused_argument_reads_as_one(monkeypatch):
+    with pytest.raises(ConfigError, match="does not accept these arguments.*'no_such_option'"):
+        create_model("keras-cnn", num_classes=3, img_size=32, no_such_option=1)
+
+    def faulty(**_):
+        return len(None)  # a bug inside a builder: a TypeError that is not about the arguments
+
+    monkeypatch.setitem(_REGISTRY, "faulty", registry.ModelEntry("faulty", faulty, "a broken builder"))
+    with pytest.raises(TypeError, match="NoneType"):
+        create_model("faulty", num_classes=3, img_size=32, width=4)

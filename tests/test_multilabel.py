@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,22 +16,7 @@ from imgcls.data.manifest import is_multilabel, manifest_sources, read_manifest
 from imgcls.errors import DataError
 from imgcls.metrics import choose_thresholds, multilabel_metrics
 from imgcls.training.losses import build_multilabel_loss, correct_predictions, positive_weights
-
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
-
-
-def write_png(path: Path, colour=(128, 128, 128)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((8, 8, 3), colour, np.uint8)).save(path)
-
-
-def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "labels"])
-        writer.writerows(rows)
-    return path
-
+from tests.helpers import COLOURS, mosaic, write_csv, write_png
 
 # ---------------------------------------------------------------- manifests
 
@@ -149,16 +132,6 @@ def test_multilabel_metrics_match_sklearn():
 
 
 # ---------------------------------------------------------------- end to end
-
-
-def mosaic(colours: list[tuple[int, int, int] | None], rng) -> np.ndarray:
-    """A 16x16 image of four 8x8 quadrants, each a colour or dark noise."""
-    image = rng.integers(0, 40, (16, 16, 3), dtype=np.uint8)
-    for q, colour in enumerate(colours):
-        if colour is not None:
-            y, x = 8 * (q // 2), 8 * (q % 2)
-            image[y : y + 8, x : x + 8] = np.clip(np.array(colour) + rng.integers(-20, 20, 3), 0, 255)
-    return image
 
 
 @pytest.fixture(scope="module")

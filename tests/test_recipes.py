@@ -16,7 +16,7 @@ from imgcls.config import OptimConfig, build_config, list_recipes
 from imgcls.errors import CheckpointError
 from imgcls.training.optim import build_optimizer, build_schedule
 from imgcls.training.transfer import load_pretrained, read_state_dict
-from tests.conftest import make_class_folders
+from tests.helpers import make_class_folders
 
 FAST = ["-q", "--img-size", "32", "--batch-size", "16", "--epochs", "1"]
 
@@ -29,6 +29,7 @@ def teacher_run(tmp_path_factory) -> tuple[Path, Path]:
     return data, run
 
 
+@pytest.mark.slow
 def test_pretrained_with_other_classes_loads_the_backbone(teacher_run, tmp_path, caplog):
     data, teacher = teacher_run
     two = tmp_path / "two"
@@ -69,6 +70,7 @@ def test_a_pickled_object_is_refused_and_never_runs(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_torch_state_dict_loads_and_adapts_input_channels(tmp_path):
     from imgcls.models import create_model
 
@@ -80,6 +82,7 @@ def test_a_torch_state_dict_loads_and_adapts_input_channels(tmp_path):
     assert torch.allclose(grey.conv1.weight, rgb.conv1.weight.sum(dim=1, keepdim=True))
 
 
+@pytest.mark.slow
 def test_distillation_and_teacher_checks(teacher_run, tmp_path, capsys):
     data, teacher = teacher_run
     args = ["train", str(data), *FAST, "--model", "keras-cnn", "--teacher", str(teacher / "best.safetensors")]
@@ -103,6 +106,7 @@ def test_distillation_and_teacher_checks(teacher_run, tmp_path, capsys):
     assert "takes 32 px" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ema_mixing_and_per_image_augmentation_train(teacher_run, tmp_path):
     data, _ = teacher_run
     sets = [
@@ -140,6 +144,7 @@ def test_ema_mixing_and_per_image_augmentation_train(teacher_run, tmp_path):
     assert json.loads((run / "metrics.json").read_text(encoding="utf-8"))["accuracy"] > 0.5
 
 
+@pytest.mark.slow
 def test_early_stopping_stops(teacher_run, tmp_path):
     data, _ = teacher_run
     run = tmp_path / "early"
@@ -197,6 +202,7 @@ def test_every_recipe_validates():
         assert config.train.epochs >= 1
 
 
+@pytest.mark.slow
 def test_lr_find_suggests_a_rate_and_plots(teacher_run, tmp_path, capsys):
     from imgcls.training.lr_find import suggest_lr
 
@@ -230,6 +236,7 @@ def test_lr_find_suggests_a_rate_and_plots(teacher_run, tmp_path, capsys):
     assert 1e-3 < suggest_lr(lrs, losses) < 1e-2
 
 
+@pytest.mark.slow
 def test_classic_baseline_through_train_evaluate_predict(teacher_run, tmp_path, capsys):
     data, _ = teacher_run
     run = tmp_path / "classic"

@@ -118,6 +118,7 @@ edit = st.tuples(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, derandomize=True, database=None)
 @given(edits=st.lists(edit, min_size=1, max_size=4))
 def test_any_damage_is_a_checkpoint_error_or_an_intact_load(tmp_path_factory, edits):

@@ -24,7 +24,7 @@ from imgcls.data.sources import list_images
 from imgcls.errors import CheckpointError, ConfigError, DataError
 from imgcls.files import write_json
 from imgcls.training.transfer import read_state_dict
-from tests.conftest import make_class_folders
+from tests.helpers import make_class_folders
 
 NOT_UTF8 = os.fsdecode(b"caf\xe9-\xff.png")  # Latin-1 bytes: a surrogate-escaped str in Python
 
@@ -73,6 +73,7 @@ def test_non_utf8_file_names_are_found_decoded_and_reported(data, tmp_path):
     assert "broken-\\udcfe.png" in out.read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_train_and_predict_with_a_non_utf8_class_folder(data, tmp_path, capsys):
     """The class of a folder named in Latin-1 bytes is called 'oiseau-\\xe9': printable in
     logs, JSON, plots and the report, and the same name when the folder is evaluated."""

@@ -20,7 +20,7 @@ from imgcls.data.cache import build_cache
 from imgcls.data.loader import cache_tensors
 from imgcls.data.sources import Sample
 from imgcls.errors import DataError
-from tests.conftest import make_class_folders
+from tests.helpers import make_class_folders
 
 
 @pytest.fixture
@@ -88,6 +88,7 @@ def test_cache_dir_comes_from_the_environment(monkeypatch, tmp_path):
     assert spill.cache_dir() == tmp_path / "xdg" / "imgcls"
 
 
+@pytest.mark.slow
 def test_training_from_a_spilled_cache_gives_the_same_model(tmp_path, monkeypatch, caplog):
     data = make_class_folders(tmp_path / "data", per_class=8, junk=False)
     args = ["--img-size", "16", "--epochs", "1", "--model", "softmax", "--set", "train.threads=1"]

@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    from tests.conftest import make_class_folders
+    from tests.helpers import make_class_folders
 
     return make_class_folders(tmp_path_factory.mktemp("faults") / "data", per_class=16, junk=False)
 
@@ -80,6 +80,7 @@ def _assert_same_run(run: Path, straight: dict) -> None:
     assert _history(run) == straight["history"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_after_the_step_saves_and_resumes_exactly(data, straight, tmp_path, monkeypatch, caplog):
     """A real SIGINT in the middle of epoch 2 (after its first optimizer step): the run
     saves last.safetensors with the epoch's progress and RNG states, says how to resume,
@@ -108,6 +109,7 @@ def test_ctrl_c_stops_after_the_step_saves_and_resumes_exactly(data, straight, t
     _assert_same_run(run, straight)
 
 
+@pytest.mark.slow
 def test_ctrl_c_between_epochs_stops_with_the_epoch_saved(data, straight, tmp_path, monkeypatch):
     real_epoch = train_module._train_epoch
 
@@ -171,6 +173,7 @@ def _imgcls_process(args: list[str], script: str | None = None) -> subprocess.Po
     )
 
 
+@pytest.mark.slow
 def test_sigkill_while_writing_a_checkpoint_loses_nothing(data, straight, tmp_path):
     run = tmp_path / "run"
     proc = _imgcls_process(["-q", "train", str(data), "--out", str(run), *FAST], KILLED_MID_WRITE)
@@ -184,6 +187,7 @@ def test_sigkill_while_writing_a_checkpoint_loses_nothing(data, straight, tmp_pa
     _assert_same_run(run, straight)
 
 
+@pytest.mark.slow
 def test_sigkill_at_an_arbitrary_moment_then_resume_gives_the_same_metrics(data, straight, tmp_path):
     """Killed from outside as soon as the first checkpoint exists (somewhere in epoch 2)."""
     run = tmp_path / "run"
@@ -218,6 +222,7 @@ KILLED_IN_AN_EPOCH = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sigkill_inside_an_epoch_resumes_from_the_periodic_checkpoint(data, straight, tmp_path):
     run = tmp_path / "run"
     args = ["-q", "train", str(data), "--out", str(run), *FAST, "--set", "train.checkpoint_minutes=1e-9"]
@@ -257,6 +262,7 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(data, tmp_path, mo
     assert not list(run.glob(".*.tmp"))  # the temporary file is removed, freeing its space
 
 
+@pytest.mark.slow
 def test_damaged_last_checkpoint_is_a_clear_error_on_resume(data, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["-q", "train", str(data), "--out", str(run), *FAST, "--epochs", "1"]) == 0
@@ -267,6 +273,7 @@ def test_damaged_last_checkpoint_is_a_clear_error_on_resume(data, tmp_path, caps
     assert str(last) in err and "damaged or truncated" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_resume_state_that_does_not_fit_the_model_is_a_checkpoint_error(data, tmp_path):
     run = tmp_path / "run"
     assert main(["-q", "train", str(data), "--out", str(run), *FAST, "--epochs", "1"]) == 0

@@ -113,6 +113,7 @@ def test_without_history_has_no_curves_and_says_no_errors(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["report.html"]  # no temp file left
 
 
+@pytest.mark.slow
 def test_forty_classes_and_unicode_names(tmp_path):
     classes = ["猫", "犬", "$x$ math", "a" * 60] + [f"class {i}" for i in range(36)]
     n = len(classes)

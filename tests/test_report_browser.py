@@ -10,8 +10,11 @@ from __future__ import annotations
 import pytest
 
 from imgcls.cli.main import main
-from tests.conftest import make_class_folders
-from tests.test_web_page import browser  # noqa: F401 - the shared Chromium fixture (skips without one)
+from tests.helpers import make_class_folders, require_browser
+
+pytestmark = pytest.mark.slow  # a real browser
+
+require_browser()
 
 SECTIONS = (
     "summary",
@@ -39,7 +42,7 @@ def report_url(tmp_path_factory) -> str:
     return (run / "report.html").as_uri()
 
 
-def test_report_renders_every_section_offline(report_url, browser):  # noqa: F811
+def test_report_renders_every_section_offline(report_url, browser):
     from selenium.webdriver.common.by import By
 
     browser.get(report_url)
@@ -58,7 +61,7 @@ def test_report_renders_every_section_offline(report_url, browser):  # noqa: F81
     assert "猫" in browser.find_element(By.ID, "per-class").text  # a Chinese class name, as text
 
 
-def test_per_class_table_sorts_on_click(report_url, browser):  # noqa: F811
+def test_per_class_table_sorts_on_click(report_url, browser):
     from selenium.webdriver.common.by import By
 
     browser.get(report_url)

@@ -14,6 +14,8 @@ from sklearn.metrics import confusion_matrix, f1_score, log_loss, roc_auc_score
 
 from imgcls.cli.main import main
 
+pytestmark = pytest.mark.slow  # whole training runs, evaluations and reports: 15-30 s each
+
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory) -> tuple[Path, Path]:

@@ -46,6 +46,7 @@ def report_text(tmp_path, classes, **kwargs) -> str:
     return path.read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_every_predictions_section_is_there(tmp_path):
     text = report_text(tmp_path, ["汽车", "巴士", "自行车"], summary={"model": "lenet"})
     sections = SECTION.findall(text)
@@ -70,6 +71,7 @@ def test_every_predictions_section_is_there(tmp_path):
     assert "http://" not in text and "https://" not in text
 
 
+@pytest.mark.slow
 def test_two_classes_show_the_binary_view(tmp_path):
     text = report_text(tmp_path, ["car", "bus"])
     assert "TP " in text and "FN " in text and "TN " in text and "with <b>bus</b> as the positive class" in text
@@ -77,6 +79,7 @@ def test_two_classes_show_the_binary_view(tmp_path):
     assert len(PNG_URI.findall(roc)) == 1
 
 
+@pytest.mark.slow
 def test_large_task_stays_readable(tmp_path):
     classes = [f"class {i:03d}" for i in range(120)]
     predictions = make_predictions(tmp_path, classes, n=360)
@@ -111,12 +114,13 @@ def test_gallery_choices():
 
 
 # Every convolutional model imgcls writes or names itself (timm's are built the same way as resnet18).
+BIG_CONV = ("vgg11", "resnet18")  # 3-20 s each on 2 cores: make test, not make test-fast
 CONV_MODELS = [
     name for name, _ in list_models() if name in ("lenet", "keras-cnn", "small-net", "alexnet", "vgg11", "resnet18")
 ]
 
 
-@pytest.mark.parametrize("name", CONV_MODELS)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in BIG_CONV else n for n in CONV_MODELS])
 def test_grad_cam_runs_on_the_seed_models(name):
     assert len(CONV_MODELS) == 6
     side = 80 if name == "alexnet" else 32  # AlexNet's strides need 65 px or more

@@ -17,8 +17,7 @@ from imgcls.retrieval.embed import Embedder
 from imgcls.retrieval.gallery import Gallery, GalleryError, build_gallery
 from imgcls.retrieval.index import build_index, choose_kind
 from imgcls.retrieval.recognize import UNKNOWN, calibrate, choose_threshold, label_scores, recognize
-from tests.conftest import CLASS_COLOURS, make_class_folders
-from tests.test_retrieval_fixtures import tiny_model
+from tests.helpers import CLASS_COLOURS, make_class_folders, tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,7 @@ from PIL import Image
 from imgcls.cli.main import main
 from imgcls.retrieval.gallery import Gallery, GalleryError
 from imgcls.serve.app import create_app
-from tests.conftest import CLASS_COLOURS, make_class_folders
-from tests.test_retrieval_fixtures import tiny_model
+from tests.helpers import CLASS_COLOURS, make_class_folders, tiny_model
 
 TOKEN = "s3cret-token"
 

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import make_class_folders
 
 from imgcls import checkpoint as ckpt
 from imgcls.cli.main import main
@@ -18,6 +17,7 @@ from imgcls.data.sources import Sample
 from imgcls.errors import DataError
 from imgcls.training.fit import fit
 from imgcls.training.semi import decode_unlabeled, select_pseudo_labels, strong_view, weak_view
+from tests.helpers import make_class_folders
 
 
 def _logits(rows: list[list[float]]) -> torch.Tensor:
@@ -99,6 +99,7 @@ def test_unlabeled_folder_errors(tmp_path):
         fit(mixing, tmp_path / "run")  # refused before any unlabeled image is decoded
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["fixmatch", "pseudo"])
 def test_short_semi_supervised_run_completes_and_checkpoints(tmp_path, method):
     data = make_class_folders(tmp_path / "data", per_class=6, seed=1, junk=False)
@@ -142,6 +143,7 @@ def test_short_semi_supervised_run_completes_and_checkpoints(tmp_path, method):
     assert model(torch.zeros(1, 3, 16, 16)).shape == (1, 3)
 
 
+@pytest.mark.slow
 def test_ctrl_c_inside_a_semi_supervised_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch):
     """A SIGINT after step 6 of 8 (epoch 2, step 2): the epoch's progress, pseudo-label counts
     and RNG states are saved, and the resumed run ends exactly as the uninterrupted one."""

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import io
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from imgcls.cli.main import main
 from imgcls.inference.predictor import Predictor
 from imgcls.serve.app import create_app
-from tests.conftest import CLASS_COLOURS, make_class_folders
+from tests.helpers import CLASS_COLOURS, make_class_folders, png
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +28,6 @@ def checkpoint(tmp_path_factory) -> Path:
 def client(checkpoint) -> TestClient:
     with TestClient(create_app(checkpoint, max_upload_mb=0.05)) as c:  # 50 kB: easy to exceed in a test
         yield c
-
-
-def png(colour=(210, 60, 40), size=(40, 30), mode="RGB") -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.full((size[1], size[0], 3), colour, np.uint8)).convert(mode).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def test_health_info_and_page(client):

@@ -22,7 +22,7 @@ from PIL import Image
 from imgcls.cli.main import main
 from imgcls.serve.app import create_app
 from imgcls.serve.limits import SERVER_LIMITS, header_timeout_protocol
-from tests.conftest import make_class_folders
+from tests.helpers import make_class_folders
 
 BOUNDARY = b"x-boundary"
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY.decode()}"
@@ -77,6 +77,7 @@ def test_malformed_multipart_is_a_json_400(client, case):
     assert response.json()["error"]
 
 
+@pytest.mark.slow
 def test_a_burst_of_bad_requests_leaves_good_ones_served(client):
     bad = [
         ({"content": b"hello"}, "image/png", 415),

@@ -13,7 +13,7 @@ from imgcls.data.resolve import resolve_training_data
 from imgcls.data.shards import parse_size, read_index, shard_sources, write_shards
 from imgcls.data.sources import list_images
 from imgcls.errors import DataError
-from tests.conftest import make_class_folders
+from tests.helpers import make_class_folders
 
 
 def test_parse_size():
@@ -59,6 +59,7 @@ def test_shards_decode_like_the_folder(tmp_path):
     assert key(a) == key(b)
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_from_shards(tmp_path, capsys):
     data = make_class_folders(tmp_path / "data", per_class=16, junk=False)
     assert main(["-q", "data", "shard", str(data), "--out", str(tmp_path / "shards"), "--shard-size", "8kB"]) == 0

@@ -17,7 +17,7 @@ from imgcls.data.shards import read_index, shard_sources, write_shards
 from imgcls.data.sources import Sample
 from imgcls.data.stream import ShardStream, StreamShard, epoch_steps, stream_loader, stream_shards
 from imgcls.errors import ConfigError, DataError
-from tests.conftest import make_class_folders
+from tests.helpers import make_class_folders
 
 SIDE = 8  # 8 x 8 BMPs: every file is 246 bytes, so shard_bytes sets the images per shard exactly
 SAMPLE_BYTES = 246 + 2048  # what write_shards counts per image

@@ -18,8 +18,7 @@ from imgcls.config import build_config
 from imgcls.data.resolve import resolve_training_data
 from imgcls.data.shards import write_shards
 from imgcls.errors import ConfigError
-from tests.conftest import make_class_folders
-from tests.test_distributed import torchrun
+from tests.helpers import make_class_folders, torchrun
 
 # One reader process, one torch thread: a run and its resumed copy compute the same floats.
 FAST = [
@@ -75,6 +74,7 @@ def test_options_that_need_the_whole_set_are_refused(shards, tmp_path, capsys):
     assert not (tmp_path / "run" / "last.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_a_streamed_run_trains_counts_broken_images_and_resumes_exactly(shards, tmp_path, monkeypatch, caplog):
     straight = tmp_path / "straight"
     with caplog.at_level(logging.INFO, logger="imgcls"):
@@ -108,6 +108,7 @@ def test_a_streamed_run_trains_counts_broken_images_and_resumes_exactly(shards, 
     assert [line.rsplit(",", 1)[0] for line in (run / "history.csv").read_text().splitlines()] == no_seconds
 
 
+@pytest.mark.slow
 def test_two_processes_stream_their_own_shards(shards, tmp_path):
     out = tmp_path / "two"
     done = torchrun("-q", "train", str(shards), "--out", str(out), *FAST, "--set", "data.stream=always")

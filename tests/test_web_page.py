@@ -7,8 +7,6 @@ IMGCLS_REQUIRE_BROWSER=1, so in CI a missing browser fails instead of skipping).
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import socket
 import threading
 import time
@@ -21,15 +19,11 @@ from PIL import Image
 
 from imgcls.cli.main import main
 from imgcls.serve.app import create_app
-from tests.conftest import CLASS_COLOURS, make_class_folders
-from tests.test_serve import png
+from tests.helpers import CLASS_COLOURS, COLOURS, make_class_folders, mosaic, png, require_browser, write_csv
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-if not (CHROMIUM and CHROMEDRIVER):
-    if os.environ.get("IMGCLS_REQUIRE_BROWSER") == "1":
-        raise RuntimeError("IMGCLS_REQUIRE_BROWSER=1 but chromium or chromedriver is not installed")
-    pytest.skip("Debian's chromium and chromium-driver are not installed", allow_module_level=True)
+pytestmark = pytest.mark.slow  # a real browser
+
+require_browser()
 
 
 def free_port() -> int:
@@ -66,29 +60,6 @@ def server_url(tmp_path_factory):
         yield url
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    yield driver
-    driver.quit()
-
-
 @pytest.mark.parametrize("name", sorted(CLASS_COLOURS))
 def test_upload_shows_the_predicted_label(server_url, browser, tmp_path: Path, name):
     from selenium.webdriver.common.by import By
@@ -114,8 +85,6 @@ def test_multi_label_page_marks_the_selected_labels(browser, tmp_path: Path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
-
-    from tests.test_multilabel import COLOURS, mosaic, write_csv
 
     rng = np.random.default_rng(1)
     rows = []

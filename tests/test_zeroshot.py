@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_class_folders
 from PIL import Image
 
 from imgcls import checkpoint as ckpt
@@ -20,6 +19,7 @@ from imgcls.cli.main import main
 from imgcls.errors import CheckpointError, ConfigError
 from imgcls.inference.predictor import Predictor
 from imgcls.zeroshot import DEFAULT_PROMPTS, parse_labels, read_prompts, zeroshot_predictor
+from tests.helpers import make_class_folders
 
 open_clip = pytest.importorskip("open_clip")
 
@@ -147,6 +147,7 @@ def test_cli_prints_predict_format_and_reports_bad_files(tiny_clip, tmp_path, ca
     assert capsys.readouterr().out.startswith(f"{good}: ")
 
 
+@pytest.mark.slow
 def test_cli_evaluate_uses_folder_names_and_writes_metrics_and_report(tiny_clip, class_folders, tmp_path, capsys):
     config, weights = tiny_clip
     out = tmp_path / "eval"
@@ -172,6 +173,7 @@ def test_cli_evaluate_uses_folder_names_and_writes_metrics_and_report(tiny_clip,
     assert "zero-shot accuracy" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_clip_linear_probe_checkpoint_keeps_the_hash_not_the_backbone(tiny_clip, tmp_path):
     from safetensors.torch import load_file
 
@@ -224,6 +226,7 @@ def test_clip_linear_probe_checkpoint_keeps_the_hash_not_the_backbone(tiny_clip,
         save_file(clip_tensors, weights)
 
 
+@pytest.mark.slow
 def test_clip_backbone_copied_on_request_needs_no_weights_file(tiny_clip, tmp_path):
     import shutil
 

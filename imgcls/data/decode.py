@@ -24,7 +24,6 @@ from PIL import Image, ImageOps
 
 from imgcls.errors import DataError, NotAnImageError, TooManyPixelsError
 
-GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 RESIZE_POLICIES = ("crop", "squash", "pad")
 # Pillow's opener names (the JPEG opener also reads the multi-picture JPEGs cameras write).
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "DIB", "TIFF", "GIF")

@@ -25,6 +25,7 @@ from imgcls.doctor.labels import MAX_IMAGES, find_label_errors
 from imgcls.doctor.near import NearPair, NearThresholds, near_duplicate_pairs
 from imgcls.doctor.scan import FileRecord, dataset_splits, list_dataset, scan_files
 from imgcls.errors import ConfigError
+from imgcls.extras import require
 
 log = logging.getLogger("imgcls")
 
@@ -59,6 +60,9 @@ def check_dataset(
 
     near=None skips near-duplicates; label_errors=False skips the label model (the slow part).
     """
+    require("imagehash", "doctor")  # before minutes of scanning, not in the middle of them
+    if label_errors:
+        require("cleanlab", "doctor")
     root = Path(data)
     timings = {}
     start = time.perf_counter()

@@ -25,6 +25,8 @@ import warnings
 
 import numpy as np
 
+from imgcls.extras import require
+
 log = logging.getLogger("imgcls")
 
 FOLDS = 5
@@ -105,7 +107,7 @@ def find_label_errors(
     rows, y = rows[chosen], y[chosen]
     proba = out_of_fold_probabilities(np.asarray(features)[rows], y, folds=folds, seed=seed)
 
-    from cleanlab.filter import find_label_issues
+    find_label_issues = require("cleanlab.filter", "doctor").find_label_issues
 
     ranked = find_label_issues(y, proba, filter_by="both", return_indices_ranked_by="self_confidence", n_jobs=1)
     issues = []

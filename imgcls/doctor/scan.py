@@ -22,6 +22,7 @@ from PIL import Image
 from imgcls.data.decode import decode_image
 from imgcls.data.sources import find_split_folders, scan_class_folders
 from imgcls.errors import DataError
+from imgcls.extras import require
 from imgcls.progress import progress
 
 EXIF_ORIENTATION = 0x0112
@@ -68,7 +69,7 @@ def _features(img: Image.Image, thumb: np.ndarray) -> np.ndarray:
 
 def inspect_file(path: str, split: str, label: str, max_pixels: int) -> FileRecord:
     """One file's record; a file that cannot be read or decoded gets error set, never an exception."""
-    import imagehash  # imported here so worker processes pay for it once, and cli start-up never
+    imagehash = require("imagehash", "doctor")  # imported here: cli start-up never pays for it
 
     record = FileRecord(path=path, split=split, label=label)
     try:

@@ -21,6 +21,7 @@ from imgcls import checkpoint as ckpt
 from imgcls import files
 from imgcls.data.preprocess import Preprocessing
 from imgcls.errors import ConfigError, ExportError, ImgclsError
+from imgcls.extras import require
 from imgcls.inference.batched import is_multilabel
 from imgcls.inference.onnx_graph import (
     PARITY_TOLERANCE,
@@ -151,6 +152,7 @@ def _median_seconds(run, images: np.ndarray, repeats: int = 15) -> float:
 def quantize_int8(fp32: bytes, pre: Preprocessing, calibration: np.ndarray) -> bytes:
     """Static int8 quantization (QDQ, per-channel int8 weights, uint8 activations) of a
     serialized float32 model, with activation ranges calibrated on `calibration` images."""
+    require("onnxruntime", "onnx")
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from imgcls.data.preprocess import Preprocessing
 from imgcls.errors import ExportError
+from imgcls.extras import require
 from imgcls.inference.batched import batched_logits, is_multilabel, to_probabilities
 from imgcls.inference.onnx_metadata import add_metadata
 from imgcls.inference.onnx_preprocess import PRE_OPSET, preprocessing_graph
@@ -58,7 +59,7 @@ class ExportableModel(nn.Module):
 
 def _export_network(wrapper: nn.Module, meta: dict, name: str, example: torch.Tensor, opset: int) -> onnx.ModelProto:
     """torch's export of the wrapped classifier, batch dimension dynamic."""
-    import onnx
+    onnx = require("onnx", "onnx")
 
     buffer = io.BytesIO()
     dynamic = {key: {0: "batch"} for key in (name, *OUTPUTS)}

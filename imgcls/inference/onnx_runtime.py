@@ -20,6 +20,7 @@ import numpy as np
 
 from imgcls.data.preprocess import Preprocessing
 from imgcls.errors import CheckpointError
+from imgcls.extras import require
 
 METADATA_KEY = "imgcls"  # the checkpoint's metadata JSON
 FLOAT_INPUT = "input"
@@ -37,7 +38,7 @@ def normalise(images: np.ndarray, pre: Preprocessing) -> np.ndarray:
 
 def session(path: Path | str | bytes, threads: int = 0):
     """An ONNX Runtime CPU session; `path` may also be the serialized model."""
-    import onnxruntime as ort
+    ort = require("onnxruntime", "onnx")
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or (os.cpu_count() or 1)

@@ -215,10 +215,6 @@ class Predictor:
         chosen = tuple(c for c, p, t in zip(self.classes, probs, self.thresholds(threshold), strict=True) if p >= t)
         return Prediction(name, self.top_k(probs, len(self.classes)), selected=chosen)
 
-    def predict_bytes(self, data: bytes, *, topk: int = 5, name: str = "<upload>") -> Prediction:
-        probs = self.probabilities(self.decode(data, name=name)[None])[0]
-        return self.prediction(name, probs, topk)
-
     def predict_paths(
         self, paths: Sequence[tuple[str, Path]], *, topk: int = 5, batch_size: int = 256, threshold: float | None = None
     ) -> Iterator[Prediction]:

@@ -30,10 +30,10 @@ import torch
 
 from imgcls.errors import CheckpointError, ConfigError, DataError
 from imgcls.models.classic_features import colour_features, hog_features
+from imgcls.models.registry import CLASSIC_MODELS
 
 log = logging.getLogger(__name__)
 
-CLASSIC_MODELS: tuple[str, ...] = ("hog-svm", "color-hist-logreg")
 TENSOR_PREFIX = "classic."
 
 # None means "chosen from the data at fit time"; fitted models store the value chosen.
@@ -56,10 +56,6 @@ DEFAULTS: dict[str, dict] = {
 _POSITIVE_INT = {"orientations", "pixels_per_cell", "cells_per_block", "n_components", "max_iter", "bins", "grid"}
 _MAX_INT = {"bins": 256}  # one bin per uint8 value at most
 _CHOICES = {"block_norm": ("L1", "L1-sqrt", "L2", "L2-Hys"), "kernel": ("rbf", "linear")}
-
-
-def is_classic(name: str) -> bool:
-    return name in CLASSIC_MODELS
 
 
 def resolve_kwargs(name: str, kwargs: dict) -> dict:

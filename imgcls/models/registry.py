@@ -153,6 +153,10 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: in
     try:
         return entry.build(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
     except TypeError as err:
+        # Python names the refused keyword ("unexpected keyword argument 'width'"); any other
+        # TypeError is a fault inside the builder and keeps its traceback.
+        if not any(f"argument '{key}'" in str(err) for key in kwargs):
+            raise
         raise ConfigError(f"model {name!r} does not accept these arguments: {err}") from None
 
 

@@ -21,6 +21,7 @@ from imgcls.checkpoint import load_model, read_metadata
 from imgcls.data.preprocess import Preprocessing, to_model_input
 from imgcls.data.shards import read_source
 from imgcls.errors import DataError
+from imgcls.extras import available, install_hint, require
 from imgcls.models.registry import is_classic
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ def why_not_explained(checkpoint: Path | None) -> str | None:
     """A sentence when a model cannot be explained by Grad-CAM, else None."""
     if checkpoint is None:
         return "Grad-CAM needs the PyTorch checkpoint; this evaluation ran an exported model."
+    if not available("captum"):
+        return f"Grad-CAM needs captum, which is not installed: {install_hint('explain')}."
     if not Path(checkpoint).is_file():
         return f"the checkpoint {checkpoint} is no longer there."
     name = read_metadata(Path(checkpoint)).get("model", {}).get("name", "")
@@ -71,7 +74,8 @@ def why_not_explained(checkpoint: Path | None) -> str | None:
 
 def explain(checkpoint: Path, paths: list[str]) -> tuple[list[Explanation], str | None]:
     """Grad-CAM of the predicted class for each readable image; (explanations, layer name)."""
-    from captum.attr import LayerAttribution, LayerGradCam
+    captum_attr = require("captum.attr", "explain")
+    LayerAttribution, LayerGradCam = captum_attr.LayerAttribution, captum_attr.LayerGradCam
 
     model, pre, _ = load_model(checkpoint)
     model = model.float().eval()

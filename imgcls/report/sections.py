@@ -271,10 +271,6 @@ def matrix_total(m: dict) -> int:
     return int(sum(sum(row) for row in m.get("confusion_matrix") or []))
 
 
-def _times(n: int) -> str:
-    return "time" if n == 1 else "times"
-
-
 def esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 

@@ -28,7 +28,7 @@ from torch import nn
 from imgcls import checkpoint as ckpt
 from imgcls import files
 from imgcls.data.preprocess import Preprocessing, to_model_input
-from imgcls.errors import ConfigError, DataError, ImgclsError
+from imgcls.errors import ConfigError, ImgclsError
 from imgcls.models.registry import is_classic
 from imgcls.progress import progress_bar
 
@@ -167,12 +167,3 @@ def save_embeddings(out: Path, result: EmbeddedPaths, embedder: Embedder) -> Pat
         },
     )
     return out
-
-
-def load_embeddings(path: Path) -> tuple[np.ndarray, dict]:
-    """The array written by save_embeddings and its sidecar."""
-    path = Path(path)
-    sidecar = path.with_suffix(".json")
-    if not path.is_file() or not sidecar.is_file():
-        raise DataError(f"{path}: need both the .npy file and its .json sidecar (written by `imgcls embed`).")
-    return np.load(path, allow_pickle=False), json.loads(sidecar.read_text(encoding="utf-8"))

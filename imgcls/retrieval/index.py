@@ -20,7 +20,8 @@ from typing import Protocol
 
 import numpy as np
 
-from imgcls.errors import ConfigError
+from imgcls.errors import ConfigError, MissingExtraError
+from imgcls.extras import require
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +102,9 @@ class ExactIndex:
 
 def _faiss():
     try:
-        import faiss
-    except ImportError:
-        raise ConfigError(
-            "FAISS indexes need the faiss-cpu package (`pip install faiss-cpu`); --index exact works without it."
-        ) from None
-    return faiss
+        return require("faiss", "retrieval")
+    except MissingExtraError as err:
+        raise MissingExtraError(f"{err} (--index exact works without it)") from None
 
 
 @dataclass

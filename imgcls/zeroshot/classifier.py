@@ -22,6 +22,7 @@ from torch import nn
 from imgcls.data.preprocess import Preprocessing
 from imgcls.device import choose_autocast
 from imgcls.errors import ConfigError
+from imgcls.extras import require
 from imgcls.inference.batched import batched_logits
 from imgcls.inference.predictor import Predictor
 from imgcls.models.clip_backbone import DEFAULT_CLIP_MODEL, load_clip
@@ -134,6 +135,7 @@ def zeroshot_predictor(
 ) -> Predictor:
     """A Predictor over `labels` from a local CLIP: same decode, top-k and output as `imgcls predict`."""
     labels = _unique_labels(list(labels), "labels")
+    require("open_clip", "zeroshot")
     clip, arch, path = load_clip(clip_model, clip_weights)
     with torch.inference_mode():
         weights = text_classifier(clip, arch, labels, prompts)

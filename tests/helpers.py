@@ -1,0 +1,150 @@
+"""What several test modules share: image folders and images made on the spot (never
+downloaded), a tiny trained model, torchrun and the headless browser's whereabouts.
+
+Test modules import from here (and fixtures come from conftest.py), never from each other."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CLASS_COLOURS = {"猫": (210, 60, 40), "狗 dog": (40, 70, 200), "bird": (60, 190, 70)}
+
+
+def _image(rng: np.random.Generator, colour: tuple[int, int, int], size: tuple[int, int]) -> np.ndarray:
+    noise = rng.integers(-50, 50, (size[1], size[0], 3))
+    return np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
+
+
+def make_class_folders(root: Path, per_class: int, *, seed: int = 0, junk: bool = True) -> Path:
+    """Three colour classes with Chinese names, in mixed formats, modes and sizes, plus junk
+    files that must be ignored (hidden, non-image) or skipped (broken)."""
+    rng = np.random.default_rng(seed)
+    formats = [
+        ("png", "RGB"),
+        ("JPG", "RGB"),
+        ("webp", "RGB"),
+        ("bmp", "RGB"),
+        ("png", "RGBA"),
+        ("tif", "RGB"),
+        ("gif", "P"),
+    ]
+    for name, colour in CLASS_COLOURS.items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            ext, mode = formats[i % len(formats)]
+            size = (int(rng.integers(20, 60)), int(rng.integers(20, 60)))
+            img = Image.fromarray(_image(rng, colour, size)).convert(mode)
+            img.save(folder / f"{i:03d}.{ext}")
+    if junk:
+        first = root / next(iter(CLASS_COLOURS))
+        (first / "notes.txt").write_text("not an image")
+        (first / ".DS_Store").write_bytes(b"\0\1\2")
+        (first / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+        (first / "empty.jpg").write_bytes(b"")
+        (root / ".ipynb_checkpoints").mkdir(exist_ok=True)
+    return root
+
+
+def png(colour=(210, 60, 40), size=(40, 30), mode="RGB") -> bytes:
+    """The bytes of a plain-colour PNG, as an upload would carry them."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((size[1], size[0], 3), colour, np.uint8)).convert(mode).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------- multi-label data
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+
+
+def write_png(path: Path, colour=(128, 128, 128)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), colour, np.uint8)).save(path)
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    """A manifest: a header, then one (path, labels) row per image."""
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "labels"])
+        writer.writerows(rows)
+    return path
+
+
+def mosaic(colours: list[tuple[int, int, int] | None], rng) -> np.ndarray:
+    """A 16x16 image of four 8x8 quadrants, each a colour or dark noise."""
+    image = rng.integers(0, 40, (16, 16, 3), dtype=np.uint8)
+    for q, colour in enumerate(colours):
+        if colour is not None:
+            y, x = 8 * (q // 2), 8 * (q % 2)
+            image[y : y + 8, x : x + 8] = np.clip(np.array(colour) + rng.integers(-20, 20, 3), 0, 255)
+    return image
+
+
+# ---------------------------------------------------------------- a tiny trained model
+
+KNOWN = ("猫", "狗 dog")  # trained on; "bird" is kept aside to enrol without retraining
+
+
+@functools.cache
+def tiny_model() -> dict[str, Path]:
+    """keras-cnn at 32 px, 2 epochs, on two of the colour classes (12 images each); trained
+    once per test process and shared by the retrieval tests."""
+    from imgcls.cli.main import main
+
+    root = Path(tempfile.mkdtemp(prefix="imgcls-retrieval-"))
+    everything = make_class_folders(root / "all", per_class=12, junk=False)
+    known = root / "known"
+    known.mkdir()
+    for name in KNOWN:
+        (everything / name).rename(known / name)
+    run = root / "run"
+    args = ["-q", "train", str(known), "--out", str(run), "--img-size", "32", "--batch-size", "8", "--epochs", "2"]
+    assert main(args) == 0
+    return {"root": root, "known": known, "birds": everything / "bird", "checkpoint": run / "best.safetensors"}
+
+
+# ---------------------------------------------------------------- other processes
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    """`imgcls ARGS` on two CPU processes under torchrun."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "imgcls",
+        *args,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+def require_browser() -> None:
+    """At a browser test module's top: skip it without Chromium and its driver (Debian's
+    chromium and chromium-driver), except in CI, which sets IMGCLS_REQUIRE_BROWSER=1."""
+    if CHROMIUM and CHROMEDRIVER:
+        return
+    if os.environ.get("IMGCLS_REQUIRE_BROWSER") == "1":
+        raise RuntimeError("IMGCLS_REQUIRE_BROWSER=1 but chromium or chromedriver is not installed")
+    pytest.skip("Debian's chromium and chromium-driver are not installed", allow_module_level=True)
