@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from imgcls.errors import CheckpointError, ConfigError
+from imgcls.extras import require
 from imgcls.models.pretrained import hub_cache, offline
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 def architecture_name(clip_model: str) -> str:
     """The open_clip name of an architecture; a JSON config file is registered under its stem."""
-    import open_clip
+    open_clip = require("open_clip", "zeroshot")
 
     path = Path(clip_model)
     if path.suffix == ".json":
