@@ -130,10 +130,16 @@ def _fit(config: Config, run_dir: Path, resume: bool) -> FitResult:
 
     train = None if run.stream is not None else cache_tensors(run.train)  # streamed: read as it trains
     val_x, val_y = cache_tensors(run.val)
+    last_epoch = tc.epochs
     if not resume and config.transfer.linear_probe:
         best_acc = _probe_epoch(run_dir, run, history, best_acc, train, (val_x, val_y))
+        if history and config.transfer.freeze_backbone and not config.transfer.unfreeze_after:
+            # The head of a frozen network is a convex problem the probe solved exactly; epochs
+            # of gradient steps would only approach the same classifier again.
+            log.info("frozen backbone: the fitted classifier is final (set transfer.linear_probe=false to train it)")
+            last_epoch = 0
     with stop_on_sigint() as stop:
-        for epoch in range(start_epoch, tc.epochs + 1):
+        for epoch in range(start_epoch, last_epoch + 1):
             if tc.early_stopping and history and _epochs_without_progress(history) >= tc.early_stopping:
                 log.info("early stopping: no validation progress in %d epochs", tc.early_stopping)
                 break
