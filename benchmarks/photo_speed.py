@@ -1,0 +1,405 @@
+"""Photo-size speed on a CPU: imgcls against timm's own pipelines on a folder of JPEG photos at 224 px.
+
+Data (built once, cached under benchmarks/.data/photos-224/): photo-like JPEGs cut from
+scikit-image's bundled sample photos, one class per source photo (10 classes: astronaut,
+coffee, chelsea, rocket, hubble, immunohistochemistry, retina, motorcycle, camera, grass);
+random 4:3 crops of 50-100% of the largest box that fits, resized to ~400x300, quality 85,
+numpy seed 0: train/ (100 a class), val/ (20 a class) and predict/ (1,000, flat).
+
+For each model (resnet18, mobilenetv3_large_100, tf_efficientnet_lite0), batch B, E epochs:
+(1) compute ceiling: a synthetic training step on random uint8 224-px batches already in
+    memory (normalise, forward, backward, AdamW), in NCHW fp32, channels_last fp32 and, only
+    where the CPU has bf16, both layouts under bf16 autocast; settings interleaved within
+    each repeat, warm-up excluded, median; the best is the ceiling. imgcls then trains in
+    that setting (flags added only where it differs from imgcls's own choice).
+(2) imgcls's loop: the images/s that `imgcls train`'s train.log reports per epoch (median of
+    the epochs after the first, whose step also builds oneDNN's kernels); ratio to (1), goal >= 0.85.
+(3) whole run: `imgcls train TRAIN --val VAL --model M --img-size 224` as a subprocess, wall
+    time start to end, accuracy from `imgcls evaluate --json`; against timm's training
+    pipeline wired as its train.py does (create_dataset, create_loader with its prefetcher
+    and default augmentation: RandomResizedCrop 0.08-1, flip, colour jitter 0.4, random
+    interpolation; create_optimizer_v2, create_scheduler_v2 per update, label smoothing 0.1,
+    validation and best-checkpoint save every epoch), also a subprocess of this file, NCHW
+    fp32 as train.py defaults. Both start from random weights (each tool's own init, seed 0);
+    both use AdamW lr 2e-3, wd 0.01, cosine with 0.5 warm-up epochs (imgcls's default
+    recipe), so the runs differ in pipeline, not in optimisation. Goal: timm / imgcls >= 2.
+(4) predict: `imgcls predict best.safetensors predict/ --json` wall time against timm's
+    inference path (inference.py: create_loader in eval mode, the model in eval mode,
+    softmax top-5) with the same weights and preprocessing; goal >= 2, and top-1 agreement.
+
+timm's loader workers: min(4, CPU count) -- train.py's default is 4, but on a 2-core machine
+more workers than cores only take cores from the model they feed.
+
+    .venv/bin/python benchmarks/photo_speed.py [--models resnet18,...] [--epochs 5] [--batch-size 64]
+    .venv/bin/python benchmarks/photo_speed.py --quick     # one small model, tiny folders: a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / ".data"
+SIZE = 224
+MODELS = ("resnet18", "mobilenetv3_large_100", "tf_efficientnet_lite0")
+# skimage.data names of photos bundled with scikit-image (no download), and their class names.
+SOURCES = {
+    "astronaut": "astronaut", "coffee": "coffee", "chelsea": "chelsea", "rocket": "rocket",
+    "hubble_deep_field": "hubble", "immunohistochemistry": "ihc", "retina": "retina",
+    "stereo_motorcycle": "motorcycle", "camera": "camera", "grass": "grass",
+}  # fmt: skip
+LR, WEIGHT_DECAY, WARMUP_EPOCHS = 2e-3, 0.01, 0.5  # imgcls's default recipe, used by both runs
+
+
+def cpu_name() -> str:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
+
+
+def build_photos(root: Path, train: int, val: int, predict: int) -> Path:
+    """Class folders of random crops of skimage's sample photos, written once (seeded)."""
+    if (root / ".complete").is_file():
+        return root
+    import numpy as np
+    import skimage.data
+    from PIL import Image
+
+    shutil.rmtree(root, ignore_errors=True)
+    rng = np.random.default_rng(0)
+    per_class_predict = -(-predict // len(SOURCES))
+    for name, label in SOURCES.items():
+        photo = getattr(skimage.data, name)()
+        photo = photo[0] if isinstance(photo, tuple) else photo  # stereo_motorcycle: (left, right, disparity)
+        photo = np.stack([photo] * 3, -1) if photo.ndim == 2 else photo[..., :3]
+        height, width = photo.shape[:2]
+        box_w = min(width, height * 4 // 3)  # the largest 4:3 box that fits
+        for split, count in (("train", train), ("val", val), ("predict", per_class_predict)):
+            folder = root / split if split == "predict" else root / split / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                w = int(box_w * rng.uniform(0.5, 1.0))
+                h = w * 3 // 4
+                top, left = rng.integers(0, height - h + 1), rng.integers(0, width - w + 1)
+                out_w = int(rng.integers(360, 441))  # ~400x300, not all the same size, as photos are
+                crop = Image.fromarray(photo[top : top + h, left : left + w]).resize((out_w, out_w * 3 // 4))
+                crop.save(folder / f"{label}_{i:04d}.jpg", quality=85)
+    (root / ".complete").touch()
+    return root
+
+
+# --- (1) the compute ceiling ----------------------------------------------------------------
+
+SETTINGS = {  # name: (channels_last, autocast dtype)
+    "NCHW fp32": (False, None),
+    "channels_last fp32": (True, None),
+    "NCHW bf16": (False, torch.bfloat16),
+    "channels_last bf16": (True, torch.bfloat16),
+}
+
+
+def make_step(name: str, batch: int, channels_last: bool, dtype: torch.dtype | None, classes: int):
+    """One training step on random 224-px uint8 batches in memory (compute_ceiling.py's loop)."""
+    from torch import nn
+
+    from imgcls.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=classes, in_chans=3, img_size=SIZE)
+    model = model.to(memory_format=torch.channels_last) if channels_last else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    loss_fn = nn.CrossEntropyLoss()
+    pool = 4  # distinct batches: at 224 px each is already 150 KB an image
+    images = torch.randint(0, 256, (pool, batch, SIZE, SIZE, 3), dtype=torch.uint8)
+    labels = torch.randint(0, classes, (pool, batch))
+
+    def step(i: int) -> None:
+        x = (images[i % pool].float() * (1 / 255) - 0.45).div_(0.25).permute(0, 3, 1, 2)  # channels_last view
+        x = x if channels_last else x.contiguous()
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            loss = loss_fn(model(x).float(), labels[i % pool])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def ceiling(name: str, batch: int, steps: int, warmup: int, repeats: int, classes: int) -> dict[str, float]:
+    """images/s of each setting this CPU can run (bf16 only where it has bf16)."""
+    from compute_ceiling import interleaved_rates
+
+    from imgcls.device import cpu_has_bf16
+
+    names = [s for s, (_, dtype) in SETTINGS.items() if dtype is None or cpu_has_bf16()]
+    work = {s: (make_step(name, batch, *SETTINGS[s], classes), steps) for s in names}
+    return {s: rate * batch for s, rate in interleaved_rates(work, warmup, repeats).items()}
+
+
+def imgcls_setting() -> str:
+    """The setting imgcls's own loop trains in, from its defaults (train.channels_last, train.precision)."""
+    from imgcls.config import TrainConfig
+    from imgcls.device import choose_autocast
+
+    tc = TrainConfig()
+    dtype = choose_autocast(tc.precision, torch.device("cpu"))
+    return f"{'channels_last' if tc.channels_last else 'NCHW'} {'bf16' if dtype is not None else 'fp32'}"
+
+
+def setting_flags(best: str, default: str) -> list[str]:
+    """imgcls train flags for the best ceiling setting; none when it is imgcls's own choice."""
+    if best == default:
+        return []
+    layout, precision = best.split()
+    return ["--set", f"train.channels_last={str(layout == 'channels_last').lower()}", "--precision", precision]
+
+
+# --- (2, 3) training: imgcls and timm's pipeline ------------------------------------------
+
+
+def timed(command: list[str], log: Path) -> float:
+    """Wall seconds of a subprocess, its output kept in `log` (shown when it fails)."""
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        sys.exit(f"failed ({done.returncode}): {' '.join(command)}\n{log.read_text()[-3000:]}")
+    return seconds
+
+
+def imgcls(*args: str) -> list[str]:
+    return [sys.executable, "-m", "imgcls", *args]
+
+
+def epoch_seconds(run: Path) -> list[float]:
+    """Seconds of each training epoch from history.csv (train.log rounds img/s to whole
+    numbers: 3-10% at the 10-30 img/s of 224 px on a CPU)."""
+    import csv
+
+    with open(run / "history.csv") as f:
+        return [float(row["seconds"]) for row in csv.DictReader(f)]
+
+
+def imgcls_accuracy(checkpoint: Path, folder: Path) -> float:
+    out = subprocess.run(imgcls("evaluate", str(checkpoint), str(folder), "--json"), capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"imgcls evaluate failed:\n{out.stderr[-3000:]}")
+    return float(json.loads(out.stdout)["accuracy"])
+
+
+def peer_train(args: argparse.Namespace) -> None:
+    """timm's training pipeline, wired as its train.py wires it; prints its validation accuracy as JSON."""
+    import timm
+    from timm.data import create_dataset, create_loader, resolve_data_config
+    from timm.loss import LabelSmoothingCrossEntropy
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    train_set = create_dataset("", root=args.train, split="train", is_training=True, batch_size=args.batch_size)
+    val_set = create_dataset("", root=args.val, split="validation")
+    model = timm.create_model(args.model, num_classes=len(train_set.reader.class_to_idx))
+    config = resolve_data_config({}, model=model)  # input size, mean/std, crop_pct, interpolation
+    common = dict(input_size=config["input_size"], batch_size=args.batch_size, use_prefetcher=True, device=cpu)
+    common.update(mean=config["mean"], std=config["std"], num_workers=args.workers)
+    # train.py's default augmentation: scale (0.08, 1), hflip 0.5, colour jitter 0.4, 'random' interpolation
+    train_loader = create_loader(train_set, is_training=True, interpolation="random", **common)
+    val_loader = create_loader(
+        val_set, is_training=False, interpolation=config["interpolation"], crop_pct=config["crop_pct"], **common
+    )
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=LR, weight_decay=WEIGHT_DECAY)
+    updates = len(train_loader)
+    scheduler, _ = create_scheduler_v2(
+        optimizer, "cosine", num_epochs=args.epochs, warmup_epochs=WARMUP_EPOCHS, warmup_lr=LR / 100,
+        step_on_epochs=False, updates_per_epoch=updates,
+    )  # fmt: skip
+    loss_fn = LabelSmoothingCrossEntropy(smoothing=0.1)  # train.py's --smoothing default
+    best, step = 0.0, 0
+    for epoch in range(args.epochs):
+        model.train()
+        start = time.perf_counter()
+        for x, y in train_loader:
+            loss = loss_fn(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+            scheduler.step_update(num_updates=step)
+        scheduler.step(epoch + 1)
+        seconds = time.perf_counter() - start
+        model.eval()
+        correct = seen = 0
+        with torch.no_grad():
+            for x, y in val_loader:
+                correct += int((model(x).argmax(1) == y).sum())
+                seen += len(y)
+        print(f"epoch {epoch + 1}: {updates * args.batch_size / seconds:.1f} img/s, val acc {correct / seen:.4f}")
+        if correct / seen > best:  # train.py's CheckpointSaver keeps the best
+            best = correct / seen
+            torch.save(model.state_dict(), Path(args.out) / "best.pth")
+    print(json.dumps({"accuracy": best}))
+
+
+# --- (4) prediction -------------------------------------------------------------------------
+
+
+def peer_predict(args: argparse.Namespace) -> None:
+    """timm's inference path (inference.py) on imgcls's checkpoint: top-1 label per file as JSON."""
+    import timm
+    from timm.data import create_dataset, create_loader
+
+    from imgcls.checkpoint import load_model
+
+    network, pre, meta = load_model(args.checkpoint)
+    model = timm.create_model(args.model, num_classes=len(meta["classes"]))
+    model.load_state_dict(network.state_dict())  # imgcls builds timm's network: the same names
+    model.eval()
+    dataset = create_dataset("", root=args.folder)
+    loader = create_loader(
+        dataset, input_size=(3, pre.img_size, pre.img_size), batch_size=256, use_prefetcher=True,
+        interpolation=pre.interpolation, mean=pre.mean, std=pre.std, crop_pct=pre.crop_pct,
+        num_workers=args.workers, device=torch.device("cpu"),
+    )  # fmt: skip
+    top = []
+    with torch.no_grad():
+        for x, _ in loader:
+            top.append(model(x).softmax(-1).topk(5)[1])
+    top1 = torch.cat(top)[:, 0].tolist()
+    names = dataset.filenames(basename=True)
+    print(json.dumps({name: meta["classes"][i] for name, i in zip(names, top1, strict=True)}))
+
+
+def imgcls_top1(stdout: str) -> dict[str, str]:
+    rows = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    return {Path(r["path"]).name: r["predictions"][0]["label"] for r in rows if "predictions" in r}
+
+
+def timed_capture(command: list[str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"failed: {' '.join(command)}\n{done.stderr[-3000:]}")
+    return time.perf_counter() - start, done.stdout
+
+
+# --- the benchmark --------------------------------------------------------------------------
+
+
+def bench_model(model: str, folder: Path, args: argparse.Namespace, default: str) -> dict:
+    classes = len(SOURCES)
+    print(f"\n== {model}, {SIZE} px, batch {args.batch_size}, {args.epochs} epoch(s)")
+    rates = ceiling(model, args.batch_size, args.steps, args.warmup, args.repeats, classes)
+    best = max(rates, key=rates.get)
+    for name, rate in rates.items():
+        mark = " <- ceiling" if name == best else ""
+        print(f"  ceiling {name:20s} {rate:8.1f} img/s  {rate / rates['NCHW fp32']:5.2f}x NCHW fp32{mark}")
+    flags = setting_flags(best, default)
+    print(f"  imgcls trains in: {best}" + (f" (flags: {' '.join(flags)})" if flags else " (its own default)"))
+
+    run = DATA / "runs" / f"photo-{model}"
+    shutil.rmtree(run, ignore_errors=True)
+    run.mkdir(parents=True)
+    train_cmd = imgcls(
+        "train", str(folder / "train"), "--val", str(folder / "val"), "--model", model,
+        "--img-size", str(SIZE), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+        "--out", str(run / "imgcls"), *flags,
+    )  # fmt: skip
+    wall = timed(train_cmd, run / "imgcls.out")
+    seconds = epoch_seconds(run / "imgcls")
+    images = len(list((folder / "train").rglob("*.jpg")))
+    images -= images % args.batch_size if images > args.batch_size else 0  # imgcls drops a short last batch
+    per_epoch = [images / s for s in seconds]
+    loop = statistics.median(per_epoch[1:] or per_epoch)  # the first epoch also builds the kernels
+    accuracy = imgcls_accuracy(run / "imgcls" / "best.safetensors", folder / "val")
+    print(f"  imgcls loop       {loop:8.1f} img/s (epochs: {', '.join(f'{r:.1f}' for r in per_epoch)})")
+    warm = "" if len(per_epoch) > 1 else "; one epoch: it includes the warm-up the ceiling excludes"
+    print(f"  loop / ceiling    {loop / rates[best]:8.1%}   (goal >= 85%{warm})")
+
+    peer_cmd = [
+        sys.executable, __file__, "--peer-train", "--model", model, "--train", str(folder / "train"),
+        "--val", str(folder / "val"), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+        "--workers", str(args.workers), "--out", str(run),
+    ]  # fmt: skip
+    peer_wall = timed(peer_cmd, run / "timm.out")
+    peer_acc = json.loads((run / "timm.out").read_text().strip().splitlines()[-1])["accuracy"]
+    other = wall - sum(seconds)
+    peer_loop = statistics.median(float(r) for r in re.findall(r"([\d.]+) img/s", (run / "timm.out").read_text()))
+    print(f"  whole run  imgcls {wall:7.1f} s, val acc {accuracy:.4f} ({other:.1f} s outside the training epochs)")
+    print(f"             timm   {peer_wall:7.1f} s, val acc {peer_acc:.4f} (its epochs: {peer_loop:.1f} img/s, median)")
+    print(f"  timm / imgcls     {peer_wall / wall:8.2f}x   (goal >= 2x at equal or better accuracy)")
+
+    checkpoint = run / "imgcls" / "best.safetensors"
+    predict_wall, out = timed_capture(imgcls("predict", str(checkpoint), str(folder / "predict"), "--json"))
+    ours = imgcls_top1(out)
+    peer = [sys.executable, __file__, "--peer-predict", "--model", model, "--checkpoint", str(checkpoint)]
+    peer_predict_wall, out = timed_capture([*peer, "--folder", str(folder / "predict"), "--workers", str(args.workers)])
+    theirs = json.loads(out.strip().splitlines()[-1])
+    agree = sum(ours.get(name) == label for name, label in theirs.items()) / max(len(theirs), 1)
+    runtime = "ONNX Runtime" if len(ours) >= 512 else "PyTorch"  # predict's --runtime auto: ONNX from 512 images
+    print(f"  predict {len(ours)} JPEGs: imgcls {predict_wall:.1f} s ({runtime}), timm {peer_predict_wall:.1f} s")
+    print(f"  timm / imgcls     {peer_predict_wall / predict_wall:8.2f}x   (goal >= 2x); top-1 agreement {agree:.1%}")
+    return {
+        "model": model, "ceiling": rates[best], "best": best, "loop": loop, "train_s": wall, "acc": accuracy,
+        "timm_train_s": peer_wall, "timm_acc": peer_acc, "predict_s": predict_wall, "timm_predict_s": peer_predict_wall,
+        "agree": agree,
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=6, help="ceiling: timed steps per repeat")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="timm's loader workers")
+    parser.add_argument("--quick", action="store_true", help="smoke run: one small model, tiny folders, 1 epoch")
+    # The timm peers run as subprocesses of this same file:
+    for hidden in ("--peer-train", "--peer-predict"):
+        parser.add_argument(hidden, action="store_true", help=argparse.SUPPRESS)
+    for hidden in ("--model", "--train", "--val", "--out", "--checkpoint", "--folder"):
+        parser.add_argument(hidden, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.peer_train:
+        return peer_train(args)
+    if args.peer_predict:
+        return peer_predict(args)
+
+    if args.quick:
+        folder = build_photos(DATA / "photos-224-quick", train=4, val=2, predict=40)
+        args.epochs, args.batch_size, args.steps, args.warmup, args.repeats = 1, 8, 2, 1, 1
+        models = args.models.split(",") if args.models != ",".join(MODELS) else ["mobilenetv3_large_100"]
+    else:
+        folder = build_photos(DATA / "photos-224", train=100, val=20, predict=1000)
+        models = args.models.split(",")
+    default = imgcls_setting()
+    from imgcls.device import cpu_has_bf16
+
+    print(f"CPU {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"bf16 on this CPU: {cpu_has_bf16()}; imgcls's own loop trains in: {default}; timm workers {args.workers}")
+    print(f"data: {folder.relative_to(HERE)} ({len(SOURCES)} classes; ~400x300 JPEG, quality 85)")
+    results = [bench_model(model, folder, args, default) for model in models]
+
+    print("\nsummary: photo_speed " + "; ".join(
+        f"{r['model']}: loop/ceiling {r['loop'] / r['ceiling']:.0%} ({r['best']}), "
+        f"train timm/imgcls {r['timm_train_s'] / r['train_s']:.2f}x (acc {r['acc']:.3f} vs {r['timm_acc']:.3f}), "
+        f"predict timm/imgcls {r['timm_predict_s'] / r['predict_s']:.2f}x (agree {r['agree']:.0%})"
+        for r in results
+    ))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
