@@ -288,7 +288,7 @@ def _train_epoch(
         }
     )
     log.info(
-        "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.1f s (%.0f img/s)",
+        "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.1f s (%.1f img/s)",
         epoch,
         tc.epochs,
         stats.loss,
