@@ -46,6 +46,7 @@ def _deny(path: Path, monkeypatch) -> None:
         return call
 
     monkeypatch.setattr(builtins, "open", guard(builtins.open))
+    monkeypatch.setattr(os, "open", guard(os.open))  # image files are read through os.open
     monkeypatch.setattr(os, "scandir", guard(os.scandir))
     monkeypatch.setattr(os, "listdir", guard(os.listdir))
 

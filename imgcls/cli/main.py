@@ -277,6 +277,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+OUTSIDE_HELP = "let a manifest name files outside its folder, and links in a data folder lead outside it"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgcls", description="Image classification from folders of labelled images.")
     parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
@@ -297,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "single-label", "multi-label"],
         help="auto: multi-label when a manifest has rows with no label or several",
     )
-    training.add_argument("--allow-outside", action="store_true", help="let a manifest name files outside its folder")
+    training.add_argument("--allow-outside", action="store_true", help=OUTSIDE_HELP)
     training.add_argument("--model", help="model name (see `imgcls models`)")
     training.add_argument("--img-size", type=int, help="square input size in pixels")
     training.add_argument("--epochs", type=int)
@@ -340,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for metrics.json and report.html")
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
     p.add_argument("--tta", action="store_true", help="average each image with its mirror image; report the effect")
-    p.add_argument("--allow-outside", action="store_true", help="let a manifest name files outside its folder")
+    p.add_argument("--allow-outside", action="store_true", help=OUTSIDE_HELP)
     p.add_argument(
         "--runtime",
         choices=["torch", "onnx", "cuda"],

@@ -54,6 +54,7 @@ def check_dataset(
     label_errors: bool = True,
     max_label_images: int = MAX_IMAGES,
     seed: int = 0,
+    allow_outside: bool = False,
 ) -> dict:
     """A JSON-ready report of what is in a dataset and what is wrong with it.
 
@@ -62,7 +63,7 @@ def check_dataset(
     root = Path(data)
     timings = {}
     start = time.perf_counter()
-    records = scan_files(list_dataset(root), max_pixels=max_pixels, workers=workers)
+    records = scan_files(list_dataset(root, allow_outside=allow_outside), max_pixels=max_pixels, workers=workers)
     timings["scan"] = time.perf_counter() - start
     readable = [r for r in records if r.error is None]
     report = {

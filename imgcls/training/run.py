@@ -92,6 +92,7 @@ def decode_val(config: Config, sources: DataSources, channels: int) -> ImageCach
         resize=data.resize,
         channels=channels,
         max_pixels=data.max_pixels,
+        max_file_mb=data.max_file_mb,
         workers=data.decode_workers,
         desc="decode val",
     )
@@ -105,6 +106,7 @@ def decode_sources(config: Config, sources: DataSources) -> tuple[ImageCache, Im
         resize=data.resize,
         channels=None if data.channels == "auto" else int(data.channels),
         max_pixels=data.max_pixels,
+        max_file_mb=data.max_file_mb,
         workers=data.decode_workers,
         desc="decode train",
     )
