@@ -20,7 +20,8 @@ from torch import nn
 
 from imgcls import __version__
 from imgcls.data.preprocess import Preprocessing
-from imgcls.errors import CheckpointError
+from imgcls.data.sources import check_class_names
+from imgcls.errors import CheckpointError, DataError
 from imgcls.files import atomic_write_bytes
 
 SCHEMA_VERSION = 1
@@ -116,9 +117,22 @@ def load_checkpoint(path: Path, *, tensors: bool = True) -> tuple[dict[str, torc
             f"{path} was written by imgcls {meta.get('imgcls_version', '?')} (checkpoint schema {schema}); "
             f"this imgcls {__version__} reads schema {SCHEMA_VERSION} and older. Upgrade imgcls to load it."
         )
+    if "classes" in meta:
+        check_classes(path, meta["classes"])
     if tensors and DIGEST_KEY in meta:  # files written before checksums were added carry none
         _verify(path, meta)
     return loaded, meta
+
+
+def check_classes(path: Path | str, classes: object) -> None:
+    """A checkpoint's class names: a non-empty list of safe folder names (they become folders
+    in `predict --copy-to`; the checksum cannot vouch for them, anyone can recompute it)."""
+    if not isinstance(classes, list) or not classes:
+        raise CheckpointError(f"{path}: its metadata's classes must be a non-empty list of names; the file was edited.")
+    try:
+        check_class_names(classes, str(path))
+    except DataError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def split_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

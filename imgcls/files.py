@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from imgcls.errors import DataError
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, fsync, then rename over it: a crash or a
@@ -29,6 +31,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def path_under(folder: Path, *parts: str) -> Path:
+    """folder/parts..., refused (ImgclsError) unless it stays under folder once resolved: every
+    path imgcls writes from a name it was given (a class, a plan row) goes through this."""
+    folder = Path(folder).resolve()
+    target = folder.joinpath(*parts).resolve()
+    if target == folder or folder not in target.parents:
+        shown = os.path.join(*parts) if parts else ""
+        raise DataError(f"{shown!r} would be written outside {folder}; refused.")
+    return target
 
 
 def _umask() -> int:

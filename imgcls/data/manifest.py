@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgcls.data.sources import DataSources, Sample
+from imgcls.data.sources import DataSources, Sample, check_class_names
 from imgcls.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,7 @@ def read_manifest(manifest: str | Path, *, allow_outside: bool = False) -> list[
                 "it, or pass --allow-outside if you trust this manifest."
             )
         row = ManifestRow(line, path, tuple(sorted({_label(x) for x in labels if _label(x)})))
+        check_class_names(row.labels, f"{manifest}, line {line}")
         earlier = first_seen.get(str(path))
         if earlier is not None:
             if earlier.labels != row.labels:

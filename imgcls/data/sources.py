@@ -141,12 +141,40 @@ def _is_folder(path: Path, *, listed: bool = True) -> bool:
         return False
 
 
+MAX_NAME_BYTES = 255  # the longest file name ext4, APFS and NTFS take
+
+
+def unsafe_name_reason(name: object) -> str | None:
+    """Why `name` cannot be a class name, or None. Class names become folder names (`predict
+    --copy-to`, `data apply`), so one must be a single, printable path component on every system."""
+    if not isinstance(name, str):
+        return f"{type(name).__name__} is not text"
+    if name.strip() in ("", ".", ".."):
+        return "empty, '.' or '..'"
+    if "/" in name or "\\" in name:
+        return "holds a path separator ('/' or '\\')"
+    if any(unicodedata.category(c) == "Cc" for c in name):  # NUL, CR/LF, tab, ESC of terminal codes
+        return "holds a control character"
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        return f"longer than {MAX_NAME_BYTES} bytes"
+    return None
+
+
+def check_class_names(names, where: str) -> None:
+    """DataError naming the first class name that is not a safe folder name."""
+    for name in names:
+        reason = unsafe_name_reason(name)
+        if reason:
+            raise DataError(f"{where}: class name {name!r} is refused: {reason}. Class names must be folder names.")
+
+
 def class_name(folder: Path) -> str:
-    """A folder's name as a class name: NFC, and bytes that are not UTF-8 written as \\xNN
-    (Python keeps them as lone surrogates, which JSON, plots and HTML cannot show)."""
+    """A folder's name as a class name: NFC, and bytes that are not UTF-8 written as %XX
+    (Python keeps them as lone surrogates, which JSON, plots and HTML cannot show; a backslash
+    escape would make the name a Windows path)."""
     name = folder.name
     if any("\udc80" <= c <= "\udcff" for c in name):
-        name = os.fsencode(name).decode("utf-8", "backslashreplace")
+        name = "".join(f"%{ord(c) - 0xDC00:02X}" if "\udc80" <= c <= "\udcff" else c for c in name)
         log.warning("class folder %r is not named in UTF-8: its class is called %r", folder.name, name)
     return unicodedata.normalize("NFC", name)
 
@@ -197,6 +225,7 @@ def check_training_classes(by_class: dict[str, list[Path]], root: Path) -> None:
             f"{root} needs at least two class folders (found: {found}). "
             "Put each class's images in its own sub-folder, e.g. cats/ and dogs/."
         )
+    check_class_names(by_class, str(root))
     empty = [name for name, paths in by_class.items() if not paths]
     if empty:
         raise DataError(

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imgcls.checkpoint import check_classes
 from imgcls.data.preprocess import Preprocessing
 from imgcls.errors import CheckpointError
 
@@ -57,10 +58,9 @@ def read_metadata(sess, path: Path | str) -> dict:
     try:
         meta = json.loads(raw)
         Preprocessing.from_dict(meta["preprocess"])  # checked here, so damage is reported as such
-        if not isinstance(meta["classes"], list):
-            raise TypeError("classes is not a list")
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: its imgcls metadata is damaged ({err}).") from None
+    check_classes(path, meta.get("classes"))
     return meta
 
 
