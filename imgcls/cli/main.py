@@ -257,6 +257,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         runtime=args.runtime,
         gallery=args.gallery,
         admin_token=args.admin_token,
+        max_pixels=args.max_pixels,
+        decode_budget_mb=args.decode_budget_mb,
     )
     return 0
 
@@ -405,6 +407,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted request body (10 MB)")
     p.add_argument("--topk", type=int, default=5, help="labels answered when the request does not say (5)")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        help="largest image decoded, in pixels (16,000,000; never above the model's data.max_pixels)",
+    )
+    p.add_argument(
+        "--decode-budget-mb",
+        type=float,
+        default=768,
+        help="memory decoding uploads may hold at once (768); sets how many decode together",
+    )
     p.add_argument(
         "--runtime",
         choices=["onnx", "torch", "cuda"],

@@ -32,6 +32,7 @@ from imgcls.errors import DataError, NotAnImageError, TooManyPixelsError
 from imgcls.retrieval.commands import open_gallery
 from imgcls.retrieval.gallery import GalleryError
 from imgcls.retrieval.recognize import recognize, search
+from imgcls.serve.memory import DEFAULT_DECODE_BUDGET_MB, SERVE_MAX_PIXELS, DecodeSlots, ServerBusy
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ def retrieval_router(
     admin_token: str | None = None,
     max_pixels: int | None = None,
     topk: int = 3,
+    slots: DecodeSlots | None = None,
 ) -> APIRouter:
     """Routes over the gallery in `gallery_dir`, embedded with `checkpoint` (which must be the
     gallery's model; None: the checkpoint the gallery names)."""
@@ -89,15 +91,21 @@ def retrieval_router(
     gallery, embedder = open_gallery(folder, checkpoint)
     lock = threading.Lock()  # enrolment changes the arrays queries read
     router = APIRouter()
+    slots = slots or DecodeSlots(DEFAULT_DECODE_BUDGET_MB, max_pixels or SERVE_MAX_PIXELS)
 
     async def embed(request: Request, many: bool = False) -> tuple[np.ndarray, list[tuple[bytes, str]]] | JSONResponse:
         found = await _uploads(request, many)
         if isinstance(found, JSONResponse):
             return found
         try:
-            pixels = [await run_in_threadpool(embedder.decode, data, name, max_pixels) for data, name in found]
+            pixels = []
+            for data, name in found:
+                async with slots.slot():  # the same decode budget as /predict
+                    pixels.append(await run_in_threadpool(embedder.decode, data, name, max_pixels))
         except DataError as err:
             return _decode_error(err)
+        except ServerBusy as err:
+            return _error(503, str(err))
         return await run_in_threadpool(embedder.embed, np.stack(pixels)), found
 
     def locked(function, *args, **kwargs):
