@@ -132,3 +132,21 @@ def test_the_reader_refuses_what_is_not_a_regular_file_and_files_over_the_bound(
     with pytest.raises(DataError, match="over the limit"):
         decode_image(big, max_bytes=2000)
     assert read_image_file(big, max_bytes=3000) == b"\0" * 3000
+
+
+# --- item 9: two runs into one --out --------------------------------------------------------
+
+
+def test_two_runs_started_together_into_one_out_folder_do_not_both_run(data, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", str(data), "--out", str(run), "--img-size", "16", "--epochs", "15", "--model", "softmax"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "IMGCLS_PROGRESS": "0"}
+    argv = [sys.executable, "-m", "imgcls", "-q", *args]
+    both = [subprocess.Popen(argv, stdout=PIPE, stderr=PIPE, text=True, env=env) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in both]
+    for p in both:
+        p.stdout.close(), p.stderr.close()
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for code, err in results if code == 2)
+    assert "another imgcls run" in refused and "Traceback" not in refused
