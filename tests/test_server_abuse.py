@@ -226,3 +226,21 @@ def test_more_connections_than_the_limit_get_503_not_memory(checkpoint):
         assert _good(address) == 503
         for sock in held:
             sock.close()
+
+
+def test_content_length_with_chunked_is_refused_and_the_connection_closed(app):
+    """RFC 9112 section 6.1: a request with both may be an attempt to smuggle a second request
+    past a proxy; it is answered 400 and its connection closed, so the smuggled GET is never served."""
+    smuggled = b"0\r\n\r\nGET /info HTTP/1.1\r\nHost: x\r\n\r\n"
+    head = (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        b"Content-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n" % len(smuggled)
+    )
+    with Server(app) as address:
+        sock = _connect(address)
+        sock.sendall(head + smuggled)
+        reply = _read_all(sock)
+        sock.close()
+        assert reply.startswith(b"HTTP/1.1 400") and b"Transfer-Encoding" in reply
+        assert reply.count(b"HTTP/1.1 ") == 1 and b'"classes"' not in reply
+        assert _good(address) == 200

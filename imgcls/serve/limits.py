@@ -1,7 +1,9 @@
 """Limits that keep `imgcls serve` answering when clients are large, slow or hostile.
 
-- BodyLimit (ASGI middleware): a body over the size limit is answered 413 from its
-  Content-Length, or as soon as the streamed bytes pass the limit, before it is read whole;
+- BodyLimit (ASGI middleware): a request with both Content-Length and Transfer-Encoding is
+  400 and its connection closed (RFC 9112 section 6.1, request smuggling); a body over the
+  size limit is answered 413 from its Content-Length, or as soon as the streamed bytes pass
+  the limit, before it is read whole;
   a body that has not fully arrived `body_timeout` seconds after the app first asked for it
   is answered 408 and its connection closed. After a 413 the connection stays open while
   uvicorn reads and drops the rest of the body (closing at once would reset it under a
@@ -53,7 +55,13 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        if b"content-length" in headers and b"transfer-encoding" in headers:
+            # RFC 9112 section 6.1: the pair may smuggle a request past a proxy that reads the
+            # other framing; answer 400 and close, so nothing after this request is served.
+            message = "a request may not carry both Content-Length and Transfer-Encoding."
+            return await refusal(400, message, close=True)(scope, receive, send)
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await self._too_large(scope, receive, send)
         seen, complete, started, deadline = 0, False, False, None
