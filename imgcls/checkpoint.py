@@ -178,7 +178,19 @@ def load_model(path: str | Path) -> tuple[nn.Module, Preprocessing, dict]:
             img_size=pre.img_size,
             **spec.get("kwargs", {}),
         )
-        model.load_state_dict(split_prefix(tensors, MODEL_PREFIX))
+        weights = split_prefix(tensors, MODEL_PREFIX)
+        model.load_state_dict(weights)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path}: metadata or weights do not rebuild the model ({err}).") from None
+    check_finite_weights(path, weights)
     return model.eval(), pre, meta
+
+
+def check_finite_weights(path: Path | str, weights: dict[str, torch.Tensor]) -> None:
+    """A model whose weights hold NaN or infinity answers NaN for every image: refused at load."""
+    bad = [name for name, t in weights.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointError(
+            f"{path}: weights not finite (NaN or infinite) in {len(bad)} tensor(s), e.g. {bad[0]}; "
+            "the training that wrote it diverged. Train again with a lower optim.lr."
+        )

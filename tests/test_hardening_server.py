@@ -10,6 +10,7 @@ import zlib
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -82,3 +83,13 @@ def test_decodes_in_flight_are_bounded_by_the_budget_and_the_rest_get_503(checkp
     statuses = asyncio.run(burst())
     assert most[0] == 2  # never more than the budget allows at once
     assert statuses.count(200) >= 2 and set(statuses) <= {200, 503} and 503 in statuses
+
+
+def test_any_failure_is_a_json_error_even_a_nan_answer(checkpoint):
+    """Item 7: a model answering NaN made every /predict a plain-text 500 (NaN is not JSON)."""
+    predictor = Predictor.from_checkpoint(checkpoint)
+    predictor.run = lambda images: np.full((len(images), len(predictor.classes)), np.nan, dtype=np.float32)
+    with TestClient(create_app(checkpoint, predictor=predictor), raise_server_exceptions=False) as c:
+        response = c.post("/predict", content=large_png(20), headers={"content-type": "image/png"})
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/json" and "error" in response.json()

@@ -140,6 +140,13 @@ def create_app(
         description=f"Image classifier {predictor.metadata['model']['name']} served by imgcls.",
     )
     app.add_middleware(BodyLimit, limit=int(max_upload_mb * 1e6), timeout=body_timeout)
+
+    @app.exception_handler(Exception)
+    async def any_failure(request: Request, err: Exception) -> JSONResponse:
+        # Starlette's last resort is a plain-text 500; clients of this API parse JSON.
+        log.error("%s %s failed: %s: %s", request.method, request.url.path, type(err).__name__, err)
+        return error(500, f"the server failed on this request ({type(err).__name__}); see the server log.")
+
     info = {
         "model": predictor.metadata["model"]["name"],
         "file": Path(model_path).name,
