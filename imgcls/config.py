@@ -327,7 +327,7 @@ def build_config(
 
 def validate(config: Config) -> None:
     checks = [
-        (config.data.img_size >= 8, "data.img_size must be at least 8 pixels"),
+        (8 <= config.data.img_size <= 4096, "data.img_size must be between 8 and 4096 pixels"),
         (0.0 < config.data.val_fraction < 1.0, "data.val_fraction must be between 0 and 1"),
         (config.data.max_pixels > 0, "data.max_pixels must be positive"),
         (config.data.max_file_mb > 0, "data.max_file_mb must be positive"),

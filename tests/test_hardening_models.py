@@ -4,6 +4,7 @@ non-finite weights (item 7), metadata that would allocate gigabytes (item 5)."""
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(data) -> Path:
     run = data.parent / "run"
-    args = ["-q", "train", str(data), "--out", str(run), "--img-size", "16", "--epochs", "1", "--model", "lenet"]
+    args = ["-q", "train", str(data), "--out", str(run), "--img-size", "16", "--epochs", "1", "--model", "small-net"]
     assert main(args) == 0
     return run / "best.safetensors"
 
@@ -64,3 +65,23 @@ def test_a_checkpoint_with_non_finite_weights_is_refused_by_predictors(trained, 
     image = next((trained.parents[1] / "data" / "bird").iterdir())
     assert main(["-q", "predict", str(bad), str(image), "--json"]) == 2
     assert "NaN" not in capsys.readouterr().out
+
+
+# --- item 5: metadata as a memory bomb ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (lambda meta: meta["model"].setdefault("kwargs", {}).update(width=2500), "do not match"),
+        (lambda meta: meta["preprocess"].update(img_size=60000), "img_size"),
+        (lambda meta: meta["preprocess"].update(std=[0, 0, 0]), "std"),
+        (lambda meta: meta["preprocess"].update(max_pixels=-1), "max_pixels"),
+    ],
+)
+def test_hostile_metadata_is_refused_quickly_before_anything_large_is_built(trained, tmp_path, change, said):
+    bad = _rewrite(trained, tmp_path / "bomb.safetensors", lambda tensors, meta: change(meta))
+    started = time.perf_counter()
+    with pytest.raises(CheckpointError, match=said):
+        ckpt.load_model(bad)
+    assert time.perf_counter() - started < 1.0
