@@ -174,3 +174,27 @@ def test_server_answers_409_for_an_empty_gallery(setup, tmp_path):
         for route in ("/recognize", "/search"):
             response = client.post(route, content=_png((0, 0, 0)), headers={"content-type": "image/png"})
             assert response.status_code == 409 and "empty" in response.json()["error"]
+
+
+def test_cli_and_server_enrolling_into_one_gallery_lose_nothing(setup, tmp_path):
+    """Issue 19, item 6: `gallery add` from the command line while `serve --gallery` holds the same
+    gallery; the server's next enrolment used to rewrite the gallery from its memory."""
+    import shutil
+
+    gallery = shutil.copytree(setup["gallery"], tmp_path / "gallery")
+    bird, auth = _png(CLASS_COLOURS["bird"]), {"Authorization": f"Bearer {TOKEN}", "content-type": "image/png"}
+    birds = sorted(str(p) for p in Path(setup["birds"]).iterdir())
+    with TestClient(create_app(setup["checkpoint"], gallery=gallery, admin_token=TOKEN, runtime="torch")) as client:
+        assert (
+            client.post("/gallery/bird", content=bird, headers={**auth, "content-type": "image/png"}).status_code == 200
+        )
+        assert main(["-q", "gallery", "add", str(gallery), "--label", "cli-bird", *birds[:3]]) == 0
+        again = client.post("/gallery/owl", content=bird, headers=auth)
+        assert again.status_code == 200 and again.json()["images"] == 24 + 1 + 3 + 1
+        assert client.get("/gallery").json()["labels"]["cli-bird"] == 3  # the server sees the CLI's images too
+    counts = Gallery.load(gallery).counts()
+    assert (counts["bird"], counts["cli-bird"], counts["owl"]) == (1, 3, 1)
+    stale = Gallery.load(gallery)
+    assert main(["-q", "gallery", "add", str(gallery), "--label", "late", birds[3]]) == 0
+    with pytest.raises(GalleryError, match="changed"):
+        stale.save(gallery)  # a writer holding an older copy is refused, not allowed to overwrite

@@ -32,7 +32,7 @@ def cmd_gallery_build(args: argparse.Namespace) -> int:
         index=args.index,
         recognition=args.recognition,
     )
-    gallery.save(Path(args.out))
+    gallery.save(Path(args.out), replace=True)  # a rebuild replaces whatever gallery was there
     _print(describe_gallery(gallery.info(), args.out))
     return 0
 
@@ -46,11 +46,9 @@ def cmd_gallery_add(args: argparse.Namespace) -> int:
 
 
 def cmd_gallery_remove(args: argparse.Namespace) -> int:
-    from imgcls.retrieval.gallery import Gallery
+    from imgcls.retrieval.gallery import update_gallery
 
-    gallery = Gallery.load(Path(args.gallery))
-    removed = gallery.remove(args.label)
-    gallery.save(Path(args.gallery))
+    gallery, removed = update_gallery(Path(args.gallery), lambda g: g.remove(args.label))
     _print(f"removed {removed} image(s) of {args.label!r}; {len(gallery)} left (calibrate again for a threshold)")
     return 0
 

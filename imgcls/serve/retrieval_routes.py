@@ -30,7 +30,7 @@ from starlette.datastructures import UploadFile
 from imgcls.data.sources import IMAGE_EXTENSIONS
 from imgcls.errors import DataError, NotAnImageError, TooManyPixelsError
 from imgcls.retrieval.commands import open_gallery
-from imgcls.retrieval.gallery import GalleryError
+from imgcls.retrieval.gallery import GalleryError, update_gallery
 from imgcls.retrieval.recognize import recognize, search
 from imgcls.serve.memory import DEFAULT_DECODE_BUDGET_MB, SERVE_MAX_PIXELS, DecodeSlots, ServerBusy
 
@@ -179,9 +179,9 @@ def retrieval_router(
                 target = _stored_name(label_dir, name)
                 target.write_bytes(data)
                 paths.append(str(target.absolute()))
-            with lock:
-                gallery.add(label, vectors, paths)
-                gallery.save(folder)
+            with lock:  # read the gallery again: `gallery add` may have written since (version stamp)
+                fresh, _ = update_gallery(folder, lambda g: g.add(label, vectors, paths))
+                gallery.adopt(fresh)
                 return len(gallery)
 
         total = await run_in_threadpool(store)
