@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+from imgcls.cli.output import positive_int
 from imgcls.cli.output import print_text as _print
 from imgcls.errors import ImgclsError
 
@@ -114,7 +115,7 @@ def add_data_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--no-label-errors", action="store_true", help="skip the label-error model (the slow part)")
     p.add_argument(
         "--label-sample",
-        type=int,
+        type=positive_int,
         default=100_000,
         metavar="N",
         help="check the labels of at most N images, a stratified sample (100,000)",

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from imgcls.cli.output import positive_int
 from imgcls.cli.output import print_text as _print
 
 
@@ -156,14 +157,14 @@ def add_retrieval_parsers(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("recognize", parents=[common], help="best enrolled label of images, or unknown")
     p.add_argument("gallery")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="images, folders or globs")
-    p.add_argument("--topk", type=int, default=3, help="labels listed per image (3)")
+    p.add_argument("--topk", type=positive_int, default=3, help="labels listed per image (3)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--checkpoint", help=checkpoint_help)
     p.set_defaults(func=cmd_recognize)
     p = sub.add_parser("search", parents=[common], help="the most similar enrolled images")
     p.add_argument("gallery")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="images, folders or globs")
-    p.add_argument("--k", type=int, default=10, help="neighbours per image (10)")
+    p.add_argument("--k", type=positive_int, default=10, help="neighbours per image (10)")
     p.add_argument("--index", choices=kinds, help=f"for this search: {index_help}")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--checkpoint", help=checkpoint_help)
@@ -171,7 +172,7 @@ def add_retrieval_parsers(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("cluster", parents=[common], help="group unlabeled images; CSV and contact sheets")
     p.add_argument("paths", nargs="+", metavar="PATH", help="images, folders or globs")
     p.add_argument("--checkpoint", required=True, help="the model whose embeddings are clustered")
-    p.add_argument("--k", type=int, help="number of clusters (k-means); without it HDBSCAN finds them")
+    p.add_argument("--k", type=positive_int, help="number of clusters (k-means); without it HDBSCAN finds them")
     p.add_argument("--min-cluster-size", type=int, default=5, help="HDBSCAN's smallest cluster (5)")
     p.add_argument("--out", default="clusters", help="folder for clusters.csv and cluster-*.png (clusters)")
     p.add_argument("--seed", type=int, default=0)

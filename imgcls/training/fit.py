@@ -73,7 +73,12 @@ def fit(config: Config | None, run_dir: Path, *, resume: bool = False, device: s
     distributed.init_from_environment(resolve_device(config.train.device))
     if not distributed.is_main():  # rank 0 alone writes the run's files and log
         return _fit(config, run_dir, resume)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(
+            f"cannot create the run folder {run_dir}: {err.strerror or err}. Choose another --out."
+        ) from None
     # One process per run folder for the whole run: two would interleave train.log and
     # overwrite each other's checkpoints (two --resume would also delete each other's files).
     with exclusive_use(run_dir, "a training run"):
