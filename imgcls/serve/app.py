@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -140,6 +141,16 @@ def create_app(
         description=f"Image classifier {predictor.metadata['model']['name']} served by imgcls.",
     )
     app.add_middleware(BodyLimit, limit=int(max_upload_mb * 1e6), timeout=body_timeout)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
+        # FastAPI answers {"detail": [...]}; every imgcls answer is {"error": "..."}.
+        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        return error(422, f"invalid request: {where}")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, err: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=err.headers)
 
     @app.exception_handler(Exception)
     async def any_failure(request: Request, err: Exception) -> JSONResponse:

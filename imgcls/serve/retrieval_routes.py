@@ -25,9 +25,11 @@ import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
-from imgcls.data.sources import IMAGE_EXTENSIONS
+from imgcls.data.sources import IMAGE_EXTENSIONS, unsafe_name_reason
 from imgcls.errors import DataError, NotAnImageError, TooManyPixelsError
 from imgcls.retrieval.commands import open_gallery
 from imgcls.retrieval.gallery import GalleryError, update_gallery
@@ -39,6 +41,22 @@ log = logging.getLogger(__name__)
 MAX_ENROL_FILES = 64  # images per enrolment request
 
 
+class _AnyText(Convertor):
+    """A path parameter matching any text, '/' and line breaks included (Starlette's 'path' stops
+    at a line break, which would make a label holding one a bare 404 instead of a clear 400)."""
+
+    regex = r"[\s\S]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anytext", _AnyText())
+
+
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -47,7 +65,10 @@ async def _uploads(request: Request, many: bool) -> list[tuple[bytes, str]] | JS
     """(bytes, name) of the request's image(s), or the error response to send."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        form = await request.form()
+        try:  # the limits of /predict: a form of thousands of parts costs memory for nothing
+            form = await request.form(max_files=MAX_ENROL_FILES if many else 1, max_fields=16)
+        except HTTPException as err:  # Starlette's answer to malformed multipart
+            return _error(400, f"malformed multipart body: {err.detail}")
         files = [f for f in form.getlist("file") if isinstance(f, UploadFile)]
         if not files:
             return _error(400, "send the image as the multipart form field 'file'.")
@@ -151,7 +172,7 @@ def retrieval_router(
         }  # not the server's paths
         return {**info, "model": model, "enrolment": "token" if admin_token else "read-only"}
 
-    @router.post("/gallery/{label}")
+    @router.post("/gallery/{label:anytext}")  # any label reaches the check below, to be refused clearly
     async def enrol(label: str, request: Request):
         """Enrol the request's image(s) under `label` (bearer token of --admin-token)."""
         if not admin_token:
@@ -164,8 +185,9 @@ def retrieval_router(
                 "enrolment needs the header 'Authorization: Bearer <admin token>'.",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        if not label.strip():
-            return _error(400, "the label cannot be empty.")
+        reason = unsafe_name_reason(label)  # a label is a class name: the same rule as everywhere
+        if reason:
+            return _error(400, f"the label {label[:80]!r} is refused: {reason}.")
         embedded = await embed(request, many=True)
         if isinstance(embedded, JSONResponse):
             return embedded
