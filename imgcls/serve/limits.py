@@ -9,6 +9,8 @@
   uvicorn reads and drops the rest of the body (closing at once would reset it under a
   client still sending, which then never sees the 413); header_timeout_protocol bounds that
   drain to `seconds` after the answer.
+- LingeringTransport: a close sends the answer and a FIN, then drops what the client still
+  sends (at most `seconds`), so a client sending a refused body reads its answer.
 - header_timeout_protocol: uvicorn's HTTP/1.1 protocol with a deadline for the request
   line and headers. uvicorn's own timeout_keep_alive only runs between two requests, so a
   client that opens connections and sends a header byte now and then ("slowloris") would
@@ -120,10 +122,12 @@ def header_timeout_protocol(seconds: float = HEADER_TIMEOUT_SECONDS):
         _head_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport) -> None:
-            super().connection_made(transport)
+            super().connection_made(LingeringTransport(transport, self.loop, seconds))
             self._arm()
 
         def data_received(self, data: bytes) -> None:
+            if self.transport.lingering:  # the answer is sent: what still comes is dropped
+                return
             super().data_received(data)
             if self._head_done():
                 self._disarm()
@@ -134,7 +138,14 @@ def header_timeout_protocol(seconds: float = HEADER_TIMEOUT_SECONDS):
 
         def connection_lost(self, exc) -> None:
             self._disarm()
+            self.transport.stop_lingering()
             super().connection_lost(exc)
+
+        def eof_received(self) -> bool | None:
+            if self.transport.lingering:  # the client has sent everything: close now
+                self.transport.stop_lingering()
+                return None
+            return super().eof_received()
 
         def _head_done(self) -> bool:
             return self.cycle is not None and not self.cycle.response_complete
@@ -155,3 +166,40 @@ def header_timeout_protocol(seconds: float = HEADER_TIMEOUT_SECONDS):
                 self.transport.close()
 
     return HeaderTimeoutProtocol
+
+
+class LingeringTransport:
+    """A transport whose close() first half-closes and drops what the client still sends, for
+    at most `seconds` (a "lingering close", as Apache and nginx do). Closing a socket with unread
+    data makes the system reset the connection, and a client still sending a refused body (a 413
+    to `Connection: close`, a 408) then loses the answer before it reads it. Written by hand:
+    uvicorn closes at once and no library wraps asyncio transports for this."""
+
+    def __init__(self, transport, loop: asyncio.AbstractEventLoop, seconds: float):
+        self._transport, self._loop, self._seconds = transport, loop, seconds
+        self._timer: asyncio.TimerHandle | None = None
+        self.lingering = False
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self.lingering or self._transport.is_closing()
+
+    def close(self) -> None:
+        if self.lingering or self._transport.is_closing():
+            return
+        if not self._transport.can_write_eof():
+            self._transport.close()
+            return
+        self.lingering = True
+        self._transport.write_eof()  # the answer, then end of stream: the client reads both
+        self._transport.resume_reading()  # keep reading (and dropping) so that nothing is reset
+        self._timer = self._loop.call_later(self._seconds, self.stop_lingering)
+
+    def stop_lingering(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.lingering and not self._transport.is_closing():
+            self._transport.close()
