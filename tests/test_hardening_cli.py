@@ -44,6 +44,22 @@ def _nested_metadata(source: Path, target: Path) -> Path:
     return target
 
 
+def _onnx_with_fewer_classes(checkpoint: Path, root: Path) -> Path:
+    import onnx
+
+    exported = root / "model.onnx"
+    if not exported.exists():
+        assert main(["-q", "export", str(checkpoint), "--out", str(exported)]) == 0
+    model = onnx.load(str(exported))
+    prop = next(p for p in model.metadata_props if p.key == ckpt.METADATA_KEY)
+    meta = json.loads(prop.value)
+    meta["classes"] = meta["classes"][:-1]
+    prop.value = json.dumps(meta)
+    target = root / "fewer.onnx"
+    onnx.save(model, str(target))
+    return target
+
+
 CASES = {
     "predict --topk 0": lambda w: ["predict", str(w["checkpoint"]), str(w["image"]), "--topk", "0"],
     "train --devices -2": lambda w: ["train", str(w["data"]), "--devices", "-2", "--out", str(w["root"] / "r1")],
@@ -63,6 +79,25 @@ CASES = {
         str(w["root"] / "huge.csv"),
         "--out",
         str(w["root"] / "r3"),
+    ],
+    "evaluate --out under a file": lambda w: [
+        "evaluate",
+        str(w["checkpoint"]),
+        str(w["data"]),
+        "--out",
+        str(w["root"] / "a-file" / "eval"),
+    ],
+    "predict --out under a file": lambda w: [
+        "predict",
+        str(w["checkpoint"]),
+        str(w["image"]),
+        "--out",
+        str(w["root"] / "a-file" / "p.csv"),
+    ],
+    "predict with an ONNX file naming fewer classes than it outputs": lambda w: [
+        "predict",
+        str(_onnx_with_fewer_classes(w["checkpoint"], w["root"])),
+        str(w["image"]),
     ],
     "predict with deeply nested metadata": lambda w: [
         "predict",

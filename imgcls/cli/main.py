@@ -15,7 +15,7 @@ from pathlib import Path
 
 from imgcls import __version__
 from imgcls.cli.data import add_data_parsers
-from imgcls.cli.output import OneLineParser, port_number, positive_int, printable
+from imgcls.cli.output import OneLineParser, PrintableFormatter, port_number, positive_int
 from imgcls.cli.output import print_text as _print
 from imgcls.cli.retrieval import add_retrieval_parsers
 from imgcls.cli.zeroshot import add_zeroshot_parser
@@ -445,18 +445,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _PrintableFormatter(logging.Formatter):
-    """Log lines with file names' control characters shown as \\xNN (see cli.output.printable)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return printable(super().format(record))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv  # `train --devices N` passes the command line on to its workers
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_PrintableFormatter("imgcls: %(message)s"))
+    handler.setFormatter(PrintableFormatter("imgcls: %(message)s"))
     handler.setLevel(logging.WARNING if args.quiet else logging.INFO)  # the run's train.log keeps INFO
     log.addHandler(handler)
     log.setLevel(logging.INFO)
@@ -473,6 +466,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit flush from failing again
         return 141
+    except OSError as err:  # the machine, not imgcls: an --out under a file, no permission, a full disk
+        where = f"{err.filename}: " if err.filename else ""
+        _print(f"imgcls: error: {where}{err.strerror or err}.", file=sys.stderr)
+        return 2
     finally:
         log.removeHandler(handler)
 

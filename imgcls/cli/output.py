@@ -4,6 +4,7 @@ names which are not valid UTF-8."""
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import sys
 
@@ -43,3 +44,10 @@ def port_number(text: str) -> int:
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"a port is 1-65535, not {value}")
     return value
+
+
+class PrintableFormatter(logging.Formatter):
+    """Log lines with file names' control characters shown as \\xNN (see printable)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))

@@ -82,4 +82,10 @@ def load_onnx(path: Path | str, threads: int = 0) -> tuple[Callable[[np.ndarray]
     sess = session(path, threads)
     meta = read_metadata(sess, path)
     pre = Preprocessing.from_dict(meta["preprocess"])
+    outputs = sess.get_outputs()[0].shape[-1]
+    if isinstance(outputs, int) and outputs != len(meta["classes"]):  # else a score would have no name
+        raise CheckpointError(
+            f"{path}: the model outputs {outputs} scores but its metadata names {len(meta['classes'])} classes; "
+            "the file was edited. Export it again with `imgcls export`."
+        )
     return probability_function(sess, pre), pre, meta
