@@ -260,7 +260,7 @@ def test_predict_on_a_pickle_named_safetensors_is_a_clear_error(tmp_path, payloa
         ("optim.lr=.nan", "optim.lr: expected a finite number"),
         ("optim.lr=inf", "optim.lr: expected a finite number"),
         ("train.seed=-1", "train.seed must be in"),
-        ("data.img_size=0", "data.img_size must be at least 8"),
+        ("data.img_size=0", "data.img_size must be between 8 and 4096"),
         ("train.epcohs=3", "Did you mean 'epochs'"),
         ("trian.epochs=3", "Did you mean 'train'"),
     ],

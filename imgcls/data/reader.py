@@ -35,9 +35,11 @@ def max_file_bytes(max_file_mb: float | None) -> int:
     return int((DEFAULT_MAX_FILE_MB if max_file_mb is None else max_file_mb) * MB)
 
 
-def read_image_file(path: str | Path, *, max_bytes: int = DEFAULT_MAX_FILE_MB * MB, name: str | None = None) -> bytes:
+def read_image_file(
+    path: str | Path, *, max_bytes: int = DEFAULT_MAX_FILE_MB * MB, name: str | None = None, allow_empty: bool = False
+) -> bytes:
     """The bytes of an image file, or DataError naming it: not a regular file, over max_bytes,
-    empty, or unreadable."""
+    empty (unless allow_empty), or unreadable."""
     name = name or str(path)
     try:
         fd = os.open(path, _FLAGS)
@@ -48,13 +50,13 @@ def read_image_file(path: str | Path, *, max_bytes: int = DEFAULT_MAX_FILE_MB * 
         if not stat.S_ISREG(info.st_mode):
             kind = _KINDS.get(stat.S_IFMT(info.st_mode), "not a file")
             raise DataError(f"{name}: not a regular file ({kind}); only image files are read.")
-        _check_size(name, info.st_size, max_bytes)
+        _check_size(name, info.st_size, max_bytes, allow_empty)
         data = _read_at_most(fd, max_bytes + 1)  # one byte over: a file growing while read stays bounded
     except OSError as err:
         raise DataError(f"{name}: cannot read ({err.strerror}).") from None
     finally:
         os.close(fd)
-    _check_size(name, len(data), max_bytes)
+    _check_size(name, len(data), max_bytes, allow_empty)
     return data
 
 
@@ -66,8 +68,8 @@ def _read_at_most(fd: int, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def _check_size(name: str, size: int, max_bytes: int) -> None:
-    if size == 0:
+def _check_size(name: str, size: int, max_bytes: int, allow_empty: bool) -> None:
+    if size == 0 and not allow_empty:
         raise DataError(f"{name}: empty file (0 bytes).")
     if size > max_bytes:
         raise DataError(

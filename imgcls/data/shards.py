@@ -112,7 +112,8 @@ def _write_split(out: Path, split: str, items: list[tuple[int, Path]], shard_byt
     try:
         for key, (label, path) in enumerate(progress(items, desc=f"shard {split}", unit="img")):
             try:
-                data = read_image_file(path, max_bytes=max_bytes)
+                # An empty file is packed as it is: decoding skips it, as it skips a broken one.
+                data = read_image_file(path, max_bytes=max_bytes, allow_empty=True)
             except DataError as err:
                 log.warning("skipped %s", err)
                 continue
