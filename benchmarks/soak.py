@@ -15,7 +15,11 @@ error), latency percentiles p50/p95/p99 of good and of bad requests, the slowlor
 connections opened and closed by the server, and the server's resident memory after
 warm-up, half-way and at the end (it must not grow with the number of requests).
 
-    .venv/bin/python benchmarks/soak.py [--requests 10000] [--concurrency 16]
+Then --big-rounds rounds of C simultaneous uploads of the largest image the server takes (a
+one-colour PNG at its max_pixels, a few hundred kB): the server's RSS before, at its peak
+(sampled every 10 ms) and 5 s after (the decode budget of imgcls.serve.memory must hold).
+
+    .venv/bin/python benchmarks/soak.py [--requests 10000] [--concurrency 16] [--big-rounds 3]
 """
 
 from __future__ import annotations
