@@ -15,7 +15,11 @@ error), latency percentiles p50/p95/p99 of good and of bad requests, the slowlor
 connections opened and closed by the server, and the server's resident memory after
 warm-up, half-way and at the end (it must not grow with the number of requests).
 
-    .venv/bin/python benchmarks/soak.py [--requests 10000] [--concurrency 16]
+Then --big-rounds rounds of C simultaneous uploads of the largest image the server takes (a
+one-colour PNG at its max_pixels, a few hundred kB): the server's RSS before, at its peak
+(sampled every 10 ms) and 5 s after (the decode budget of imgcls.serve.memory must hold).
+
+    .venv/bin/python benchmarks/soak.py [--requests 10000] [--concurrency 16] [--big-rounds 3]
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import math
 import os
 import random
 import struct
@@ -31,6 +36,7 @@ import sys
 import tempfile
 import time
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -178,6 +184,40 @@ def percentiles(values: list[float]) -> str:
     return f"{p50:.1f} / {p95:.1f} / {p99:.1f}"
 
 
+def largest_png(max_pixels: int) -> bytes:
+    """The largest image the server takes (a square at its pixel limit), one colour: a PNG of a
+    few hundred kB that decodes to hundreds of MB, the costliest upload under --max-upload-mb."""
+    side = math.isqrt(max_pixels)
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (200, 100, 50)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+async def largest_uploads(url: str, body: bytes, concurrency: int, rounds: int, server_pid: int) -> dict:
+    """`concurrency` simultaneous uploads of `body`, `rounds` times: the server's RSS before, its
+    peak (sampled every 10 ms), and 5 s after the last round; the statuses answered."""
+    before, peak, statuses, done = rss_mb(server_pid), 0.0, [], asyncio.Event()
+
+    async def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, rss_mb(server_pid))
+            await asyncio.sleep(0.01)
+
+    sampler = asyncio.create_task(sample())
+    headers = {"content-type": "image/png"}
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=concurrency)) as client:
+        for _ in range(rounds):
+            answers = await asyncio.gather(
+                *(client.post(url, content=body, headers=headers) for _ in range(concurrency)), return_exceptions=True
+            )
+            statuses += [a.status_code if isinstance(a, httpx.Response) else type(a).__name__ for a in answers]
+    done.set()
+    await sampler
+    await asyncio.sleep(5)
+    return {"before": before, "peak": peak, "after": rss_mb(server_pid), "statuses": statuses}
+
+
 def start_server(checkpoint: Path, port: int, limit_mb: float) -> subprocess.Popen:
     cmd = [
         sys.executable,
@@ -221,6 +261,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--slowloris", type=int, default=4, help="connections kept sending half a request")
+    parser.add_argument("--big-rounds", type=int, default=3, help="rounds of C simultaneous largest uploads")
     args = parser.parse_args()
     limit_mb = 1.0
     with tempfile.TemporaryDirectory() as tmp:
@@ -249,6 +290,8 @@ def main() -> None:
             warm = argparse.Namespace(requests=200, concurrency=args.concurrency, slowloris=0)
             asyncio.run(run(url, "127.0.0.1", port, kinds, warm, server.pid))  # warm-up: caches, threads
             result, (opened, closed), rss = asyncio.run(run(url, "127.0.0.1", port, kinds, args, server.pid))
+            pixels = httpx.get(f"http://127.0.0.1:{port}/info").json()["max_pixels"]
+            big = asyncio.run(largest_uploads(url, largest_png(pixels), args.concurrency, args.big_rounds, server.pid))
         finally:
             server.terminate()
             server.wait(10)
@@ -265,6 +308,13 @@ def main() -> None:
     print(f"bad  p50/p95/p99 ms   {percentiles(lat['bad'])}")
     print(f"slowloris             {opened} opened, {closed} closed by the server")
     print(f"server RSS MB         {rss[0]:.0f} after warm-up, {rss[1]:.0f} half-way, {rss[2]:.0f} at the end")
+    side = math.isqrt(pixels)
+    answered = ", ".join(f"{n} x {s}" for s, n in sorted(Counter(map(str, big["statuses"])).items()))
+    print(
+        f"largest uploads       {args.concurrency} at a time x {args.big_rounds} ({side}x{side} PNG, "
+        f"{len(largest_png(pixels)) / 1e3:.0f} kB): answered {answered}; server RSS MB {big['before']:.0f} before, "
+        f"{big['peak']:.0f} peak, {big['after']:.0f} 5 s after"
+    )
     print(
         f"summary: soak {args.requests} x {args.concurrency}: {len(errors)} errors, "
         f"p99 good {percentiles(lat['good']).split(' / ')[2]} ms, RSS {rss[0]:.0f} -> {rss[2]:.0f} MB"

@@ -10,8 +10,10 @@ classes (hashing costs 0.13 s per 100 MB).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
 import struct
 from pathlib import Path
 
@@ -20,8 +22,11 @@ from torch import nn
 
 from imgcls import __version__
 from imgcls.data.preprocess import Preprocessing
-from imgcls.errors import CheckpointError
+from imgcls.data.sources import check_class_names
+from imgcls.errors import CheckpointError, DataError
 from imgcls.files import atomic_write_bytes
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 METADATA_KEY = "imgcls"
@@ -104,6 +109,8 @@ def load_checkpoint(path: Path, *, tensors: bool = True) -> tuple[dict[str, torc
         )
     try:
         meta = json.loads(raw)
+    except RecursionError:
+        raise CheckpointError(f"{path}: its metadata is nested too deeply; the file was edited.") from None
     except json.JSONDecodeError as err:
         raise CheckpointError(
             f"{path}: its metadata is not valid JSON ({err}); the file was edited or damaged."
@@ -116,9 +123,22 @@ def load_checkpoint(path: Path, *, tensors: bool = True) -> tuple[dict[str, torc
             f"{path} was written by imgcls {meta.get('imgcls_version', '?')} (checkpoint schema {schema}); "
             f"this imgcls {__version__} reads schema {SCHEMA_VERSION} and older. Upgrade imgcls to load it."
         )
+    if "classes" in meta:
+        check_classes(path, meta["classes"])
     if tensors and DIGEST_KEY in meta:  # files written before checksums were added carry none
         _verify(path, meta)
     return loaded, meta
+
+
+def check_classes(path: Path | str, classes: object) -> None:
+    """A checkpoint's class names: a non-empty list of safe folder names (they become folders
+    in `predict --copy-to`; the checksum cannot vouch for them, anyone can recompute it)."""
+    if not isinstance(classes, list) or not classes:
+        raise CheckpointError(f"{path}: its metadata's classes must be a non-empty list of names; the file was edited.")
+    try:
+        check_class_names(classes, str(path))
+    except DataError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def split_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -153,18 +173,59 @@ def load_model(path: str | Path) -> tuple[nn.Module, Preprocessing, dict]:
     """An imgcls checkpoint's model in eval mode, with its preprocessing and metadata."""
     from imgcls.models import create_model
 
-    tensors, meta = load_checkpoint(Path(path))
+    meta = read_metadata(Path(path))
     try:
         pre = Preprocessing.from_dict(meta["preprocess"])
         spec = meta["model"]
-        model = create_model(
+        build = functools.partial(
+            create_model,
             spec["name"],
             num_classes=len(meta["classes"]),
             in_chans=pre.channels,
             img_size=pre.img_size,
             **spec.get("kwargs", {}),
         )
-        model.load_state_dict(split_prefix(tensors, MODEL_PREFIX))
+        _check_shapes(path, build)  # before anything is allocated: the metadata may be hostile
+        tensors, meta = load_checkpoint(Path(path))
+        model = build()
+        weights = split_prefix(tensors, MODEL_PREFIX)
+        model.load_state_dict(weights)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path}: metadata or weights do not rebuild the model ({err}).") from None
+    check_finite_weights(path, weights)
     return model.eval(), pre, meta
+
+
+def _check_shapes(path: Path | str, build) -> None:
+    """Build the model on PyTorch's meta device (shapes, no memory) and compare its weights'
+    shapes with those in the file's header: metadata asking for a wider or larger model than
+    the weights it came with is refused before it can allocate gigabytes."""
+    from safetensors import safe_open
+
+    try:
+        with torch.device("meta"):
+            skeleton = build()
+    except Exception as err:  # noqa: BLE001 - models that read values or load files as they are built (CLIP)
+        log.debug("cannot check %s's shapes on the meta device (%s); building it directly", path, err)
+        return
+    expected = {MODEL_PREFIX + k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    with safe_open(str(path), framework="pt") as f:
+        saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys() if k.startswith(MODEL_PREFIX)}
+    if expected != saved:
+        differ = sorted(k for k in expected.keys() | saved.keys() if expected.get(k) != saved.get(k))
+        first = differ[0]
+        raise CheckpointError(
+            f"{path}: the model its metadata describes and the weights it holds do not match "
+            f"({len(differ)} tensor(s), e.g. {first}: metadata {expected.get(first)}, file {saved.get(first)}); "
+            "the file was edited or damaged."
+        )
+
+
+def check_finite_weights(path: Path | str, weights: dict[str, torch.Tensor]) -> None:
+    """A model whose weights hold NaN or infinity answers NaN for every image: refused at load."""
+    bad = [name for name, t in weights.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointError(
+            f"{path}: weights not finite (NaN or infinite) in {len(bad)} tensor(s), e.g. {bad[0]}; "
+            "the training that wrote it diverged. Train again with a lower optim.lr."
+        )

@@ -40,11 +40,13 @@ class DataConfig:
     std: tuple[float, ...] = ()
     val_fraction: float = 0.2  # share of each class held out when no val set exists
     max_pixels: int = 64_000_000  # larger images are refused (decompression bombs)
+    max_file_mb: float = 256  # larger image files are refused before they are read (memory bound)
     decode_workers: int = 0  # processes decoding images; 0 = one per CPU core
     # single-label (one class per image) or multi-label (any number, from a manifest); auto:
     # multi-label when a manifest has a row with no label or several.
     task: Literal["auto", "single-label", "multi-label"] = "auto"
-    allow_outside: bool = False  # let a manifest name files outside its own folder
+    # let a manifest name files outside its own folder, and a folder's links lead outside it
+    allow_outside: bool = False
     # Tar shards: stream them through a shuffle buffer (always), decode them into the cache
     # (never), or stream when the decoded training images would not fit in memory (auto).
     stream: Literal["auto", "always", "never"] = "auto"
@@ -355,9 +357,10 @@ def build_config(
 
 def validate(config: Config) -> None:
     checks = [
-        (config.data.img_size >= 8, "data.img_size must be at least 8 pixels"),
+        (8 <= config.data.img_size <= 4096, "data.img_size must be between 8 and 4096 pixels"),
         (0.0 < config.data.val_fraction < 1.0, "data.val_fraction must be between 0 and 1"),
         (config.data.max_pixels > 0, "data.max_pixels must be positive"),
+        (config.data.max_file_mb > 0, "data.max_file_mb must be positive"),
         (config.data.stream_buffer >= 1, "data.stream_buffer must be at least 1"),
         (0.0 <= config.augment.translate < 0.5, "augment.translate must be in [0, 0.5)"),
         (0.0 <= config.augment.cutout <= 1.0, "augment.cutout must be in [0, 1]"),

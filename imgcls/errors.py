@@ -26,6 +26,10 @@ class ConfigError(ImgclsError):
     """A recipe, option or override is invalid."""
 
 
+class TrainingDivergedError(ImgclsError):
+    """The loss or the weights stopped being finite numbers (NaN or infinity)."""
+
+
 class ModelNotFoundError(ImgclsError):
     """No model is registered (or in timm) under the asked name."""
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from imgcls.errors import DataError, ImgclsError
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -29,6 +34,38 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def path_under(folder: Path, *parts: str) -> Path:
+    """folder/parts..., refused (ImgclsError) unless it stays under folder once resolved: every
+    path imgcls writes from a name it was given (a class, a plan row) goes through this."""
+    folder = Path(folder).resolve()
+    target = folder.joinpath(*parts).resolve()
+    if target == folder or folder not in target.parents:
+        shown = os.path.join(*parts) if parts else ""
+        raise DataError(f"{shown!r} would be written outside {folder}; refused.")
+    return target
+
+
+LOCK_NAME = ".imgcls.lock"
+
+
+@contextmanager
+def exclusive_use(folder: Path, what: str):
+    """Hold an exclusive lock on folder (a run, a gallery) for the block, or raise ImgclsError at once
+    when another process holds it. filelock's lock dies with its process, so a killed run never
+    leaves a stale lock behind."""
+    lock = FileLock(Path(folder) / LOCK_NAME, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ImgclsError(
+            f"another imgcls run is using {folder} ({what}); wait for it to end, or choose another folder."
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _umask() -> int:

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -173,3 +174,49 @@ def test_server_answers_409_for_an_empty_gallery(setup, tmp_path):
         for route in ("/recognize", "/search"):
             response = client.post(route, content=_png((0, 0, 0)), headers={"content-type": "image/png"})
             assert response.status_code == 409 and "empty" in response.json()["error"]
+
+
+def test_cli_and_server_enrolling_into_one_gallery_lose_nothing(setup, tmp_path):
+    """Issue 19, item 6: `gallery add` from the command line while `serve --gallery` holds the same
+    gallery; the server's next enrolment used to rewrite the gallery from its memory."""
+    import shutil
+
+    gallery = shutil.copytree(setup["gallery"], tmp_path / "gallery")
+    bird, auth = _png(CLASS_COLOURS["bird"]), {"Authorization": f"Bearer {TOKEN}", "content-type": "image/png"}
+    birds = sorted(str(p) for p in Path(setup["birds"]).iterdir())
+    with TestClient(create_app(setup["checkpoint"], gallery=gallery, admin_token=TOKEN, runtime="torch")) as client:
+        assert (
+            client.post("/gallery/bird", content=bird, headers={**auth, "content-type": "image/png"}).status_code == 200
+        )
+        assert main(["-q", "gallery", "add", str(gallery), "--label", "cli-bird", *birds[:3]]) == 0
+        again = client.post("/gallery/owl", content=bird, headers=auth)
+        assert again.status_code == 200 and again.json()["images"] == 24 + 1 + 3 + 1
+        assert client.get("/gallery").json()["labels"]["cli-bird"] == 3  # the server sees the CLI's images too
+    counts = Gallery.load(gallery).counts()
+    assert (counts["bird"], counts["cli-bird"], counts["owl"]) == (1, 3, 1)
+    stale = Gallery.load(gallery)
+    assert main(["-q", "gallery", "add", str(gallery), "--label", "late", birds[3]]) == 0
+    with pytest.raises(GalleryError, match="changed"):
+        stale.save(gallery)  # a writer holding an older copy is refused, not allowed to overwrite
+
+
+def test_gallery_routes_have_the_limits_and_error_format_of_predict(setup, tmp_path):
+    """Issue 19, item 12: one error format ({"error"}) and the same limits for every route."""
+    import shutil
+
+    gallery = shutil.copytree(setup["gallery"], tmp_path / "gallery")
+    bird, auth = _png(CLASS_COLOURS["bird"]), {"Authorization": f"Bearer {TOKEN}", "content-type": "image/png"}
+    with TestClient(create_app(setup["checkpoint"], gallery=gallery, admin_token=TOKEN, runtime="torch")) as client:
+        for bad in ["a\0b", "a\r\nSet-Cookie: x", "x" * 8000, "a/b", "\x1b[2J"]:
+            answer = client.post(f"/gallery/{quote(bad, safe='')}", content=bird, headers=auth)
+            assert answer.status_code == 400 and "label" in answer.json()["error"], bad
+        for url in ["/search?k=0", "/recognize?topk=-1", "/predict?topk=0"]:
+            answer = client.post(url, content=bird, headers={"content-type": "image/png"})
+            assert answer.status_code == 422 and set(answer.json()) == {"error"}, url
+        assert set(client.get("/no-such-route").json()) == {"error"}
+        fields = b"".join(b'--B\r\nContent-Disposition: form-data; name="f%d"\r\n\r\nx\r\n' % i for i in range(1000))
+        many = client.post(
+            "/search", content=fields + b"--B--\r\n", headers={"content-type": "multipart/form-data; boundary=B"}
+        )
+        assert many.status_code == 400 and "multipart" in many.json()["error"]
+    assert set(Gallery.load(gallery).counts()) == {"狗 dog", "猫"}  # nothing was enrolled

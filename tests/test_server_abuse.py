@@ -227,3 +227,43 @@ def test_more_connections_than_the_limit_get_503_not_memory(checkpoint):
         assert _good(address) == 503
         for sock in held:
             sock.close()
+
+
+def test_content_length_with_chunked_is_refused_and_the_connection_closed(app):
+    """RFC 9112 section 6.1: a request with both may be an attempt to smuggle a second request
+    past a proxy; it is answered 400 and its connection closed, so the smuggled GET is never served."""
+    smuggled = b"0\r\n\r\nGET /info HTTP/1.1\r\nHost: x\r\n\r\n"
+    head = (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        b"Content-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n" % len(smuggled)
+    )
+    with Server(app) as address:
+        sock = _connect(address)
+        sock.sendall(head + smuggled)
+        reply = _read_all(sock)
+        sock.close()
+        assert reply.startswith(b"HTTP/1.1 400") and b"Transfer-Encoding" in reply
+        assert reply.count(b"HTTP/1.1 ") == 1 and b'"classes"' not in reply
+        assert _good(address) == 200
+
+
+def test_a_client_sending_connection_close_with_an_oversized_body_reads_its_413(checkpoint):
+    """Issue 19, item 11: with `Connection: close` the server closed at once after its 413, and
+    the body still arriving made the system reset the connection under the client (20 of 20)."""
+    small = create_app(checkpoint, runtime="torch", max_upload_mb=0.1)
+    head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nConnection: close\r\n"
+    head += b"Content-Length: 4000000\r\n\r\n"
+    with Server(small) as address:
+        for _ in range(5):
+            sock = _connect(address)
+            try:
+                sock.sendall(head)
+                for _ in range(40):  # keeps sending after the answer, as a simple client does
+                    sock.sendall(b"\0" * 100_000)
+                reply = _read_all(sock)
+            except (BrokenPipeError, ConnectionResetError) as err:
+                pytest.fail(f"the connection was reset instead of answered: {err!r}")
+            finally:
+                sock.close()
+            assert reply.startswith(b"HTTP/1.1 413") and b"0.1 MB" in reply
+        assert _good(address) == 200

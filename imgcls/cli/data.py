@@ -7,10 +7,12 @@ import json
 import logging
 from pathlib import Path
 
+from imgcls.cli.output import positive_int
 from imgcls.cli.output import print_text as _print
 from imgcls.errors import ImgclsError
 
 log = logging.getLogger("imgcls")
+OUTSIDE_HELP = "follow links that lead outside the data folder (left out by default)"
 
 
 def cmd_data_get(args: argparse.Namespace) -> int:
@@ -27,7 +29,12 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     from imgcls.doctor.check import check_dataset, parse_kinds, summary_lines
 
     fail_on = parse_kinds(args.fail_on) if args.fail_on else ()  # bad kinds are refused before the long scan
-    report = check_dataset(Path(args.data), label_errors=not args.no_label_errors, max_label_images=args.label_sample)
+    report = check_dataset(
+        Path(args.data),
+        label_errors=not args.no_label_errors,
+        max_label_images=args.label_sample,
+        allow_outside=args.allow_outside,
+    )
     if args.html:
         from imgcls.doctor.html import write_html
 
@@ -57,7 +64,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 def cmd_data_shard(args: argparse.Namespace) -> int:
     from imgcls.data.shards import parse_size, write_shards
 
-    index = write_shards(Path(args.data), Path(args.out), parse_size(args.shard_size))
+    index = write_shards(Path(args.data), Path(args.out), parse_size(args.shard_size), allow_outside=args.allow_outside)
     for split, info in index["splits"].items():
         _print(f"{split}: {info['count']:,} images in {len(info['shards'])} shard(s)")
     _print(f"shards and index.json in {args.out}; train with: imgcls train {args.out}")
@@ -104,10 +111,11 @@ def add_data_parsers(sub, common: argparse.ArgumentParser) -> None:
         "label-error, imbalance, tiny (comma-separated), or all",
     )
     p.add_argument("--fix-plan", metavar="FILE", help="write proposed actions (drop, move, relabel) as CSV to review")
+    p.add_argument("--allow-outside", action="store_true", help=OUTSIDE_HELP)
     p.add_argument("--no-label-errors", action="store_true", help="skip the label-error model (the slow part)")
     p.add_argument(
         "--label-sample",
-        type=int,
+        type=positive_int,
         default=100_000,
         metavar="N",
         help="check the labels of at most N images, a stratified sample (100,000)",
@@ -117,6 +125,7 @@ def add_data_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="a folder of class folders, or a root with train/ val/ test/")
     p.add_argument("--out", required=True, help="folder for the .tar shards and index.json")
     p.add_argument("--shard-size", default="500MB", help="bytes per shard, e.g. 500MB or 2GB (500MB)")
+    p.add_argument("--allow-outside", action="store_true", help=OUTSIDE_HELP)
     p.set_defaults(func=cmd_data_shard)
 
     p = data.add_parser("apply", parents=[common], help="carry out a reviewed fix plan, with a backup and undo log")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from imgcls import __version__
 from imgcls.cli.data import add_data_parsers
+from imgcls.cli.output import OneLineParser, PrintableFormatter, port_number, positive_int
 from imgcls.cli.output import print_text as _print
 from imgcls.cli.retrieval import add_retrieval_parsers
 from imgcls.cli.weights import add_weights_parsers
@@ -294,6 +295,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         runtime=args.runtime,
         gallery=args.gallery,
         admin_token=args.admin_token,
+        max_pixels=args.max_pixels,
+        decode_budget_mb=args.decode_budget_mb,
     )
     return 0
 
@@ -314,17 +317,20 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+OUTSIDE_HELP = "let a manifest name files outside its folder, and links in a data folder lead outside it"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imgcls", description="Image classification from folders of labelled images.")
+    parser = OneLineParser(prog="imgcls", description="Image classification from folders of labelled images.")
     parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     # -q also after the subcommand; SUPPRESS keeps a value given before it.
-    common = argparse.ArgumentParser(add_help=False)
+    common = OneLineParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     # Options shared by train and lr-find (lr-find takes the same data and recipe).
-    training = argparse.ArgumentParser(add_help=False, parents=[common])
+    training = OneLineParser(add_help=False, parents=[common])
     training.add_argument(
         "data", nargs="?", help="class folders, a root with train/ and val/ (test/), or a CSV/JSONL manifest"
     )
@@ -334,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "single-label", "multi-label"],
         help="auto: multi-label when a manifest has rows with no label or several",
     )
-    training.add_argument("--allow-outside", action="store_true", help="let a manifest name files outside its folder")
+    training.add_argument("--allow-outside", action="store_true", help=OUTSIDE_HELP)
     training.add_argument("--model", help="model name (see `imgcls models`)")
     training.add_argument("--img-size", type=int, help="square input size in pixels")
     training.add_argument("--epochs", type=int)
@@ -359,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", metavar="SECTION.KEY=VALUE", help="any config value, e.g. optim.lr=0.01"
     )
     p = sub.add_parser("train", parents=[training], help="train a model on a folder of class folders")
-    p.add_argument("--devices", type=int, help="train on N processes of this machine (torchrun, DDP)")
+    p.add_argument("--devices", type=positive_int, help="train on N processes of this machine (torchrun, DDP)")
     p.add_argument("--sync-bn", action="store_true", help="several CUDA processes: batch norm over the global batch")
     p.add_argument("--clip-weights", help="with --model clip:ARCH: local open_clip weights (hash kept, not copied)")
     p.add_argument("--unlabeled", metavar="DIR", help="semi-supervised: also learn from these unlabeled images")
@@ -370,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("lr-find", parents=[training], help="learning-rate range test with a plot and a suggestion")
     p.add_argument("--out", default="lr_find.png", help="where to save the loss-vs-lr plot (lr_find.png)")
-    p.add_argument("--steps", type=int, default=200, help="steps of the sweep (200)")
+    p.add_argument("--steps", type=positive_int, default=200, help="steps of the sweep (200)")
     p.set_defaults(func=cmd_lr_find)
 
     p = sub.add_parser("evaluate", parents=[common], help="metrics of a checkpoint on labelled data")
@@ -379,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for metrics.json and report.html")
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
     p.add_argument("--tta", action="store_true", help="average each image with its mirror image; report the effect")
-    p.add_argument("--allow-outside", action="store_true", help="let a manifest name files outside its folder")
+    p.add_argument("--allow-outside", action="store_true", help=OUTSIDE_HELP)
     p.add_argument(
         "--runtime",
         choices=["torch", "onnx", "cuda"],
@@ -402,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", parents=[common], help="top-k labels of images, folders or globs")
     p.add_argument("checkpoint", help="a .safetensors checkpoint or an exported .onnx file")
     p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--topk", type=int, default=3)
+    p.add_argument("--topk", type=positive_int, default=3)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--out", help="also write path, top-k labels and scores to this CSV file")
     p.add_argument("--copy-to", metavar="DIR", help="copy each image into DIR/<predicted class>/")
@@ -446,9 +452,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", parents=[common], help="HTTP server with a web page: POST an image, get top-k")
     p.add_argument("checkpoint", help="a .safetensors checkpoint or an exported .onnx file")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=port_number, default=8000)
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted request body (10 MB)")
-    p.add_argument("--topk", type=int, default=5, help="labels answered when the request does not say (5)")
+    p.add_argument("--topk", type=positive_int, default=5, help="labels answered when the request does not say (5)")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        help="largest image decoded, in pixels (16,000,000; never above the model's data.max_pixels)",
+    )
+    p.add_argument(
+        "--decode-budget-mb",
+        type=float,
+        default=768,
+        help="memory decoding uploads may hold at once (768); sets how many decode together",
+    )
     p.add_argument(
         "--runtime",
         choices=["onnx", "torch", "cuda"],
@@ -479,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv  # `train --devices N` passes the command line on to its workers
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("imgcls: %(message)s"))
+    handler.setFormatter(PrintableFormatter("imgcls: %(message)s"))
     handler.setLevel(logging.WARNING if args.quiet else logging.INFO)  # the run's train.log keeps INFO
     log.addHandler(handler)
     log.setLevel(logging.INFO)
@@ -496,6 +513,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit flush from failing again
         return 141
+    except OSError as err:  # the machine, not imgcls: an --out under a file, no permission, a full disk
+        where = f"{err.filename}: " if err.filename else ""
+        _print(f"imgcls: error: {where}{err.strerror or err}.", file=sys.stderr)
+        return 2
     finally:
         log.removeHandler(handler)
 

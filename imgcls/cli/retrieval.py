@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from imgcls.cli.output import positive_int
 from imgcls.cli.output import print_text as _print
 
 
@@ -32,7 +33,7 @@ def cmd_gallery_build(args: argparse.Namespace) -> int:
         index=args.index,
         recognition=args.recognition,
     )
-    gallery.save(Path(args.out))
+    gallery.save(Path(args.out), replace=True)  # a rebuild replaces whatever gallery was there
     _print(describe_gallery(gallery.info(), args.out))
     return 0
 
@@ -46,11 +47,9 @@ def cmd_gallery_add(args: argparse.Namespace) -> int:
 
 
 def cmd_gallery_remove(args: argparse.Namespace) -> int:
-    from imgcls.retrieval.gallery import Gallery
+    from imgcls.retrieval.gallery import update_gallery
 
-    gallery = Gallery.load(Path(args.gallery))
-    removed = gallery.remove(args.label)
-    gallery.save(Path(args.gallery))
+    gallery, removed = update_gallery(Path(args.gallery), lambda g: g.remove(args.label))
     _print(f"removed {removed} image(s) of {args.label!r}; {len(gallery)} left (calibrate again for a threshold)")
     return 0
 
@@ -158,14 +157,14 @@ def add_retrieval_parsers(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("recognize", parents=[common], help="best enrolled label of images, or unknown")
     p.add_argument("gallery")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="images, folders or globs")
-    p.add_argument("--topk", type=int, default=3, help="labels listed per image (3)")
+    p.add_argument("--topk", type=positive_int, default=3, help="labels listed per image (3)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--checkpoint", help=checkpoint_help)
     p.set_defaults(func=cmd_recognize)
     p = sub.add_parser("search", parents=[common], help="the most similar enrolled images")
     p.add_argument("gallery")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="images, folders or globs")
-    p.add_argument("--k", type=int, default=10, help="neighbours per image (10)")
+    p.add_argument("--k", type=positive_int, default=10, help="neighbours per image (10)")
     p.add_argument("--index", choices=kinds, help=f"for this search: {index_help}")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--checkpoint", help=checkpoint_help)
@@ -173,7 +172,7 @@ def add_retrieval_parsers(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("cluster", parents=[common], help="group unlabeled images; CSV and contact sheets")
     p.add_argument("paths", nargs="+", metavar="PATH", help="images, folders or globs")
     p.add_argument("--checkpoint", required=True, help="the model whose embeddings are clustered")
-    p.add_argument("--k", type=int, help="number of clusters (k-means); without it HDBSCAN finds them")
+    p.add_argument("--k", type=positive_int, help="number of clusters (k-means); without it HDBSCAN finds them")
     p.add_argument("--min-cluster-size", type=int, default=5, help="HDBSCAN's smallest cluster (5)")
     p.add_argument("--out", default="clusters", help="folder for clusters.csv and cluster-*.png (clusters)")
     p.add_argument("--seed", type=int, default=0)

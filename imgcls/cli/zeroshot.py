@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from imgcls.cli.output import positive_int
 from imgcls.cli.output import print_text as _print
 from imgcls.errors import ImgclsError
 
@@ -68,7 +69,7 @@ def add_zeroshot_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--clip-model", default="ViT-B-32", help="open_clip architecture, or a model config .json")
     p.add_argument("--clip-weights", help="local weights file, or a pretrained tag in the local Hugging Face cache")
     p.add_argument("--prompts-file", help="prompt templates, one per line, with {} for the label")
-    p.add_argument("--topk", type=int, default=3)
+    p.add_argument("--topk", type=positive_int, default=3)
     p.add_argument("--json", action="store_true", help="one JSON object per line (evaluate: the metrics)")
     p.add_argument("--out", help="images: CSV of predictions; evaluate: folder for metrics.json and report.html")
     p.add_argument("--copy-to", metavar="DIR", help="copy each image into DIR/<predicted label>/")

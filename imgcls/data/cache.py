@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from imgcls.data.decode import decode_image
+from imgcls.data.reader import max_file_bytes
 from imgcls.data.shards import read_source
 from imgcls.data.sources import Sample
 from imgcls.data.spill import fill_memmap, spill_folder
@@ -48,15 +49,22 @@ class ImageCache:
 
 
 def _decode_chunk(
-    paths: list[str], size: int, resize: str, channels: int | None, max_pixels: int, **resample
+    paths: list[str], size: int, resize: str, channels: int | None, max_pixels: int, max_bytes: int, **resample
 ) -> list[np.ndarray | str]:
     out: list[np.ndarray | str] = []
     for path in paths:
         try:
-            source = read_source(path)  # SHARD.tar/MEMBER: read out of the tar (imgcls.data.shards)
+            source = read_source(path, max_bytes)  # SHARD.tar/MEMBER: read out of the tar (imgcls.data.shards)
             out.append(
                 decode_image(
-                    source, size=size, resize=resize, channels=channels, max_pixels=max_pixels, name=path, **resample
+                    source,
+                    size=size,
+                    resize=resize,
+                    channels=channels,
+                    max_pixels=max_pixels,
+                    name=path,
+                    max_bytes=max_bytes,
+                    **resample,
                 )
             )
         except DataError as err:
@@ -104,6 +112,7 @@ def build_cache(
     resize: str = "crop",
     channels: int | None = None,
     max_pixels: int = 64_000_000,
+    max_file_mb: float | None = None,
     workers: int = 0,
     desc: str = "decode",
     memory_limit: int | None = None,
@@ -123,15 +132,9 @@ def build_cache(
     if not paths:
         raise DataError("no images to decode.")
     chunks = [paths[i : i + CHUNK] for i in range(0, len(paths), CHUNK)]
-    work = partial(
-        _decode_chunk,
-        size=size,
-        resize=resize,
-        channels=channels,
-        max_pixels=max_pixels,
-        crop_pct=crop_pct,
-        interpolation=interpolation,
-    )
+    limits = {"max_pixels": max_pixels, "max_bytes": max_file_bytes(max_file_mb)}
+    resample = {"crop_pct": crop_pct, "interpolation": interpolation}
+    work = partial(_decode_chunk, size=size, resize=resize, channels=channels, **limits, **resample)
     workers = workers or cpu_count()
     nbytes = len(paths) * size * size * (channels or 3)
     folder = spill_folder(nbytes, desc, memory_limit=memory_limit, folder=Path(spill_dir) if spill_dir else None)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from imgcls.data.reader import DEFAULT_MAX_FILE_MB, MB, read_image_file
 from imgcls.errors import DataError, NotAnImageError, TooManyPixelsError
 
 RESIZE_POLICIES = ("crop", "squash", "pad")
@@ -96,8 +97,8 @@ def resize_square(
     raise ValueError(f"unknown resize policy {policy!r}; expected one of {RESIZE_POLICIES}")
 
 
-def _open(source: Path | bytes, name: str, max_pixels: int, size: int | None) -> Image.Image:
-    stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+def _open(source: bytes, name: str, max_pixels: int, size: int | None) -> Image.Image:
+    stream = io.BytesIO(source)
     with warnings.catch_warnings():
         # Our own limit is checked below; Pillow's warning would only repeat it.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -130,23 +131,21 @@ def decode_image(
     name: str | None = None,
     crop_pct: float = 1.0,
     interpolation: str = "bilinear",
+    max_bytes: int = DEFAULT_MAX_FILE_MB * MB,
 ) -> np.ndarray:
     """Decode a file or bytes into a uint8 array of shape (H, W, C).
 
     channels None keeps the image's own (1 for grey, 3 for colour); 1 or 3 converts.
     size resizes to size x size with the given policy. Raises DataError naming the file.
+    A path is read by read_image_file: a regular file of at most max_bytes.
     """
     if isinstance(source, str):
         source = Path(source)
     name = name or (str(source) if isinstance(source, Path) else "<bytes>")
-    if isinstance(source, (bytes, bytearray)) and not source:
-        raise DataError(f"{name}: empty file (0 bytes).")
     if isinstance(source, Path):
-        try:
-            if source.stat().st_size == 0:
-                raise DataError(f"{name}: empty file (0 bytes).")
-        except OSError as err:
-            raise DataError(f"{name}: cannot read ({err.strerror}).") from None
+        source = read_image_file(source, max_bytes=max_bytes, name=name)  # regular files only, bounded
+    if not source:
+        raise DataError(f"{name}: empty file (0 bytes).")
     try:
         img = to_standard_mode(_open(source, name, max_pixels, size))
         if channels == 1 and img.mode != "L":

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgcls.data.sources import DataSources, Sample
+from imgcls.data.sources import DataSources, Sample, check_class_names
 from imgcls.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,10 @@ def read_manifest(manifest: str | Path, *, allow_outside: bool = False) -> list[
         raw = _jsonl_rows(manifest) if manifest.suffix.lower() == ".jsonl" else _csv_rows(manifest)
     except UnicodeDecodeError as err:
         raise DataError(f"{manifest}: not UTF-8 text ({err.reason}); save the manifest as UTF-8.") from None
+    except csv.Error as err:  # a field over the csv module's limit (128 kB), a NUL on old Pythons
+        raise DataError(f"{manifest}: not a readable CSV manifest ({err}).") from None
+    except RecursionError:
+        raise DataError(f"{manifest}: a JSON line nested too deeply to be a manifest row.") from None
     folder = manifest.parent
     rows: list[ManifestRow] = []
     first_seen: dict[str, ManifestRow] = {}
@@ -104,6 +108,8 @@ def read_manifest(manifest: str | Path, *, allow_outside: bool = False) -> list[
     for line, text, labels in raw:
         if not text:
             raise DataError(f"{manifest}, line {line}: empty path.")
+        if "\0" in text:
+            raise DataError(f"{manifest}, line {line}: the path holds a NUL byte; no file can be named so.")
         given = Path(text)
         path = Path(os.path.normpath(folder / given))
         if not allow_outside and (given.is_absolute() or not _inside(folder, path)):
@@ -112,6 +118,7 @@ def read_manifest(manifest: str | Path, *, allow_outside: bool = False) -> list[
                 "it, or pass --allow-outside if you trust this manifest."
             )
         row = ManifestRow(line, path, tuple(sorted({_label(x) for x in labels if _label(x)})))
+        check_class_names(row.labels, f"{manifest}, line {line}")
         earlier = first_seen.get(str(path))
         if earlier is not None:
             if earlier.labels != row.labels:

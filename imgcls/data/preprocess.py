@@ -33,6 +33,13 @@ class Preprocessing:
     # serve and the ONNX graph all apply it.
     test_flip: bool = False
 
+    def __post_init__(self) -> None:
+        # These values come from checkpoint metadata, which anyone can write: a bad one must be
+        # refused here, before it sizes a model or an image (img_size=60000 asked for 14 GB).
+        problem = _problem(self)
+        if problem:
+            raise ValueError(f"preprocessing: {problem}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -62,6 +69,28 @@ class Preprocessing:
         values["mean"] = tuple(float(m) for m in values["mean"])
         values["std"] = tuple(float(s) for s in values["std"])
         return cls(**values)
+
+
+MAX_IMG_SIZE = 4096  # data.img_size's upper bound: a 4096 x 4096 x 3 float input is 200 MB
+
+
+def _problem(pre: Preprocessing) -> str | None:
+    def whole(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if not whole(pre.img_size) or not 1 <= pre.img_size <= MAX_IMG_SIZE:
+        return f"img_size must be a whole number in [1, {MAX_IMG_SIZE}], not {pre.img_size!r}"
+    if pre.channels not in (1, 3) or isinstance(pre.channels, bool):
+        return f"channels must be 1 or 3, not {pre.channels!r}"
+    if len(pre.mean) != pre.channels or len(pre.std) != pre.channels:
+        return f"mean and std need one value per channel ({pre.channels})"
+    if not all(np.isfinite(m) for m in pre.mean) or not all(np.isfinite(s) and s > 0 for s in pre.std):
+        return f"mean must be finite and std positive, not {list(pre.mean)} / {list(pre.std)}"
+    if not whole(pre.max_pixels) or pre.max_pixels <= 0:
+        return f"max_pixels must be a positive whole number, not {pre.max_pixels!r}"
+    if pre.resize not in ("crop", "squash", "pad"):
+        return f"resize must be crop, squash or pad, not {pre.resize!r}"
+    return None
 
 
 def channel_stats(images: np.ndarray, chunk: int = 8192) -> tuple[tuple[float, ...], tuple[float, ...]]:

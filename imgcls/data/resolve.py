@@ -27,7 +27,7 @@ def resolve_training_data(
         return shard_sources(Path(data), val, val_fraction=val_fraction, seed=seed)
     if task == "multi-label":
         raise DataError(f"{data}: multi-label training reads a manifest (CSV or JSONL), not class folders.")
-    return folder_sources(data, val, val_fraction=val_fraction, seed=seed)
+    return folder_sources(data, val, val_fraction=val_fraction, seed=seed, allow_outside=allow_outside)
 
 
 def resolve_evaluation_data(
@@ -40,4 +40,4 @@ def resolve_evaluation_data(
         return manifest_samples(rows, classes, multilabel, data), Path(data)
     if is_shard_folder(data):
         return shard_evaluation_samples(Path(data), classes)
-    return folder_evaluation_samples(data, classes)
+    return folder_evaluation_samples(data, classes, allow_outside=allow_outside)

@@ -23,6 +23,7 @@ import re
 import tarfile
 from pathlib import Path
 
+from imgcls.data.reader import DEFAULT_MAX_FILE_MB, MB, read_image_file
 from imgcls.data.sources import (
     DataSources,
     check_training_classes,
@@ -65,14 +66,25 @@ def _split_folders(root: Path) -> dict[str, Path]:
     return {name: folder for name, folder in layout.items() if folder is not None}
 
 
-def write_shards(data: str | Path, out: str | Path, shard_bytes: int = 500 * 2**20) -> dict:
-    """Pack a class-folder dataset (one folder or a train/val/test root) into tar shards."""
+def write_shards(
+    data: str | Path,
+    out: str | Path,
+    shard_bytes: int = 500 * 2**20,
+    *,
+    allow_outside: bool = False,
+    max_bytes: int = DEFAULT_MAX_FILE_MB * MB,
+) -> dict:
+    """Pack a class-folder dataset (one folder or a train/val/test root) into tar shards.
+    Files that cannot be read (not regular files, over max_bytes) are skipped with a warning."""
     root, out = Path(data), Path(out)
     if not root.is_dir():
         raise DataError(f"{root} is not a folder of class folders.")
     if (out / INDEX).exists():
         raise DataError(f"{out} already holds shards; choose another --out.")
-    splits = {name: scan_class_folders(folder) for name, folder in _split_folders(root).items()}
+    splits = {
+        name: scan_class_folders(folder, within=root, allow_outside=allow_outside)
+        for name, folder in _split_folders(root).items()
+    }
     check_training_classes(splits["train"], root)
     classes = list(splits["train"])
     index = {"format": FORMAT, "classes": classes, "splits": {}}
@@ -82,12 +94,12 @@ def write_shards(data: str | Path, out: str | Path, shard_bytes: int = 500 * 2**
         if unknown:
             raise DataError(f"{split}/ has class folder(s) {unknown} that train/ does not have.")
         items = [(classes.index(name), path) for name, paths in by_class.items() for path in paths]
-        index["splits"][split] = _write_split(out, split, items, shard_bytes)
+        index["splits"][split] = _write_split(out, split, items, shard_bytes, max_bytes)
     (out / INDEX).write_text(json.dumps(index, ensure_ascii=False), encoding="utf-8")
     return index
 
 
-def _write_split(out: Path, split: str, items: list[tuple[int, Path]], shard_bytes: int) -> dict:
+def _write_split(out: Path, split: str, items: list[tuple[int, Path]], shard_bytes: int, max_bytes: int) -> dict:
     shards: list[dict] = []
     tar, size, members = None, 0, []
 
@@ -97,22 +109,34 @@ def _write_split(out: Path, split: str, items: list[tuple[int, Path]], shard_byt
             os.replace(out / f"{shards[-1]['file']}.tmp", out / shards[-1]["file"])
             shards[-1]["members"] = members
 
-    for key, (label, path) in enumerate(progress(items, desc=f"shard {split}", unit="img")):
-        data = path.read_bytes()
-        if tar is None or size + len(data) > shard_bytes:
-            close()
-            shards.append({"file": f"{split}-{len(shards):05d}.tar"})
-            tar, size, members = tarfile.open(out / f"{shards[-1]['file']}.tmp", "w"), 0, []
-        name = f"{key:08d}{path.suffix.lower()}"
-        _add(tar, name, data)
-        _add(tar, f"{key:08d}.cls", str(label).encode())
-        members.append([name, label])
-        size += len(data) + 2048  # two tar headers of 512 bytes and padding
-    close()
+    try:
+        for key, (label, path) in enumerate(progress(items, desc=f"shard {split}", unit="img")):
+            try:
+                # An empty file is packed as it is: decoding skips it, as it skips a broken one.
+                data = read_image_file(path, max_bytes=max_bytes, allow_empty=True)
+            except DataError as err:
+                log.warning("skipped %s", err)
+                continue
+            if tar is None or size + len(data) > shard_bytes:
+                close()
+                shards.append({"file": f"{split}-{len(shards):05d}.tar"})
+                tar, size, members = tarfile.open(out / f"{shards[-1]['file']}.tmp", "w"), 0, []
+            name = f"{key:08d}{path.suffix.lower()}"
+            _add(tar, name, data)
+            _add(tar, f"{key:08d}.cls", str(label).encode())
+            members.append([name, label])
+            size += len(data) + 2048  # two tar headers of 512 bytes and padding
+        close()
+    except BaseException:
+        if tar is not None:  # a failed or interrupted run leaves no half-written shard behind
+            tar.close()
+            (out / f"{shards[-1]['file']}.tmp").unlink(missing_ok=True)
+        raise
     counts: dict[int, int] = {}
     for _, label in (m for s in shards for m in s["members"]):
         counts[label] = counts.get(label, 0) + 1
-    return {"shards": shards, "count": len(items), "per_class": counts}
+    count = sum(counts.values())
+    return {"shards": shards, "count": count, "per_class": counts}
 
 
 def is_shard_folder(path: str | Path) -> bool:
@@ -179,24 +203,29 @@ def _open_shard(shard: str) -> tuple[tarfile.TarFile, dict[str, tarfile.TarInfo]
     return tar, {m.name: m for m in tar.getmembers()}
 
 
-def read_member(shard: Path, member: str) -> bytes:
+def read_member(shard: Path, member: str, max_bytes: int = DEFAULT_MAX_FILE_MB * MB) -> bytes:
     tar, members = _open_shard(str(shard))
     info = members.get(member)
     if info is None:
         raise DataError(f"{shard}: no member {member!r}; the shard and its index.json disagree.")
+    if info.size > max_bytes:
+        raise DataError(
+            f"{shard}/{member}: {info.size / MB:,.1f} MB is over the limit of {max_bytes / MB:,.0f} MB "
+            "per image file (data.max_file_mb)."
+        )
     handle = tar.extractfile(info)
     if handle is None:
         raise DataError(f"{shard}: member {member!r} is not a file.")
     return handle.read()
 
 
-def read_source(path: str | Path) -> Path | bytes:
+def read_source(path: str | Path, max_bytes: int = DEFAULT_MAX_FILE_MB * MB) -> Path | bytes:
     """What to decode for a sample's path: the file itself, or its bytes out of a shard."""
     inside = shard_member(path)
     if inside is None:
         return Path(path)
     try:
-        return read_member(*inside)
+        return read_member(*inside, max_bytes)
     except (OSError, tarfile.TarError) as err:
         raise DataError(f"{path}: cannot read it out of its shard ({err}).") from None
 

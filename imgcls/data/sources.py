@@ -12,6 +12,7 @@ import os
 import stat
 import unicodedata
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -52,19 +53,66 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not _ignored(path.name)
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files under folder, recursively, sorted; symlinked folders followed once."""
+def _inside(real: str, root_real: str) -> bool:
+    return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
+def list_images(
+    folder: Path,
+    *,
+    within: Path | None = None,
+    allow_outside: bool = False,
+    skipped: list[tuple[Path, str]] | None = None,
+) -> list[Path]:
+    """Image files under folder, recursively, sorted; symlinked folders followed once.
+
+    Links are followed only while they stay inside `within` (default: folder itself) once
+    resolved, unless allow_outside: a dataset from elsewhere could otherwise make imgcls read
+    the whole machine (a link to /). What is left out is appended to `skipped` with the reason.
+    """
+    skipped = skipped if skipped is not None else []
+    root_real = os.path.realpath(within if within is not None else folder)
     found: list[Path] = []
     seen_dirs: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=_log_walk_error):
         real = os.path.realpath(dirpath)
-        if real in seen_dirs:  # a symlink loop or a folder linked twice
+        reason = _folder_refused(real, root_real, seen_dirs, allow_outside)
+        if reason:
+            skipped.append((Path(dirpath), reason))
             dirnames.clear()
             continue
         seen_dirs.add(real)
         dirnames[:] = sorted(d for d in dirnames if not _ignored(d))
-        found.extend(Path(dirpath, f) for f in filenames if is_image_file(Path(f)))
+        for name in filenames:
+            path = Path(dirpath, name)
+            if not is_image_file(path):
+                continue
+            if not allow_outside and path.is_symlink() and not _inside(os.path.realpath(path), root_real):
+                skipped.append((path, f"a link to {os.path.realpath(path)}, outside {root_real}"))
+                continue
+            found.append(path)
     return sorted(found)
+
+
+def _folder_refused(real: str, root_real: str, seen: set[str], allow_outside: bool) -> str | None:
+    if real in seen:
+        return "a link to a folder already scanned (a symlink loop, or a second link to it)"
+    if not allow_outside and not _inside(real, root_real):
+        return f"a link to {real}, outside {root_real}"
+    return None
+
+
+def log_skipped(skipped: list[tuple[Path, str]], root: Path, listed: int = 10) -> None:
+    """Name what a scan left out, with the reasons (the first `listed`, then a count)."""
+    if not skipped:
+        return
+    outside = any("outside" in reason for _, reason in skipped)
+    hint = " (pass --allow-outside to follow links that leave the dataset)" if outside else ""
+    log.warning("%s: %d entr%s skipped%s:", root, len(skipped), "y" if len(skipped) == 1 else "ies", hint)
+    for path, reason in skipped[:listed]:
+        log.warning("  skipped %s: %s", path, reason)
+    if len(skipped) > listed:
+        log.warning("  and %d more", len(skipped) - listed)
 
 
 def _log_walk_error(err: OSError) -> None:
@@ -93,28 +141,69 @@ def _is_folder(path: Path, *, listed: bool = True) -> bool:
         return False
 
 
+MAX_NAME_BYTES = 255  # the longest file name ext4, APFS and NTFS take
+
+
+def unsafe_name_reason(name: object) -> str | None:
+    """Why `name` cannot be a class name, or None. Class names become folder names (`predict
+    --copy-to`, `data apply`), so one must be a single, printable path component on every system."""
+    if not isinstance(name, str):
+        return f"{type(name).__name__} is not text"
+    if name.strip() in ("", ".", ".."):
+        return "empty, '.' or '..'"
+    if "/" in name or "\\" in name:
+        return "holds a path separator ('/' or '\\')"
+    if any(unicodedata.category(c) == "Cc" for c in name):  # NUL, CR/LF, tab, ESC of terminal codes
+        return "holds a control character"
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        return f"longer than {MAX_NAME_BYTES} bytes"
+    return None
+
+
+def check_class_names(names, where: str) -> None:
+    """DataError naming the first class name that is not a safe folder name."""
+    for name in names:
+        reason = unsafe_name_reason(name)
+        if reason:
+            raise DataError(f"{where}: class name {name!r} is refused: {reason}. Class names must be folder names.")
+
+
 def class_name(folder: Path) -> str:
-    """A folder's name as a class name: NFC, and bytes that are not UTF-8 written as \\xNN
-    (Python keeps them as lone surrogates, which JSON, plots and HTML cannot show)."""
+    """A folder's name as a class name: NFC, and bytes that are not UTF-8 written as %XX
+    (Python keeps them as lone surrogates, which JSON, plots and HTML cannot show; a backslash
+    escape would make the name a Windows path)."""
     name = folder.name
     if any("\udc80" <= c <= "\udcff" for c in name):
-        name = os.fsencode(name).decode("utf-8", "backslashreplace")
+        name = "".join(f"%{ord(c) - 0xDC00:02X}" if "\udc80" <= c <= "\udcff" else c for c in name)
         log.warning("class folder %r is not named in UTF-8: its class is called %r", folder.name, name)
     return unicodedata.normalize("NFC", name)
 
 
-def scan_class_folders(root: Path) -> dict[str, list[Path]]:
-    """{class name: image paths} for a folder holding one folder per class."""
+def scan_class_folders(root: Path, *, within: Path | None = None, allow_outside: bool = False) -> dict[str, list[Path]]:
+    """{class name: image paths} for a folder holding one folder per class.
+
+    Every image stays inside `within` (default: root) after resolving links, unless
+    allow_outside; links that leave it, and loops, are skipped and named in a warning."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root} is not a folder. Give a folder with one sub-folder per class.")
+    within = within if within is not None else root
+    root_real = os.path.realpath(within)
     classes: dict[str, list[Path]] = {}
+    skipped: list[tuple[Path, str]] = []
     for child in _children(root):
-        if _is_folder(child) and not _ignored(child.name):
-            name = class_name(child)
-            if name in classes:  # the same name spelt in NFC and NFD: one class, both folders
-                log.warning("%s and another folder both spell class %r; their images are merged", child, name)
-            classes[name] = sorted(classes.get(name, []) + list_images(child))
+        if not _is_folder(child) or _ignored(child.name):
+            continue
+        real = os.path.realpath(child)
+        if not allow_outside and not _inside(real, root_real):
+            skipped.append((child, f"a link to {real}, outside {root_real}"))
+            continue
+        name = class_name(child)
+        if name in classes:  # the same name spelt in NFC and NFD: one class, both folders
+            log.warning("%s and another folder both spell class %r; their images are merged", child, name)
+        found = list_images(child, within=within, allow_outside=allow_outside, skipped=skipped)
+        classes[name] = sorted(classes.get(name, []) + found)
+    log_skipped(skipped, root)
     return classes
 
 
@@ -136,6 +225,7 @@ def check_training_classes(by_class: dict[str, list[Path]], root: Path) -> None:
             f"{root} needs at least two class folders (found: {found}). "
             "Put each class's images in its own sub-folder, e.g. cats/ and dogs/."
         )
+    check_class_names(by_class, str(root))
     empty = [name for name, paths in by_class.items() if not paths]
     if empty:
         raise DataError(
@@ -172,9 +262,15 @@ def stratified_split(
 
 
 def folder_sources(
-    data: str | Path, val: str | Path | None = None, *, val_fraction: float = 0.2, seed: int = 0
+    data: str | Path,
+    val: str | Path | None = None,
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    allow_outside: bool = False,
 ) -> DataSources:
-    """The train/val(/test) sources of a folder of class folders, following the layout rules."""
+    """The train/val(/test) sources of a folder of class folders, following the layout rules.
+    Images stay inside the data folder (an explicit --val folder: inside that) after resolving links."""
     root = Path(data)
     if not root.exists():
         raise DataError(f"{root} does not exist. Give a folder of class folders.")
@@ -182,13 +278,14 @@ def folder_sources(
     train_root = split["train"] if split else root
     val_root = Path(val) if val is not None else (split["val"] if split else None)
     test_root = split["test"] if split else None
+    scan = partial(scan_class_folders, within=root, allow_outside=allow_outside)
 
-    train_by_class = scan_class_folders(train_root)
+    train_by_class = scan(train_root)
     check_training_classes(train_by_class, train_root)
     if val_root is not None:
         if not val_root.is_dir():
             raise DataError(f"validation folder {val_root} does not exist.")
-        val_by_class = scan_class_folders(val_root)
+        val_by_class = scan_class_folders(val_root, allow_outside=allow_outside) if val else scan(val_root)
         layout = f"train {train_root}, validation {val_root}"
     else:
         train_by_class, val_by_class = stratified_split(train_by_class, val_fraction, seed)
@@ -198,7 +295,7 @@ def folder_sources(
     val_samples = labelled_samples(val_by_class, classes, val_root)
     if not val_samples:
         raise DataError(f"no validation images found in {val_root}. Add images or a val/ folder.")
-    test = labelled_samples(scan_class_folders(test_root), classes, test_root) if test_root else None
+    test = labelled_samples(scan(test_root), classes, test_root) if test_root else None
     return DataSources(
         classes=classes,
         train=labelled_samples(train_by_class, classes, train_root),
@@ -208,7 +305,9 @@ def folder_sources(
     )
 
 
-def folder_evaluation_samples(data: str | Path, classes: tuple[str, ...]) -> tuple[tuple[Sample, ...], Path]:
+def folder_evaluation_samples(
+    data: str | Path, classes: tuple[str, ...], *, allow_outside: bool = False
+) -> tuple[tuple[Sample, ...], Path]:
     """The images `evaluate` uses in a folder: test/ if present, else val/ (validation/), else all of it."""
     root = Path(data)
     if not root.is_dir():
@@ -219,7 +318,7 @@ def folder_evaluation_samples(data: str | Path, classes: tuple[str, ...]) -> tup
         folder = split["test"] or split["val"] or root
         if folder is root:
             raise DataError(f"{root} has train/ but neither test/ nor val/ to evaluate on.")
-    by_class = scan_class_folders(folder)
+    by_class = scan_class_folders(folder, within=root, allow_outside=allow_outside)
     samples = labelled_samples(by_class, classes, folder)
     if not samples:
         raise DataError(f"{folder} holds no images in its class folders.")

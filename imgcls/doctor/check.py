@@ -24,7 +24,7 @@ import numpy as np
 from imgcls.doctor.labels import MAX_IMAGES, find_label_errors
 from imgcls.doctor.near import NearPair, NearThresholds, near_duplicate_pairs
 from imgcls.doctor.scan import FileRecord, dataset_splits, list_dataset, scan_files
-from imgcls.errors import ConfigError
+from imgcls.errors import ConfigError, DataError
 from imgcls.extras import require
 
 log = logging.getLogger("imgcls")
@@ -55,6 +55,7 @@ def check_dataset(
     label_errors: bool = True,
     max_label_images: int = MAX_IMAGES,
     seed: int = 0,
+    allow_outside: bool = False,
 ) -> dict:
     """A JSON-ready report of what is in a dataset and what is wrong with it.
 
@@ -66,7 +67,10 @@ def check_dataset(
     root = Path(data)
     timings = {}
     start = time.perf_counter()
-    records = scan_files(list_dataset(root), max_pixels=max_pixels, workers=workers)
+    items = list_dataset(root, allow_outside=allow_outside)
+    if not items:  # nothing checked is not "no problems found"
+        raise DataError(f"{root} holds no images in class folders; give a folder with one sub-folder per class.")
+    records = scan_files(items, max_pixels=max_pixels, workers=workers)
     timings["scan"] = time.perf_counter() - start
     readable = [r for r in records if r.error is None]
     report = {

@@ -24,6 +24,7 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
+from imgcls.data.sources import is_image_file
 from imgcls.errors import DataError
 
 log = logging.getLogger("imgcls")
@@ -125,6 +126,17 @@ def _inside(path: Path, root: Path) -> bool:
 def _checked_steps(rows: list[dict], plan: Path) -> list[tuple[str, Path, Path | None, Path]]:
     """(action, file, target or None, root) per row to carry out; every problem found is raised at once."""
     steps, errors, targets = [], [], set()
+    roots = {
+        Path(row.get("root") or "").resolve()
+        for row in rows
+        if (row.get("action") or "").strip().lower() not in ("", "keep")
+    }
+    if len(roots) > 1:  # a plan is about one dataset; a row naming another root could move any folder's files
+        shown = ", ".join(sorted(map(str, roots)))
+        raise DataError(
+            f"{plan}: nothing was changed; its rows name more than one data root ({shown}). "
+            "A fix plan acts on the one dataset `imgcls data check` wrote it for."
+        )
     for line, row in enumerate(rows, start=2):
         action = (row.get("action") or "").strip().lower()
         if action in ("", "keep"):
@@ -138,11 +150,15 @@ def _checked_steps(rows: list[dict], plan: Path) -> list[tuple[str, Path, Path |
             errors.append(f"line {line}: {row['path']} is outside {root}")
         elif not source.is_file():
             errors.append(f"line {line}: {source} does not exist (already applied?)")
+        elif not is_image_file(source):
+            errors.append(f"line {line}: {row['path']} is not an image file; a fix plan only moves images")
         target = None
         if action in ("move", "relabel"):
             target = (root / (row.get("target") or "")).resolve()
             if not row.get("target") or not _inside(target, root) or target == root:
                 errors.append(f"line {line}: {action} needs a target inside {root}")
+            elif not is_image_file(target):
+                errors.append(f"line {line}: target {row['target']} is not an image file name")
             elif target.exists() or target in targets:
                 errors.append(f"line {line}: target {target} already exists")
             targets.add(target)

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from imgcls.data.decode import decode_image
+from imgcls.data.reader import DEFAULT_MAX_FILE_MB, MB, read_image_file
 from imgcls.data.sources import find_split_folders, scan_class_folders
 from imgcls.errors import DataError
 from imgcls.extras import require
@@ -67,15 +68,17 @@ def _features(img: Image.Image, thumb: np.ndarray) -> np.ndarray:
     return np.concatenate([grey.ravel(), colour.ravel()]) / 255.0
 
 
-def inspect_file(path: str, split: str, label: str, max_pixels: int) -> FileRecord:
+def inspect_file(
+    path: str, split: str, label: str, max_pixels: int, max_bytes: int = DEFAULT_MAX_FILE_MB * MB
+) -> FileRecord:
     """One file's record; a file that cannot be read or decoded gets error set, never an exception."""
     imagehash = require("imagehash", "doctor")  # imported here: cli start-up never pays for it
 
     record = FileRecord(path=path, split=split, label=label)
     try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        record.error = f"cannot read ({err.strerror})"
+        data = read_image_file(path, max_bytes=max_bytes)
+    except DataError as err:
+        record.error = str(err).removeprefix(f"{path}: ")
         return record
     record.sha256 = hashlib.sha256(data).hexdigest()
     try:
@@ -111,14 +114,15 @@ def dataset_splits(root: Path) -> dict[str, Path]:
     return {name: folder for name, folder in layout.items() if folder is not None}
 
 
-def list_dataset(root: Path) -> list[tuple[str, str, str]]:
-    """(path, split, label) of every image file under a dataset root."""
+def list_dataset(root: Path, *, allow_outside: bool = False) -> list[tuple[str, str, str]]:
+    """(path, split, label) of every image file under a dataset root (links that leave it are
+    skipped unless allow_outside)."""
     if not root.is_dir():
         raise DataError(f"{root} is not a folder; give a folder of class folders or a root with train/ val/ test/.")
     return [
         (str(path), split, label)
         for split, folder in dataset_splits(root).items()
-        for label, paths in scan_class_folders(folder).items()
+        for label, paths in scan_class_folders(folder, within=root, allow_outside=allow_outside).items()
         for path in paths
     ]
 

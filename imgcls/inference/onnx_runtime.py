@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imgcls.checkpoint import check_classes
 from imgcls.data.preprocess import Preprocessing
 from imgcls.errors import CheckpointError
 from imgcls.extras import require
@@ -61,10 +62,9 @@ def read_metadata(sess, path: Path | str) -> dict:
     try:
         meta = json.loads(raw)
         Preprocessing.from_dict(meta["preprocess"])  # checked here, so damage is reported as such
-        if not isinstance(meta["classes"], list):
-            raise TypeError("classes is not a list")
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: its imgcls metadata is damaged ({err}).") from None
+    check_classes(path, meta.get("classes"))
     return meta
 
 
@@ -104,4 +104,10 @@ def load_onnx(path: Path | str, threads: int = 0) -> tuple[Callable[[np.ndarray]
     if takes_any_size(sess):
         sess = session(square_part(Path(path).read_bytes()), threads)
     pre = Preprocessing.from_dict(meta["preprocess"])
+    outputs = sess.get_outputs()[0].shape[-1]
+    if isinstance(outputs, int) and outputs != len(meta["classes"]):  # else a score would have no name
+        raise CheckpointError(
+            f"{path}: the model outputs {outputs} scores but its metadata names {len(meta['classes'])} classes; "
+            "the file was edited. Export it again with `imgcls export`."
+        )
     return probability_function(sess, pre), pre, meta

@@ -27,6 +27,7 @@ from imgcls.data.preprocess import Preprocessing
 from imgcls.data.sources import is_image_file, list_images
 from imgcls.device import choose_autocast, resolve_device
 from imgcls.errors import ImgclsError
+from imgcls.files import path_under
 from imgcls.inference.batched import batched_logits, is_multilabel, prepare_for_inference, to_probabilities
 from imgcls.models.registry import is_classic
 from imgcls.progress import progress_bar
@@ -82,7 +83,7 @@ class PredictionSinks:
             cells += [""] * (2 * self.topk - len(cells))  # errors and models with fewer classes than k
             self.writer.writerow([prediction.path, *cells, prediction.error or ""])
         if self.copy_to is not None and prediction.error is None:
-            folder = self.copy_to / prediction.labels[0][0]
+            folder = path_under(self.copy_to, prediction.labels[0][0])  # a class name is never a path
             folder.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, _free_name(folder, source.name))
 

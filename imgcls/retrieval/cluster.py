@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from imgcls.data.decode import decode_image
 from imgcls.data.sources import class_name
-from imgcls.errors import ConfigError
+from imgcls.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +102,10 @@ def contact_sheet(images: list[Path], title: str) -> Image.Image:
     sheet = Image.new("RGB", (SHEET_COLUMNS * THUMB, rows * THUMB + 20), "white")
     ImageDraw.Draw(sheet).text((4, 4), title, fill="black")
     for n, path in enumerate(images):
-        try:
-            with Image.open(path) as img:
-                thumb = img.convert("RGB")
-                thumb.thumbnail((THUMB, THUMB))
-        except (OSError, ValueError):
+        try:  # through decode_image: regular files only, size and pixel limits, as everywhere
+            thumb = Image.fromarray(decode_image(path, channels=3))
+            thumb.thumbnail((THUMB, THUMB))
+        except DataError:
             thumb = Image.new("RGB", (THUMB, THUMB), "grey")
         x, y = (n % SHEET_COLUMNS) * THUMB, 20 + (n // SHEET_COLUMNS) * THUMB
         sheet.paste(thumb, (x + (THUMB - thumb.width) // 2, y + (THUMB - thumb.height) // 2))

@@ -22,7 +22,7 @@ from imgcls.retrieval.cluster import (
     write_contact_sheets,
 )
 from imgcls.retrieval.embed import EmbeddedPaths, Embedder
-from imgcls.retrieval.gallery import Gallery, GalleryError
+from imgcls.retrieval.gallery import Gallery, GalleryError, update_gallery
 from imgcls.retrieval.recognize import Recognition, SearchResult, calibrate, recognize, search
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,7 @@ def enrol(folder: str | Path, label: str, images: Sequence[str], checkpoint: str
     result = embed_arguments(embedder, images, absolute=True)
     if len(result.paths) == 0:
         raise DataError(f"none of the {len(result.errors)} image(s) could be read; nothing enrolled.")
-    gallery.add(label, result.embeddings, result.paths)
-    gallery.save(Path(folder))
+    update_gallery(folder, lambda g: g.add(label, result.embeddings, result.paths))  # reads it again, locked
     return len(result.paths), result.errors
 
 

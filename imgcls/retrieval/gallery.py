@@ -16,19 +16,24 @@ import io
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from imgcls import __version__
 from imgcls.data.sources import find_split_folders, scan_class_folders
 from imgcls.errors import ConfigError, DataError, ImgclsError
-from imgcls.files import atomic_write_bytes, write_json
+from imgcls.files import LOCK_NAME, atomic_write_bytes, write_json
 from imgcls.retrieval.embed import Embedder
 from imgcls.retrieval.index import FaissIndex, SearchIndex, build_index, choose_kind
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FORMAT_VERSION = 1
 DTYPES = ("float32", "float16")
@@ -50,6 +55,7 @@ class Gallery:
     recognition: str = "prototype"  # how a label is scored: see imgcls.retrieval.recognize
     threshold: float | None = None  # similarity below which recognition answers "unknown"
     calibration: dict | None = None
+    version: int = 0  # gallery.json's stamp when read; every save adds one
     _index: SearchIndex | None = field(default=None, repr=False)
     _prototypes: tuple[list[str], np.ndarray] | None = field(default=None, repr=False)
 
@@ -156,8 +162,27 @@ class Gallery:
             "model": self.model,
         }
 
-    def save(self, folder: Path) -> None:
+    def save(self, folder: Path, *, replace: bool = False) -> None:
+        """Write the gallery, under the folder's lock. A gallery another writer saved since this
+        copy was read is refused (GalleryError) unless `replace` (a rebuild): saving would lose
+        its changes. Writers that add to a gallery use update_gallery, which reads it first."""
         folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        with _writing(folder):
+            on_disk = _version_on_disk(folder)
+            if on_disk is not None and on_disk != self.version and not replace:
+                raise GalleryError(
+                    f"{folder} changed since it was read (version {on_disk}, not {self.version}): another "
+                    "imgcls wrote to it. Nothing was saved; run the command again."
+                )
+            self.version = (on_disk or 0) + 1
+            self._write(folder)
+
+    def adopt(self, other: Gallery) -> None:
+        """Become `other` (a newer copy read from disk), in place: the server's routes hold this object."""
+        self.__dict__.update(other.__dict__)
+
+    def _write(self, folder: Path) -> None:
         buffer = io.BytesIO()
         np.save(buffer, self.embeddings.astype(self.dtype), allow_pickle=False)
         atomic_write_bytes(folder / "embeddings.npy", buffer.getvalue())
@@ -186,6 +211,7 @@ class Gallery:
                 "recognition": self.recognition,
                 "threshold": self.threshold,
                 "calibration": self.calibration,
+                "version": self.version,
             },
         )
 
@@ -219,6 +245,7 @@ class Gallery:
             head.get("recognition", "prototype"),
             head.get("threshold"),
             head.get("calibration"),
+            int(head.get("version", 0)),
         )
         built, index_file = head.get("index_built"), folder / "index.faiss"
         if built and built == choose_kind(count, gallery.index_kind) and index_file.is_file():
@@ -228,6 +255,43 @@ class Gallery:
             else:
                 log.warning("%s holds %d vectors, not %d: rebuilding it", index_file, index.ntotal, count)
         return gallery
+
+
+LOCK_WAIT_SECONDS = 60.0  # a writer waits this long for another to finish
+
+
+_LOCKS: dict[str, FileLock] = {}  # one object per gallery, so that its lock is re-entrant in a thread
+
+
+@contextmanager
+def _writing(folder: Path):
+    """The gallery's exclusive lock (filelock: released when its process dies)."""
+    path = str((folder / LOCK_NAME).resolve())
+    lock = _LOCKS.setdefault(path, FileLock(path, timeout=LOCK_WAIT_SECONDS))
+    try:
+        with lock:
+            yield
+    except Timeout:
+        raise GalleryError(f"{folder} has been locked by another imgcls for {LOCK_WAIT_SECONDS:.0f} s.") from None
+
+
+def _version_on_disk(folder: Path) -> int | None:
+    head = folder / "gallery.json"
+    if not head.is_file():
+        return None
+    return int(_read_json(head, folder).get("version", 0))
+
+
+def update_gallery(folder: str | Path, change: Callable[[Gallery], T]) -> tuple[Gallery, T]:
+    """Read the gallery, change(gallery), save it: all under its lock, so that two writers (the
+    command line and a server) never lose each other's changes. Returns the gallery and what
+    change returned."""
+    folder = Path(folder)
+    with _writing(folder):
+        gallery = Gallery.load(folder)
+        result = change(gallery)
+        gallery.save(folder)  # the lock is re-entrant within this process
+    return gallery, result
 
 
 def _read_json(path: Path, folder: Path) -> dict:

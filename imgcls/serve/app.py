@@ -8,9 +8,11 @@ instead of fighting over them with one model call each.
 Limits (imgcls.serve.limits): a request body over --max-upload-mb is answered 413 from its
 Content-Length, or as soon as the streamed bytes pass the limit, before the body is read
 whole; a body still arriving after 60 s is 408; request headers not complete after 10 s
-close the connection; a 64th concurrent connection gets 503. An image over the pixel limit
-is 413; a body that is not an image 415; a broken image or malformed multipart 400; a model
-that fails 500 (and the next request is served). Every error is JSON: {"error": "..."}.
+close the connection; a 64th concurrent connection gets 503. Decoding holds a memory budget
+(imgcls.serve.memory): at most a few decodes at once, the others wait or get 503. An image
+over the pixel limit (--max-pixels, 16 M by default) is 413; a body that is not an image 415;
+a broken image or malformed multipart 400; a model that fails 500 (and the next request is
+served). Every error is JSON: {"error": "..."}.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -33,6 +36,7 @@ from starlette.requests import ClientDisconnect
 from imgcls.errors import DataError, NotAnImageError, TooManyPixelsError
 from imgcls.inference.predictor import Predictor
 from imgcls.serve.limits import BODY_TIMEOUT_SECONDS, SERVER_LIMITS, BodyLimit, header_timeout_protocol
+from imgcls.serve.memory import DEFAULT_DECODE_BUDGET_MB, SERVE_MAX_PIXELS, DecodeSlots, ServerBusy, tune_allocator
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +119,14 @@ def create_app(
     body_timeout: float | None = BODY_TIMEOUT_SECONDS,
     gallery: str | Path | None = None,
     admin_token: str | None = None,
+    decode_budget_mb: float = DEFAULT_DECODE_BUDGET_MB,
 ) -> FastAPI:
-    """The FastAPI app serving one checkpoint or ONNX file (a checkpoint on `runtime`)."""
+    """The FastAPI app serving one checkpoint or ONNX file (a checkpoint on `runtime`).
+    max_pixels: the largest image decoded (SERVE_MAX_PIXELS; never above the model's own limit)."""
     predictor = predictor or Predictor.from_file(model_path, runtime=runtime)
     pre = predictor.preprocessing
-    pixel_limit = min(max_pixels or pre.max_pixels, pre.max_pixels)
+    pixel_limit = min(max_pixels or SERVE_MAX_PIXELS, pre.max_pixels)
+    slots = DecodeSlots(decode_budget_mb, pixel_limit)
     batcher = MicroBatcher(predictor)
 
     @asynccontextmanager
@@ -134,6 +141,23 @@ def create_app(
         description=f"Image classifier {predictor.metadata['model']['name']} served by imgcls.",
     )
     app.add_middleware(BodyLimit, limit=int(max_upload_mb * 1e6), timeout=body_timeout)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
+        # FastAPI answers {"detail": [...]}; every imgcls answer is {"error": "..."}.
+        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        return error(422, f"invalid request: {where}")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, err: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(err.detail)}, status_code=err.status_code, headers=err.headers)
+
+    @app.exception_handler(Exception)
+    async def any_failure(request: Request, err: Exception) -> JSONResponse:
+        # Starlette's last resort is a plain-text 500; clients of this API parse JSON.
+        log.error("%s %s failed: %s: %s", request.method, request.url.path, type(err).__name__, err)
+        return error(500, f"the server failed on this request ({type(err).__name__}); see the server log.")
+
     info = {
         "model": predictor.metadata["model"]["name"],
         "file": Path(model_path).name,
@@ -145,6 +169,7 @@ def create_app(
         "resize": pre.resize,
         "max_upload_mb": max_upload_mb,
         "max_pixels": pixel_limit,
+        "decodes_at_once": slots.size,
         "topk": topk,
     }
 
@@ -173,7 +198,10 @@ def create_app(
         if not data:
             return error(400, "the request holds no image (0 bytes).")
         try:
-            image = await run_in_threadpool(predictor.decode, data, name, pixel_limit)
+            async with slots.slot():  # bounded decodes in flight: the memory budget
+                image = await run_in_threadpool(predictor.decode, data, name, pixel_limit)
+        except ServerBusy as err:
+            return error(503, str(err))
         except NotAnImageError as err:
             return error(415, str(err))
         except TooManyPixelsError as err:
@@ -192,7 +220,9 @@ def create_app(
 
         checkpoint = None if info["format"] == "onnx" else model_path  # an ONNX file cannot embed: the gallery's own
         app.include_router(
-            retrieval_router(gallery, checkpoint=checkpoint, admin_token=admin_token, max_pixels=pixel_limit)
+            retrieval_router(
+                gallery, checkpoint=checkpoint, admin_token=admin_token, max_pixels=pixel_limit, slots=slots
+            )
         )
     return app
 
@@ -207,11 +237,21 @@ def serve(
     runtime: str = "onnx",
     gallery: str | None = None,
     admin_token: str | None = None,
+    max_pixels: int | None = None,
+    decode_budget_mb: float = DEFAULT_DECODE_BUDGET_MB,
 ) -> None:
     import uvicorn
 
+    tune_allocator()
     app = create_app(
-        model_path, max_upload_mb=max_upload_mb, topk=topk, runtime=runtime, gallery=gallery, admin_token=admin_token
+        model_path,
+        max_upload_mb=max_upload_mb,
+        topk=topk,
+        runtime=runtime,
+        gallery=gallery,
+        admin_token=admin_token,
+        max_pixels=max_pixels,
+        decode_budget_mb=decode_budget_mb,
     )
     log.info("serving %s on http://%s:%d (web page at /, API docs at /docs)", model_path, host, port)
     uvicorn.run(app, host=host, port=port, log_level="warning", http=header_timeout_protocol(), **SERVER_LIMITS)

@@ -1,12 +1,16 @@
 """Limits that keep `imgcls serve` answering when clients are large, slow or hostile.
 
-- BodyLimit (ASGI middleware): a body over the size limit is answered 413 from its
-  Content-Length, or as soon as the streamed bytes pass the limit, before it is read whole;
+- BodyLimit (ASGI middleware): a request with both Content-Length and Transfer-Encoding is
+  400 and its connection closed (RFC 9112 section 6.1, request smuggling); a body over the
+  size limit is answered 413 from its Content-Length, or as soon as the streamed bytes pass
+  the limit, before it is read whole;
   a body that has not fully arrived `body_timeout` seconds after the app first asked for it
   is answered 408 and its connection closed. After a 413 the connection stays open while
   uvicorn reads and drops the rest of the body (closing at once would reset it under a
   client still sending, which then never sees the 413); header_timeout_protocol bounds that
   drain to `seconds` after the answer.
+- LingeringTransport: a close sends the answer and a FIN, then drops what the client still
+  sends (at most `seconds`), so a client sending a refused body reads its answer.
 - header_timeout_protocol: uvicorn's HTTP/1.1 protocol with a deadline for the request
   line and headers. uvicorn's own timeout_keep_alive only runs between two requests, so a
   client that opens connections and sends a header byte now and then ("slowloris") would
@@ -53,7 +57,13 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        if b"content-length" in headers and b"transfer-encoding" in headers:
+            # RFC 9112 section 6.1: the pair may smuggle a request past a proxy that reads the
+            # other framing; answer 400 and close, so nothing after this request is served.
+            message = "a request may not carry both Content-Length and Transfer-Encoding."
+            return await refusal(400, message, close=True)(scope, receive, send)
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await self._too_large(scope, receive, send)
         seen, complete, started, deadline = 0, False, False, None
@@ -112,10 +122,12 @@ def header_timeout_protocol(seconds: float = HEADER_TIMEOUT_SECONDS):
         _head_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport) -> None:
-            super().connection_made(transport)
+            super().connection_made(LingeringTransport(transport, self.loop, seconds))
             self._arm()
 
         def data_received(self, data: bytes) -> None:
+            if self.transport.lingering:  # the answer is sent: what still comes is dropped
+                return
             super().data_received(data)
             if self._head_done():
                 self._disarm()
@@ -126,7 +138,14 @@ def header_timeout_protocol(seconds: float = HEADER_TIMEOUT_SECONDS):
 
         def connection_lost(self, exc) -> None:
             self._disarm()
+            self.transport.stop_lingering()
             super().connection_lost(exc)
+
+        def eof_received(self) -> bool | None:
+            if self.transport.lingering:  # the client has sent everything: close now
+                self.transport.stop_lingering()
+                return None
+            return super().eof_received()
 
         def _head_done(self) -> bool:
             return self.cycle is not None and not self.cycle.response_complete
@@ -147,3 +166,40 @@ def header_timeout_protocol(seconds: float = HEADER_TIMEOUT_SECONDS):
                 self.transport.close()
 
     return HeaderTimeoutProtocol
+
+
+class LingeringTransport:
+    """A transport whose close() first half-closes and drops what the client still sends, for
+    at most `seconds` (a "lingering close", as Apache and nginx do). Closing a socket with unread
+    data makes the system reset the connection, and a client still sending a refused body (a 413
+    to `Connection: close`, a 408) then loses the answer before it reads it. Written by hand:
+    uvicorn closes at once and no library wraps asyncio transports for this."""
+
+    def __init__(self, transport, loop: asyncio.AbstractEventLoop, seconds: float):
+        self._transport, self._loop, self._seconds = transport, loop, seconds
+        self._timer: asyncio.TimerHandle | None = None
+        self.lingering = False
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self.lingering or self._transport.is_closing()
+
+    def close(self) -> None:
+        if self.lingering or self._transport.is_closing():
+            return
+        if not self._transport.can_write_eof():
+            self._transport.close()
+            return
+        self.lingering = True
+        self._transport.write_eof()  # the answer, then end of stream: the client reads both
+        self._transport.resume_reading()  # keep reading (and dropping) so that nothing is reset
+        self._timer = self._loop.call_later(self._seconds, self.stop_lingering)
+
+    def stop_lingering(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.lingering and not self._transport.is_closing():
+            self._transport.close()

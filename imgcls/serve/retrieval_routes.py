@@ -25,17 +25,36 @@ import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
-from imgcls.data.sources import IMAGE_EXTENSIONS
+from imgcls.data.sources import IMAGE_EXTENSIONS, unsafe_name_reason
 from imgcls.errors import DataError, NotAnImageError, TooManyPixelsError
 from imgcls.retrieval.commands import open_gallery
-from imgcls.retrieval.gallery import GalleryError
+from imgcls.retrieval.gallery import GalleryError, update_gallery
 from imgcls.retrieval.recognize import recognize, search
+from imgcls.serve.memory import DEFAULT_DECODE_BUDGET_MB, SERVE_MAX_PIXELS, DecodeSlots, ServerBusy
 
 log = logging.getLogger(__name__)
 
 MAX_ENROL_FILES = 64  # images per enrolment request
+
+
+class _AnyText(Convertor):
+    """A path parameter matching any text, '/' and line breaks included (Starlette's 'path' stops
+    at a line break, which would make a label holding one a bare 404 instead of a clear 400)."""
+
+    regex = r"[\s\S]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anytext", _AnyText())
 
 
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -46,7 +65,10 @@ async def _uploads(request: Request, many: bool) -> list[tuple[bytes, str]] | JS
     """(bytes, name) of the request's image(s), or the error response to send."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        form = await request.form()
+        try:  # the limits of /predict: a form of thousands of parts costs memory for nothing
+            form = await request.form(max_files=MAX_ENROL_FILES if many else 1, max_fields=16)
+        except HTTPException as err:  # Starlette's answer to malformed multipart
+            return _error(400, f"malformed multipart body: {err.detail}")
         files = [f for f in form.getlist("file") if isinstance(f, UploadFile)]
         if not files:
             return _error(400, "send the image as the multipart form field 'file'.")
@@ -82,6 +104,7 @@ def retrieval_router(
     admin_token: str | None = None,
     max_pixels: int | None = None,
     topk: int = 3,
+    slots: DecodeSlots | None = None,
 ) -> APIRouter:
     """Routes over the gallery in `gallery_dir`, embedded with `checkpoint` (which must be the
     gallery's model; None: the checkpoint the gallery names)."""
@@ -89,15 +112,21 @@ def retrieval_router(
     gallery, embedder = open_gallery(folder, checkpoint)
     lock = threading.Lock()  # enrolment changes the arrays queries read
     router = APIRouter()
+    slots = slots or DecodeSlots(DEFAULT_DECODE_BUDGET_MB, max_pixels or SERVE_MAX_PIXELS)
 
     async def embed(request: Request, many: bool = False) -> tuple[np.ndarray, list[tuple[bytes, str]]] | JSONResponse:
         found = await _uploads(request, many)
         if isinstance(found, JSONResponse):
             return found
         try:
-            pixels = [await run_in_threadpool(embedder.decode, data, name, max_pixels) for data, name in found]
+            pixels = []
+            for data, name in found:
+                async with slots.slot():  # the same decode budget as /predict
+                    pixels.append(await run_in_threadpool(embedder.decode, data, name, max_pixels))
         except DataError as err:
             return _decode_error(err)
+        except ServerBusy as err:
+            return _error(503, str(err))
         return await run_in_threadpool(embedder.embed, np.stack(pixels)), found
 
     def locked(function, *args, **kwargs):
@@ -143,7 +172,7 @@ def retrieval_router(
         }  # not the server's paths
         return {**info, "model": model, "enrolment": "token" if admin_token else "read-only"}
 
-    @router.post("/gallery/{label}")
+    @router.post("/gallery/{label:anytext}")  # any label reaches the check below, to be refused clearly
     async def enrol(label: str, request: Request):
         """Enrol the request's image(s) under `label` (bearer token of --admin-token)."""
         if not admin_token:
@@ -156,8 +185,9 @@ def retrieval_router(
                 "enrolment needs the header 'Authorization: Bearer <admin token>'.",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        if not label.strip():
-            return _error(400, "the label cannot be empty.")
+        reason = unsafe_name_reason(label)  # a label is a class name: the same rule as everywhere
+        if reason:
+            return _error(400, f"the label {label[:80]!r} is refused: {reason}.")
         embedded = await embed(request, many=True)
         if isinstance(embedded, JSONResponse):
             return embedded
@@ -171,9 +201,9 @@ def retrieval_router(
                 target = _stored_name(label_dir, name)
                 target.write_bytes(data)
                 paths.append(str(target.absolute()))
-            with lock:
-                gallery.add(label, vectors, paths)
-                gallery.save(folder)
+            with lock:  # read the gallery again: `gallery add` may have written since (version stamp)
+                fresh, _ = update_gallery(folder, lambda g: g.add(label, vectors, paths))
+                gallery.adopt(fresh)
                 return len(gallery)
 
         total = await run_in_threadpool(store)

@@ -25,6 +25,7 @@ from imgcls.config import Config, load_config, save_config
 from imgcls.data.loader import cache_tensors
 from imgcls.device import resolve_device
 from imgcls.errors import CheckpointError, ConfigError
+from imgcls.files import exclusive_use
 from imgcls.models.registry import is_classic
 from imgcls.training import distributed
 from imgcls.training.classic import fit_classic_run
@@ -73,12 +74,24 @@ def fit(config: Config | None, run_dir: Path, *, resume: bool = False, device: s
     distributed.init_from_environment(resolve_device(config.train.device))
     if not distributed.is_main():  # rank 0 alone writes the run's files and log
         return _fit(config, run_dir, resume)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(
+            f"cannot create the run folder {run_dir}: {err.strerror or err}. Choose another --out."
+        ) from None
+    # One process per run folder for the whole run: two would interleave train.log and
+    # overwrite each other's checkpoints (two --resume would also delete each other's files).
+    with exclusive_use(run_dir, "a training run"):
+        return _fit_locked(config, run_dir, resume)
+
+
+def _fit_locked(config: Config, run_dir: Path, resume: bool) -> FitResult:
     if resume:
         clear_temporaries(run_dir)
         log.info("resuming %s with its saved config.yaml", run_dir)
     elif (run_dir / "last.safetensors").exists():
         raise ConfigError(f"{run_dir} already holds a run. Pass --resume to continue it, or choose another --out.")
-    run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:  # a resumed run keeps its file: rewriting it could only lose it to a kill
         save_config(config, run_dir / "config.yaml")
     handler = _log_to_file(run_dir)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import signal
 import threading
 import time
@@ -25,7 +26,7 @@ import torch
 
 from imgcls import checkpoint as ckpt
 from imgcls import files
-from imgcls.errors import CheckpointError
+from imgcls.errors import CheckpointError, TrainingDivergedError
 from imgcls.training import distributed
 from imgcls.training.run import TrainingRun
 
@@ -143,7 +144,9 @@ def save_last(
     partial: EpochProgress | None = None,
 ) -> None:
     """last.safetensors: model, EMA, optimizer and schedule state after the last epoch of
-    `history`, or inside the next one (`partial`, with its RNG states); then history.csv."""
+    `history`, or inside the next one (`partial`, with its RNG states); then history.csv.
+    Weights that are no longer finite are never saved over the last good ones."""
+    check_finite(run, run_dir, history[-1]["epoch"] + 1 if history else 1)
     tensors = {ckpt.MODEL_PREFIX + k: v for k, v in run.model.state_dict().items()}
     if run.ema is not None:
         tensors.update({EMA_PREFIX + k: v for k, v in run.ema.module.state_dict().items()})
@@ -199,6 +202,19 @@ def stopped(run_dir: Path, where: str) -> None:
     raise KeyboardInterrupt
 
 
+def check_finite(run: TrainingRun, run_dir: Path, epoch: int, loss: float | None = None) -> None:
+    """TrainingDivergedError when the loss or the weights are NaN or infinite: training on would
+    only write a model that answers NaN (a run with optim.lr=1e8 used to end with exit 0)."""
+    finite_loss = loss is None or math.isfinite(loss)
+    if finite_loss and all(torch.isfinite(p).all() for p in run.model.parameters()):
+        return
+    what = f"the training loss ({loss})" if not finite_loss else "the weights"
+    raise TrainingDivergedError(
+        f"{what} is not finite in epoch {epoch}: training diverged. Lower optim.lr "
+        f"(now {run.config.optim.lr:g}) or set optim.clip_grad_norm; {run_dir} keeps its last finite checkpoint."
+    )
+
+
 def train_resumably(
     run_dir: Path,
     run: TrainingRun,
@@ -219,7 +235,9 @@ def train_resumably(
     minutes = run.config.train.checkpoint_minutes
     saving = minutes and distributed.is_main()  # rank 0 alone writes
     try:
-        return one_epoch(periodic=PeriodicSave(save_inside, minutes * 60) if saving else None)
+        stats = one_epoch(periodic=PeriodicSave(save_inside, minutes * 60) if saving else None)
+        check_finite(run, run_dir, epoch, stats.loss)
+        return stats
     except EpochInterrupted as interrupted:
         if not distributed.is_main():
             raise KeyboardInterrupt from None
