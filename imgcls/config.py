@@ -9,9 +9,6 @@ users a whole training run.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
-import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
+from imgcls.config_values import coerce, merge, parse_overrides, suggest  # noqa: F401 - parse_overrides: the CLI's
 from imgcls.errors import ConfigError
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -201,63 +199,6 @@ def list_recipes() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
 
-def _suggest(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=3, cutoff=0.5)
-    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-
-
-def _coerce(key: str, value: Any, annotation: Any) -> Any:
-    """Turn a YAML or command-line value into the field's type, or say what is wrong."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin is Literal:
-        text = str(value).lower() if not isinstance(value, str) else value
-        if text not in args:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(args)}.{_suggest(text, list(args))}")
-        return text
-    if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
-            return None
-        non_none = [a for a in args if a is not type(None)]
-        return _coerce(key, value, non_none[0])
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{key}: expected true or false, got {value!r}.")
-    if annotation in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}.")
-        try:
-            number = annotation(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected a number, got {value!r}.") from None
-        if annotation is int and float(value) != number:
-            raise ConfigError(f"{key}: expected a whole number, got {value!r}.")
-        if not math.isfinite(number):  # YAML reads .nan and .inf; either would poison a whole run
-            raise ConfigError(f"{key}: expected a finite number, got {value!r}.")
-        return number
-    if annotation is str:
-        return str(value)
-    if origin is tuple:  # numbers per channel: a YAML list, or "0.5,0.5,0.5" on the command line
-        if isinstance(value, str):
-            value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list of numbers, got {value!r}.")
-        return tuple(_coerce(key, v, args[0]) for v in value)
-    if annotation is dict:
-        if isinstance(value, str):
-            value = yaml.safe_load(value)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}.")
-        return dict(value)
-    return value
-
-
 def _section_from_dict(name: str, values: dict[str, Any]) -> Any:
     cls = _SECTION_TYPES[name]
     hints = typing.get_type_hints(cls)
@@ -265,27 +206,9 @@ def _section_from_dict(name: str, values: dict[str, Any]) -> Any:
     out = {}
     for key, value in values.items():
         if key not in known:
-            raise ConfigError(f"unknown key '{name}.{key}'.{_suggest(key, known)}")
-        out[key] = _coerce(f"{name}.{key}", value, hints[key])
+            raise ConfigError(f"unknown key '{name}.{key}'.{suggest(key, known)}")
+        out[key] = coerce(f"{name}.{key}", value, hints[key])
     return cls(**out)
-
-
-def _merge(base: dict, updates: dict, where: str) -> dict:
-    merged = {section: dict(values) for section, values in base.items()}
-    for section, values in updates.items():
-        if section not in _SECTION_TYPES:
-            raise ConfigError(f"{where}: unknown section '{section}'.{_suggest(section, list(_SECTION_TYPES))}")
-        if values is None:  # an empty section in YAML
-            values = {}
-        if not isinstance(values, dict):
-            raise ConfigError(f"{where}: section '{section}' must be a mapping of keys to values.")
-        target = merged.setdefault(section, {})
-        for key, value in values.items():
-            # Mappings (model.kwargs) merge entry by entry, so a flag can change one argument.
-            if isinstance(value, dict) and isinstance(target.get(key), dict):
-                value = {**target[key], **value}
-            target[key] = value
-    return merged
 
 
 def read_recipe(recipe: str | Path | None) -> dict:
@@ -298,7 +221,7 @@ def read_recipe(recipe: str | Path | None) -> dict:
         if not path.is_file():
             raise ConfigError(
                 f"unknown recipe '{recipe}'. Known recipes: {', '.join(list_recipes())}, "
-                f"or give a YAML file.{_suggest(str(recipe), list_recipes())}"
+                f"or give a YAML file.{suggest(str(recipe), list_recipes())}"
             )
     if not path.is_file():
         raise ConfigError(f"recipe file {path} does not exist.")
@@ -311,24 +234,6 @@ def read_recipe(recipe: str | Path | None) -> dict:
     return loaded
 
 
-def parse_overrides(pairs: list[str]) -> dict:
-    """'train.epochs=5' strings (from --set) into nested dicts; 'model.kwargs.width=48' sets
-    one entry of a mapping-valued key."""
-    nested: dict[str, dict] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        section, dot, name = key.strip().partition(".")
-        if not sep or not dot or not name:
-            raise ConfigError(f"--set {pair!r}: expected SECTION.KEY=VALUE, e.g. train.epochs=5.")
-        parsed = yaml.safe_load(value) if value else value
-        name, dot, entry = name.partition(".")
-        if dot and entry:
-            nested.setdefault(section, {}).setdefault(name, {})[entry] = parsed
-        else:
-            nested.setdefault(section, {})[name] = parsed
-    return nested
-
-
 def build_config(
     recipe: str | Path | None = None,
     overrides: dict | None = None,
@@ -339,17 +244,18 @@ def build_config(
     chosen model's own defaults (`model_defaults(name)`), what the starting weights were
     trained with (`weights_defaults(pretrained, name)`: input size, crop, mean/std), the
     recipe, then overrides."""
-    recipe_values = _merge({}, read_recipe(recipe), f"recipe {recipe or 'default'}")
-    overrides = _merge({}, overrides or {}, "override")
+    recipe_values = merge({}, read_recipe(recipe), f"recipe {recipe or 'default'}", list(_SECTION_TYPES))
+    overrides = merge({}, overrides or {}, "override", list(_SECTION_TYPES))
     values: dict = {}
     name = overrides.get("model", {}).get("name") or recipe_values.get("model", {}).get("name") or ModelConfig.name
     if model_defaults is not None:
-        values = _merge(values, model_defaults(str(name)), f"defaults of model {name}")
+        values = merge(values, model_defaults(str(name)), f"defaults of model {name}", list(_SECTION_TYPES))
     pretrained = overrides.get("transfer", {}).get("pretrained") or recipe_values.get("transfer", {}).get("pretrained")
     if weights_defaults is not None and pretrained:
-        values = _merge(values, weights_defaults(str(pretrained), str(name)), f"pretrained weights {pretrained}")
-    values = _merge(values, recipe_values, f"recipe {recipe or 'default'}")
-    values = _merge(values, overrides, "override")
+        where = f"pretrained weights {pretrained}"
+        values = merge(values, weights_defaults(str(pretrained), str(name)), where, list(_SECTION_TYPES))
+    values = merge(values, recipe_values, f"recipe {recipe or 'default'}", list(_SECTION_TYPES))
+    values = merge(values, overrides, "override", list(_SECTION_TYPES))
     config = Config(**{name: _section_from_dict(name, values.get(name, {})) for name in _SECTION_TYPES})
     validate(config)
     return config

@@ -19,8 +19,7 @@ from imgcls.data.decode import DRAFT_MARGIN
 from imgcls.data.preprocess import Preprocessing
 from imgcls.inference.onnx_preprocess import preprocessing_graph
 from imgcls.inference.resize_parity import imgcls_square
-from tests.conftest import make_class_folders
-from tests.mixed_images import make_mixed_folder, photo
+from tests.helpers import make_class_folders, make_mixed_folder, photo
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "deploy.md"
 

@@ -12,7 +12,7 @@ import pytest
 from imgcls import checkpoint as ckpt
 from imgcls.cli.main import main
 from imgcls.cli.output import print_text
-from tests.conftest import make_class_folders
+from tests.helpers import make_class_folders
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from imgcls.data.decode import decode_image
 from imgcls.data.reader import read_image_file
 from imgcls.data.resolve import resolve_training_data
 from imgcls.errors import DataError
-from tests.conftest import make_class_folders
+from tests.helpers import make_class_folders
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ from imgcls import checkpoint as ckpt
 from imgcls.cli.main import main
 from imgcls.errors import CheckpointError
 from imgcls.inference.predictor import Predictor
-from tests.conftest import make_class_folders
+from tests.helpers import make_class_folders
 
 
 @pytest.fixture(scope="module")

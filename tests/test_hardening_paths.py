@@ -17,7 +17,7 @@ from imgcls.cli.main import main
 from imgcls.data.manifest import read_manifest
 from imgcls.errors import DataError
 from imgcls.inference.predictor import Prediction, PredictionSinks
-from tests.conftest import make_class_folders
+from tests.helpers import make_class_folders
 
 HOSTILE_NAMES = ["../../x", "/tmp/abs", "..", ".", "a\\..\\..\\b", "nul\0byte", "line\nbreak", "\x1b[31mred"]
 

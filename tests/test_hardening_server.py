@@ -18,7 +18,7 @@ from imgcls.cli.main import main
 from imgcls.inference.predictor import Predictor
 from imgcls.serve import memory
 from imgcls.serve.app import create_app
-from tests.conftest import make_class_folders
+from tests.helpers import make_class_folders
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,8 @@ from pathlib import Path
 import pytest
 
 from imgcls.cli.main import main
-from tests.conftest import make_class_folders
-from tests.mixed_images import make_mixed_folder
+from tests.helpers import make_class_folders, make_mixed_folder
 from tests.test_deploy_clients import doc_block
-from tests.test_web_page import browser  # noqa: F401 - the fixture; importing also skips without Chromium
 
 WEB = Path(__file__).resolve().parents[1] / "imgcls" / "inference" / "web"
 

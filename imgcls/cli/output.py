@@ -51,3 +51,14 @@ class PrintableFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return printable(super().format(record))
+
+
+def headline(m: dict) -> str:
+    """The metrics a user reads first, on one line."""
+    if m.get("task") == "multi-label":
+        return (
+            f"mAP {m['mAP'] or 0:.4f}  micro-F1 {m['micro_f1']:.4f}  subset accuracy {m['subset_accuracy']:.4f}"
+            f"  on {m['num_samples']}"
+        )
+    top5 = f"  top-5 {m['top5_accuracy']:.4f}" if m.get("top5_accuracy") is not None else ""
+    return f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}{top5}  on {m['num_samples']}"

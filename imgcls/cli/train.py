@@ -1,0 +1,177 @@
+"""`imgcls train` and `imgcls lr-find`: flags to a validated config, then training."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from imgcls.cli.output import OneLineParser, headline, positive_int
+from imgcls.cli.output import print_text as _print
+from imgcls.errors import ImgclsError
+
+OUTSIDE_HELP = "let a manifest name files outside its folder, and links in a data folder lead outside it"
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    """Command-line flags as config overrides; flags not given leave the recipe's value."""
+    from imgcls.config import parse_overrides
+
+    nested = parse_overrides(args.set or [])
+    flags = {
+        ("data", "train"): str(Path(args.data).absolute()) if args.data else None,  # resumable from anywhere
+        ("data", "val"): str(Path(args.val).absolute()) if args.val else None,
+        ("data", "img_size"): args.img_size,
+        ("data", "val_fraction"): args.val_fraction,
+        ("data", "task"): args.task,
+        ("data", "allow_outside"): True if args.allow_outside else None,
+        ("model", "name"): args.model,
+        ("train", "epochs"): args.epochs,
+        ("train", "batch_size"): args.batch_size,
+        ("train", "seed"): args.seed,
+        ("train", "device"): args.device,
+        ("train", "precision"): args.precision,
+        ("transfer", "pretrained"): args.pretrained,
+        ("transfer", "freeze_backbone"): True if args.freeze_backbone else None,
+        ("distill", "teacher"): args.teacher,
+        ("distill", "alpha"): args.kd_alpha,
+        ("distill", "temperature"): args.kd_temperature,
+    }
+    for (section, key), value in flags.items():
+        if value is not None:
+            nested.setdefault(section, {})[key] = value
+    return nested
+
+
+def _without_devices(argv: list[str]) -> list[str]:
+    """The command line again, without --devices N (each worker is one of the N)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--devices":
+            skip = True
+        elif not arg.startswith("--devices="):
+            out.append(arg)
+    return out
+
+
+def _train_config(args: argparse.Namespace, overrides: dict):
+    """The run's config: with --pretrained and no --recipe, the fine-tuning recipe; with weights
+    named ARCH.TAG and no --model, that architecture; the weights' own preprocessing under both."""
+    from imgcls.config import build_config
+    from imgcls.models.pretrained import DEFAULT_TAG, is_weights_name, weights_config
+    from imgcls.models.registry import config_defaults
+
+    recipe = args.recipe
+    if args.pretrained and recipe is None:
+        recipe = "finetune"
+    if args.pretrained and not args.model and args.pretrained != DEFAULT_TAG and is_weights_name(args.pretrained):
+        arch = args.pretrained.removeprefix("hf-hub:").removeprefix("timm/").split(".")[0]
+        overrides.setdefault("model", {})["name"] = arch
+    return build_config(recipe, overrides, config_defaults, weights_config)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from imgcls.training.fit import fit
+
+    overrides = _overrides(args)
+    if args.sync_bn:
+        overrides.setdefault("train", {})["sync_bn"] = True
+    if args.clip_weights:
+        from imgcls.models.clip_backbone import clip_model_kwargs
+
+        overrides.setdefault("model", {}).setdefault("kwargs", {}).update(clip_model_kwargs(args.clip_weights))
+    for key, value in (("unlabeled", args.unlabeled and str(Path(args.unlabeled).absolute())), ("method", args.semi)):
+        if value:
+            overrides.setdefault("semi", {})[key] = value
+    # A resumed run keeps its config.yaml, but may move to another device (another machine).
+    device = overrides.get("train", {}).pop("device", None) if args.resume else None
+    overrides = {section: values for section, values in overrides.items() if values}
+    if args.resume and (overrides or args.recipe):
+        given = ", ".join(f"{section}.{key}" for section, values in overrides.items() for key in values)
+        raise ImgclsError(
+            f"--resume continues with the run's own config.yaml; drop the other options ({given or 'recipe'})."
+        )
+    if args.devices and args.devices > 1:  # this process only starts the workers
+        from imgcls.training.distributed import launch
+
+        return launch(args.devices, _without_devices(sys.argv[1:] if args.argv is None else args.argv))
+    config = None if args.resume else _train_config(args, overrides)
+    from imgcls.training import distributed
+
+    try:
+        result = fit(config, Path(args.out), resume=args.resume, device=device)
+    finally:
+        distributed.shutdown()
+    if os.environ.get("RANK", "0") != "0":  # a torchrun worker: rank 0 speaks for the run
+        return 0
+    _print(headline(result.metrics) + " validation images")
+    _print(f"best checkpoint: {result.best_checkpoint}")
+    _print(f"report: {result.run_dir / 'report.html'}")
+    return 0
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from imgcls.training.lr_find import find_lr, plot_lr_finder
+
+    if not args.data:
+        raise ImgclsError("lr-find needs DATA (a folder of class folders).")
+    result = find_lr(_train_config(args, _overrides(args)), steps=args.steps)
+    path = plot_lr_finder(result, Path(args.out))
+    _print(f"suggested learning rate: {result.suggestion:.3g} (steepest loss descent; use --set optim.lr=...)")
+    _print(f"plot: {path}")
+    return 0
+
+
+def add_train_parsers(sub, common: argparse.ArgumentParser) -> None:
+    # Options shared by train and lr-find (lr-find takes the same data and recipe).
+    training = OneLineParser(add_help=False, parents=[common])
+    training.add_argument(
+        "data", nargs="?", help="class folders, a root with train/ and val/ (test/), or a CSV/JSONL manifest"
+    )
+    training.add_argument("--val", help="validation folder or manifest (no automatic split then)")
+    training.add_argument(
+        "--task",
+        choices=["auto", "single-label", "multi-label"],
+        help="auto: multi-label when a manifest has rows with no label or several",
+    )
+    training.add_argument("--allow-outside", action="store_true", help=OUTSIDE_HELP)
+    training.add_argument("--model", help="model name (see `imgcls models`)")
+    training.add_argument("--img-size", type=int, help="square input size in pixels")
+    training.add_argument("--epochs", type=int)
+    training.add_argument("--batch-size", type=int)
+    training.add_argument("--val-fraction", type=float, help="share held out per class when there is no val set (0.2)")
+    training.add_argument("--recipe", help="recipe name or YAML file (default: default)")
+    training.add_argument(
+        "--pretrained",
+        help="start from weights: a timm tag (resnet18.a1_in1k; imagenet = the model's default, fetched and cached), "
+        "a .safetensors or .pth state dict, or an imgcls checkpoint",
+    )
+    training.add_argument("--freeze-backbone", action="store_true", help="train the classifier only (linear probe)")
+    training.add_argument("--teacher", help="distil from this imgcls checkpoint (same classes)")
+    training.add_argument("--kd-alpha", type=float, help="weight of the teacher's soft targets (0.5)")
+    training.add_argument("--kd-temperature", type=float, help="distillation temperature (4)")
+    training.add_argument("--seed", type=int)
+    training.add_argument("--device", help="auto (CUDA when there is a GPU), cpu, cuda or cuda:N")
+    training.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16", "fp16"], help="autocast (auto: bf16 where the hardware has it)"
+    )
+    training.add_argument(
+        "--set", action="append", metavar="SECTION.KEY=VALUE", help="any config value, e.g. optim.lr=0.01"
+    )
+    p = sub.add_parser("train", parents=[training], help="train a model on a folder of class folders")
+    p.add_argument("--devices", type=positive_int, help="train on N processes of this machine (torchrun, DDP)")
+    p.add_argument("--sync-bn", action="store_true", help="several CUDA processes: batch norm over the global batch")
+    p.add_argument("--clip-weights", help="with --model clip:ARCH: local open_clip weights (hash kept, not copied)")
+    p.add_argument("--unlabeled", metavar="DIR", help="semi-supervised: also learn from these unlabeled images")
+    p.add_argument("--semi", choices=["fixmatch", "pseudo"], help="with --unlabeled: FixMatch (default) or pseudo")
+    p.add_argument("--out", default="runs/train", help="run directory (default: runs/train)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.safetensors")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("lr-find", parents=[training], help="learning-rate range test with a plot and a suggestion")
+    p.add_argument("--out", default="lr_find.png", help="where to save the loss-vs-lr plot (lr_find.png)")
+    p.add_argument("--steps", type=positive_int, default=200, help="steps of the sweep (200)")
+    p.set_defaults(func=cmd_lr_find)
