@@ -9,6 +9,7 @@ import csv
 import functools
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -220,3 +221,9 @@ def make_mixed_folder(root: Path, seed: int = 0) -> Path:
             img = Image.fromarray(photo(rng, colour, width, height))
             _save(img, mode, folder / f"{i:02d}-{mode.lower()}-{width}x{height}.{suffix}", rng)
     return root
+
+
+def doc_block(language: str) -> str:
+    """The first ```language block of docs/deploy.md: the reference client as published."""
+    deploy = Path(__file__).resolve().parent.parent / "docs" / "deploy.md"
+    return re.search(rf"```{language}\n(.*?)```", deploy.read_text(encoding="utf-8"), re.S).group(1)

@@ -5,7 +5,6 @@ and the graph's resize against imgcls's own, policy by policy."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +18,9 @@ from imgcls.data.decode import DRAFT_MARGIN
 from imgcls.data.preprocess import Preprocessing
 from imgcls.inference.onnx_preprocess import preprocessing_graph
 from imgcls.inference.resize_parity import imgcls_square
-from tests.helpers import make_class_folders, make_mixed_folder, photo
+from tests.helpers import doc_block, make_class_folders, make_mixed_folder, photo
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "deploy.md"
-
-
-def doc_block(language: str) -> str:
-    """The first ```language block of docs/deploy.md: the reference client as published."""
-    return re.search(rf"```{language}\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S).group(1)
 
 
 @pytest.fixture(scope="module")

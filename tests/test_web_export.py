@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 
 from imgcls.cli.main import main
-from tests.helpers import make_class_folders, make_mixed_folder
-from tests.test_deploy_clients import doc_block
+from tests.helpers import doc_block, make_class_folders, make_mixed_folder
 
 WEB = Path(__file__).resolve().parents[1] / "imgcls" / "inference" / "web"
 

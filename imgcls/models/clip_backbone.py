@@ -28,7 +28,7 @@ from torch import nn
 
 from imgcls.errors import CheckpointError, ConfigError
 from imgcls.extras import require
-from imgcls.models.pretrained import hub_cache, offline
+from imgcls.models.hub import hub_cache, offline
 
 log = logging.getLogger(__name__)
 

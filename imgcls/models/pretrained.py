@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from imgcls.errors import CheckpointError, ConfigError
+from imgcls.models.hub import hub_cache, offline
 from imgcls.models.registry import timm_architecture
 
 log = logging.getLogger(__name__)
@@ -44,22 +44,6 @@ class StartWeights:
     def describe(self) -> dict:
         described = {"source": self.source, "sha256": self.sha256}
         return {**described, "data": self.data_config} if self.data_config else described
-
-
-def hub_cache() -> Path:
-    """The Hugging Face cache folder: HF_HUB_CACHE as set now, else huggingface_hub's own
-    default (HF_HOME/hub, ~/.cache/huggingface/hub), which it read when first imported."""
-    from huggingface_hub import constants
-
-    return Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
-
-
-def offline() -> bool:
-    """HF_HUB_OFFLINE as set now (huggingface_hub reads it once, when first imported)."""
-    from huggingface_hub import constants
-
-    value = os.environ.get("HF_HUB_OFFLINE")
-    return constants.HF_HUB_OFFLINE if value is None else value.strip().lower() in {"1", "on", "yes", "true"}
 
 
 def is_weights_name(spec: str) -> bool:
