@@ -73,6 +73,50 @@ def _train_config(args: argparse.Namespace, overrides: dict):
     return build_config(recipe, overrides, config_defaults, weights_config)
 
 
+def _check_resume_options(run_dir: Path, overrides: dict, recipe: str | None) -> None:
+    """--resume with the command that started the run (the up arrow) is fine: options equal to
+    the run's config.yaml are accepted; each one that differs is named."""
+    import dataclasses
+    import typing
+
+    from imgcls.config import load_config
+    from imgcls.config_values import coerce
+
+    if recipe:
+        raise ImgclsError("--resume continues with the run's own config.yaml; drop --recipe.")
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        return  # fit says there is nothing to resume
+    saved = load_config(config_file)
+    differ = []
+    for section, values in overrides.items():
+        part = getattr(saved, section)
+        hints = typing.get_type_hints(type(part))
+        for key, given in values.items():
+            if key not in {f.name for f in dataclasses.fields(part)}:
+                continue  # an unknown key fails as it would without --resume, when the config is built
+            if section == "model" and key == "kwargs":
+                value = {**part.kwargs, **given}
+            else:
+                value = coerce(f"{section}.{key}", given, hints[key])
+            if value != getattr(part, key):
+                differ.append(f"{section}.{key} {given} differs from the run's {getattr(part, key)}")
+    if differ:
+        raise ImgclsError(f"--resume continues the run as it started: {'; '.join(differ)}.")
+
+
+def _teacher_input(args: argparse.Namespace, overrides: dict) -> None:
+    """With --teacher and no size or channels given, the student takes the teacher's."""
+    from imgcls.checkpoint import read_metadata
+
+    data = overrides.setdefault("data", {})
+    if not args.teacher or ("img_size" in data and "channels" in data):
+        return
+    pre = read_metadata(args.teacher)["preprocess"]
+    data.setdefault("img_size", int(pre["img_size"]))
+    data.setdefault("channels", str(pre["channels"]))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from imgcls.training.fit import fit
 
@@ -89,15 +133,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     # A resumed run keeps its config.yaml, but may move to another device (another machine).
     device = overrides.get("train", {}).pop("device", None) if args.resume else None
     overrides = {section: values for section, values in overrides.items() if values}
-    if args.resume and (overrides or args.recipe):
-        given = ", ".join(f"{section}.{key}" for section, values in overrides.items() for key in values)
-        raise ImgclsError(
-            f"--resume continues with the run's own config.yaml; drop the other options ({given or 'recipe'})."
-        )
+    if args.resume:
+        _check_resume_options(Path(args.out), overrides, args.recipe)
     if args.devices and args.devices > 1:  # this process only starts the workers
         from imgcls.training.distributed import launch
 
         return launch(args.devices, _without_devices(sys.argv[1:] if args.argv is None else args.argv))
+    if not args.resume:
+        _teacher_input(args, overrides)
     config = None if args.resume else _train_config(args, overrides)
     from imgcls.training import distributed
 

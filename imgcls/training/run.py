@@ -317,7 +317,7 @@ def prepare(config: Config, device: torch.device | None = None) -> TrainingRun:
     )
     model = build_model(config, len(sources.classes), pre)
     total_steps = steps_per_epoch(len(train), tc.batch_size) * tc.epochs // tc.accumulate
-    if total_steps < 100:
+    if total_steps < 100 and not config.transfer.pretrained:  # fine-tuning needs few steps
         log.warning(
             "only %d optimizer steps in the whole run: a smaller --batch-size or more --epochs "
             "will likely train better",
