@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -78,3 +79,12 @@ def write_json(path: Path, value: dict) -> None:
     """Atomically write JSON; file names that are not valid UTF-8 are written escaped."""
     text = json.dumps(value, indent=2, ensure_ascii=False)
     atomic_write_bytes(Path(path), text.encode("utf-8", "backslashreplace"))
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file, read in 1 MB blocks (weights files run to gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -61,15 +61,14 @@ def _train_config(args: argparse.Namespace, overrides: dict):
     """The run's config: with --pretrained and no --recipe, the fine-tuning recipe; with weights
     named ARCH.TAG and no --model, that architecture; the weights' own preprocessing under both."""
     from imgcls.config import build_config
-    from imgcls.models.pretrained import DEFAULT_TAG, is_weights_name, weights_config
+    from imgcls.models.pretrained import DEFAULT_TAG, is_weights_name, weights_config, weights_name
     from imgcls.models.registry import config_defaults
 
     recipe = args.recipe
     if args.pretrained and recipe is None:
         recipe = "finetune"
     if args.pretrained and not args.model and args.pretrained != DEFAULT_TAG and is_weights_name(args.pretrained):
-        arch = args.pretrained.removeprefix("hf-hub:").removeprefix("timm/").split(".")[0]
-        overrides.setdefault("model", {})["name"] = arch
+        overrides.setdefault("model", {})["name"] = weights_name(args.pretrained, None).split(".")[0]
     return build_config(recipe, overrides, config_defaults, weights_config)
 
 

@@ -19,7 +19,6 @@ checkpoint instead, and the file is no longer needed.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from torch import nn
 
 from imgcls.errors import CheckpointError, ConfigError
 from imgcls.extras import require
+from imgcls.files import sha256_file
 from imgcls.models.hub import hub_cache, offline
 
 log = logging.getLogger(__name__)
@@ -40,14 +40,6 @@ GET_WEIGHTS_HINT = (
     "~/.cache/huggingface/hub, which you can copy over), or download open_clip_model.safetensors from the "
     "model's Hugging Face page (e.g. laion/CLIP-ViT-B-32-laion2B-s34B-b79K) and pass it with --clip-weights FILE."
 )
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while block := stream.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def architecture_name(clip_model: str) -> str:

@@ -13,12 +13,12 @@ sets them (as timm's resolve_data_config does).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from imgcls.errors import CheckpointError, ConfigError
+from imgcls.files import sha256_file
 from imgcls.models.hub import hub_cache, offline
 from imgcls.models.registry import timm_architecture
 
@@ -141,14 +141,6 @@ def _missing(name: str, cache: Path, why: str) -> str:
         f"pretrained weights {name} are not in the Hugging Face cache ({cache}) and {why}: run "
         f"`imgcls weights get {name}` on a machine with a network, then copy {cache} here (or set HF_HUB_CACHE)."
     )
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while block := stream.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_start_weights(spec: str, model_name: str | None) -> StartWeights:

@@ -37,6 +37,7 @@ from imgcls.training.semi import fit_semi_run
 from imgcls.training.state import (
     EpochProgress,
     clear_temporaries,
+    history_row,
     restore,
     stop_on_sigint,
     stopped,
@@ -212,17 +213,7 @@ def _probe_epoch(
         shared=True,
     )
     seconds = time.perf_counter() - started
-    history.append(
-        {
-            "epoch": 0,
-            "train_loss": round(train_loss, 6),
-            "train_acc": round(train_acc, 6),
-            "val_loss": round(val_loss, 6),
-            "val_acc": round(val_acc, 6),
-            "lr": 0.0,
-            "seconds": round(seconds, 3),
-        }
-    )
+    history.append(history_row(0, (train_loss, train_acc), (val_loss, val_acc), 0.0, seconds))
     log.info(
         "epoch 0 (linear probe)  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.1f s",
         train_loss,
@@ -289,17 +280,7 @@ def _train_epoch(
     )
     if run.plateau is not None:
         run.plateau.update(val_loss)
-    history.append(
-        {
-            "epoch": epoch,
-            "train_loss": round(stats.loss, 6),
-            "train_acc": round(stats.accuracy, 6),
-            "val_loss": round(val_loss, 6),
-            "val_acc": round(val_acc, 6),
-            "lr": lr,
-            "seconds": round(stats.seconds, 3),
-        }
-    )
+    history.append(history_row(epoch, (stats.loss, stats.accuracy), (val_loss, val_acc), lr, stats.seconds))
     log.info(
         "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.1f s (%.1f img/s)",
         epoch,

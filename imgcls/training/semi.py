@@ -58,6 +58,7 @@ from imgcls.training.state import (
     EpochInterrupted,
     EpochProgress,
     PeriodicSave,
+    history_row,
     restore,
     stop_on_sigint,
     stopped,
@@ -271,17 +272,7 @@ def fit_semi_run(config: Config, run_dir: Path, resume: bool, started: float) ->
             )
             if run.plateau is not None:
                 run.plateau.update(val_loss)
-            history.append(
-                {
-                    "epoch": epoch,
-                    "train_loss": round(stats.loss, 6),
-                    "train_acc": round(stats.accuracy, 6),
-                    "val_loss": round(val_loss, 6),
-                    "val_acc": round(val_acc, 6),
-                    "lr": lr,
-                    "seconds": round(stats.seconds, 3),
-                }
-            )
+            history.append(history_row(epoch, (stats.loss, stats.accuracy), (val_loss, val_acc), lr, stats.seconds))
             log.info(
                 "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  pseudo-labelled %.1f%%  %.1f s",
                 epoch,

@@ -35,6 +35,21 @@ Stats = TypeVar("Stats")  # what an epoch function returns (EpochStats, SemiStat
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 EMA_PREFIX = "ema."
+
+
+def history_row(epoch: int, train: tuple[float, float], val: tuple[float, float], lr: float, seconds: float) -> dict:
+    """One row of history.csv: (loss, accuracy) of train and val, rounded as the file keeps them."""
+    return {
+        "epoch": epoch,
+        "train_loss": round(train[0], 6),
+        "train_acc": round(train[1], 6),
+        "val_loss": round(val[0], 6),
+        "val_acc": round(val[1], 6),
+        "lr": lr,
+        "seconds": round(seconds, 3),
+    }
+
+
 # tensors of an interrupted epoch's RNG states (the GPU's too when it trained on CUDA)
 RNG_GENERATOR, RNG_TORCH, RNG_CUDA = "rng.generator", "rng.torch", "rng.cuda"
 
