@@ -12,7 +12,7 @@ The FLOPs of one training image (forward and backward, counted by torch's FlopCo
 turn each rate into achieved GFLOP/s, to set against the matmul peaks.
 
 With --recipe NAME the same interleaved timing also runs imgcls's own training loop
-(`train_one_epoch` of a run prepared from the recipe, on 2,560 random 28x28 grey PNGs decoded
+(`supervised_epoch` of a run prepared from the recipe, on 2,560 random 28x28 grey PNGs decoded
 into the cache): its augmentation, loss, optimizer, schedule and EMA on top of the bare step,
 so the ratio loop / ceiling (goal: 90% or more) comes from one run on one machine state.
 
@@ -86,14 +86,15 @@ def make_matmul(dtype: torch.dtype) -> Callable[[int], None]:
 
 
 def make_imgcls_epoch(recipe: str, folder: Path) -> tuple[Callable[[int], None], int]:
-    """imgcls's train_one_epoch on a run prepared from `recipe` over 2,560 random grey PNGs."""
+    """imgcls's supervised_epoch on a run prepared from `recipe` over 2,560 random grey PNGs."""
     import numpy as np
     from PIL import Image
 
     from imgcls.config import build_config
     from imgcls.data.loader import cache_tensors
     from imgcls.models.registry import config_defaults
-    from imgcls.training.fit import epoch_seed, train_one_epoch
+    from imgcls.training.epochs import epoch_seed
+    from imgcls.training.loop import supervised_epoch
     from imgcls.training.run import prepare
 
     rng = np.random.default_rng(0)
@@ -102,13 +103,13 @@ def make_imgcls_epoch(recipe: str, folder: Path) -> tuple[Callable[[int], None],
         for i in range(256):
             Image.fromarray(rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8)).save(folder / f"c{c}" / f"{i}.png")
     overrides = {"data": {"train": str(folder), "val_fraction": 0.01}, "train": {"epochs": 1000}}
-    run = prepare(build_config(recipe, overrides, config_defaults), torch.device("cpu"))
-    images, labels = cache_tensors(run.train)
-    whole = len(labels) - len(labels) % run.config.train.batch_size  # full batches only, as the ceiling's
+    setup, opt = prepare(build_config(recipe, overrides, config_defaults), torch.device("cpu"))
+    images, labels = cache_tensors(setup.train)
+    whole = len(labels) - len(labels) % setup.config.train.batch_size  # full batches only, as the ceiling's
     images, labels = images[:whole], labels[:whole]
 
     def epoch(i: int) -> None:
-        train_one_epoch(run, (images, labels), torch.Generator().manual_seed(epoch_seed(0, i)))
+        supervised_epoch(setup, (images, labels), opt, i, torch.Generator().manual_seed(epoch_seed(0, i)))
 
     return epoch, whole
 

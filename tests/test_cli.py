@@ -144,7 +144,7 @@ def test_killed_run_resumes_to_the_same_metrics(class_folders, tmp_path, monkeyp
     straight = tmp_path / "straight"
     assert _train(class_folders, straight, "--epochs", "3", "--model", "lenet") == 0
 
-    real_epoch = train_module.train_one_epoch
+    real_epoch = train_module.supervised_epoch
     calls = {"n": 0}
 
     def dies_in_epoch_two(*args, **kwargs):
@@ -153,11 +153,11 @@ def test_killed_run_resumes_to_the_same_metrics(class_folders, tmp_path, monkeyp
             raise KeyboardInterrupt  # stands in for a kill between two checkpoints
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "train_one_epoch", dies_in_epoch_two)
+    monkeypatch.setattr(train_module, "supervised_epoch", dies_in_epoch_two)
     interrupted = tmp_path / "interrupted"
     assert _train(class_folders, interrupted, "--epochs", "3", "--model", "lenet") == 130
     assert (interrupted / "last.safetensors").is_file() and not (interrupted / "metrics.json").exists()
-    monkeypatch.setattr(train_module, "train_one_epoch", real_epoch)
+    monkeypatch.setattr(train_module, "supervised_epoch", real_epoch)
     assert main(["-q", "train", "--resume", "--out", str(interrupted)]) == 0
 
     expected = json.loads((straight / "metrics.json").read_text(encoding="utf-8"))

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import imgcls.training.loop as loop_module
 import imgcls.training.run as prepare_module
+import imgcls.training.steps as steps_module
 from imgcls import checkpoint as ckpt
 from imgcls import device as dev
 from imgcls.cli.main import main
@@ -100,9 +100,7 @@ def test_gradients_are_unscaled_before_clipping():
     model.weight.data.fill_(0.0)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
-    run = SimpleNamespace(
-        config=SimpleNamespace(optim=SimpleNamespace(clip_grad_norm=1.0)),
-        model=model,
+    opt = SimpleNamespace(
         optimizer=optimizer,
         scaler=scaler,
         ema=None,
@@ -110,7 +108,7 @@ def test_gradients_are_unscaled_before_clipping():
     )
     loss = (model(torch.tensor([[10.0]])) - 100.0).pow(2).sum()  # true gradient -2000, clipped to norm 1
     scaler.scale(loss).backward()
-    loop_module.optimizer_step(run)
+    steps_module.optimizer_step(opt, model, clip_grad_norm=1.0)
     assert model.weight.item() == pytest.approx(1.0)
     assert model.weight.grad is None  # zeroed for the next step
 
@@ -147,20 +145,20 @@ def test_float16_with_loss_scaling_trains_and_resumes_exactly(data, tmp_path, mo
     scaler = ckpt.read_metadata(straight / "last.safetensors")["resume"]["scaler"]
     assert scaler["scale"] < 2.0**20  # overflowing steps were skipped and the scale lowered
 
-    real_step, steps = loop_module.optimizer_step, {"n": 0}
+    real_step, steps = steps_module.optimizer_step, {"n": 0}
 
-    def step_then_ctrl_c(run):
-        real_step(run)
+    def step_then_ctrl_c(*args):
+        real_step(*args)
         steps["n"] += 1
         if steps["n"] == 6:  # epoch 2, step 2
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(loop_module, "optimizer_step", step_then_ctrl_c)
+    monkeypatch.setattr(steps_module, "optimizer_step", step_then_ctrl_c)
     run = tmp_path / "run"
     assert main(["-q", "train", str(data), "--out", str(run), *FAST]) == 130
     saved = ckpt.read_metadata(run / "last.safetensors")["resume"]
     assert saved["partial"]["step"] == 2 and saved["scaler"]["scale"] < 2.0**20
-    monkeypatch.setattr(loop_module, "optimizer_step", real_step)
+    monkeypatch.setattr(steps_module, "optimizer_step", real_step)
     assert main(["-q", "train", "--resume", "--out", str(run)]) == 0
     assert _outcome(run) == _outcome(straight)
 

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
+import imgcls.training.epochs as epochs_module
 import imgcls.training.fit as train_module
-import imgcls.training.loop as loop_module
+import imgcls.training.state as state_module
+import imgcls.training.steps as steps_module
 from imgcls import checkpoint as ckpt
 from imgcls.cli.main import main
 from imgcls.errors import CheckpointError
@@ -85,16 +87,16 @@ def test_ctrl_c_stops_after_the_step_saves_and_resumes_exactly(data, straight, t
     """A real SIGINT in the middle of epoch 2 (after its first optimizer step): the run
     saves last.safetensors with the epoch's progress and RNG states, says how to resume,
     and the resumed run ends exactly as the uninterrupted one."""
-    real_step = loop_module.optimizer_step
+    real_step = steps_module.optimizer_step
     steps = {"n": 0}
 
-    def step_then_ctrl_c(run):
-        real_step(run)
+    def step_then_ctrl_c(*args):
+        real_step(*args)
         steps["n"] += 1
         if steps["n"] == 6:  # epoch 1 has 4 steps (39 training images, batches of 8): epoch 2, step 2
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(loop_module, "optimizer_step", step_then_ctrl_c)
+    monkeypatch.setattr(steps_module, "optimizer_step", step_then_ctrl_c)
     run = tmp_path / "run"
     assert main(["-q", "train", str(data), "--out", str(run), *FAST]) == 130
     assert steps["n"] == 6  # stopped right after the step that received the signal
@@ -104,33 +106,32 @@ def test_ctrl_c_stops_after_the_step_saves_and_resumes_exactly(data, straight, t
     assert state["epoch"] == 1 and state["partial"]["step"] == 2
     assert not (run / "metrics.json").exists()
 
-    monkeypatch.setattr(loop_module, "optimizer_step", real_step)
+    monkeypatch.setattr(steps_module, "optimizer_step", real_step)
     assert main(["-q", "train", "--resume", "--out", str(run)]) == 0
     _assert_same_run(run, straight)
 
 
 @pytest.mark.slow
 def test_ctrl_c_between_epochs_stops_with_the_epoch_saved(data, straight, tmp_path, monkeypatch):
-    real_epoch = train_module._train_epoch
+    real_finish = epochs_module._finish_epoch
 
-    def epoch_then_ctrl_c(*args, **kwargs):
-        best = real_epoch(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGINT)  # arrives during evaluation or saving
-        return best
+    def train_then_ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # arrives after the epoch's steps, during evaluation or saving
+        return real_finish(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "_train_epoch", epoch_then_ctrl_c)
+    monkeypatch.setattr(epochs_module, "_finish_epoch", train_then_ctrl_c)
     run = tmp_path / "run"
     assert main(["-q", "train", str(data), "--out", str(run), *FAST]) == 130
     state = ckpt.read_metadata(run / "last.safetensors")["resume"]
     assert state["epoch"] == 1 and "partial" not in state
-    monkeypatch.setattr(train_module, "_train_epoch", real_epoch)
+    monkeypatch.setattr(epochs_module, "_finish_epoch", real_finish)
     assert main(["-q", "train", "--resume", "--out", str(run)]) == 0
     _assert_same_run(run, straight)
 
 
 def test_second_ctrl_c_interrupts_at_once():
     before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN under nohup and background jobs
-    with train_module.stop_on_sigint() as stop:
+    with state_module.stop_on_sigint() as stop:
         os.kill(os.getpid(), signal.SIGINT)
         assert stop()
         with pytest.raises(KeyboardInterrupt):
@@ -206,16 +207,16 @@ def test_sigkill_at_an_arbitrary_moment_then_resume_gives_the_same_metrics(data,
 # train.checkpoint_minutes so small that last.safetensors is saved after every step.
 KILLED_IN_AN_EPOCH = textwrap.dedent("""
     import os, signal, sys
-    import imgcls.training.loop as train
+    import imgcls.training.steps as train
     from imgcls.cli.main import main
 
     real_step, steps = train.optimizer_step, []
 
-    def dying_step(run):
+    def dying_step(*args):
         steps.append(1)
         if len(steps) == 6:
             os.kill(os.getpid(), signal.SIGKILL)
-        real_step(run)
+        real_step(*args)
 
     train.optimizer_step = dying_step
     sys.exit(main(sys.argv[1:]))

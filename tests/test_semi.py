@@ -178,8 +178,8 @@ def test_ctrl_c_inside_a_semi_supervised_epoch_saves_and_resumes_exactly(tmp_pat
 
     real_step, steps = semi_module.optimizer_step, {"n": 0}
 
-    def step_then_ctrl_c(run):
-        real_step(run)
+    def step_then_ctrl_c(*args):
+        real_step(*args)
         steps["n"] += 1
         if steps["n"] == 6:  # 18 unlabeled images // (mu 1 x batch 4) = 4 steps an epoch
             os.kill(os.getpid(), signal.SIGINT)

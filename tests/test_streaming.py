@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import imgcls.training.loop as loop_module
+import imgcls.training.steps as steps_module
 import imgcls.training.streaming as streaming
 from imgcls.cli.main import main
 from imgcls.config import build_config
@@ -90,18 +90,18 @@ def test_a_streamed_run_trains_counts_broken_images_and_resumes_exactly(shards, 
     report = (straight / "report.html").read_text(encoding="utf-8")
     assert report.count("data:image/png;base64,") >= 16  # gallery images read out of their shards
 
-    real_step, steps = loop_module.optimizer_step, {"n": 0}
+    real_step, steps = steps_module.optimizer_step, {"n": 0}
 
-    def step_then_ctrl_c(run):
-        real_step(run)
+    def step_then_ctrl_c(*args):
+        real_step(*args)
         steps["n"] += 1
         if steps["n"] == 8:  # inside epoch 2
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(loop_module, "optimizer_step", step_then_ctrl_c)
+    monkeypatch.setattr(steps_module, "optimizer_step", step_then_ctrl_c)
     run = tmp_path / "run"
     assert main(["-q", "train", str(shards), "--out", str(run), *FAST, "--set", "data.stream=always"]) == 130
-    monkeypatch.setattr(loop_module, "optimizer_step", real_step)
+    monkeypatch.setattr(steps_module, "optimizer_step", real_step)
     assert main(["-q", "train", "--resume", "--out", str(run)]) == 0
     assert (run / "metrics.json").read_text() == (straight / "metrics.json").read_text()
     no_seconds = [line.rsplit(",", 1)[0] for line in (straight / "history.csv").read_text().splitlines()]

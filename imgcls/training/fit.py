@@ -1,13 +1,10 @@
-"""Training: small loop functions over explicit objects, and `fit`, which wires them up.
+"""`fit(config, run_dir)`: the whole of `imgcls train`, wired from the training wing's parts.
 
-fit(config, run_dir): prepare (data, model, optimizer, schedule; imgcls.training.run) -> per
-epoch, train one epoch and evaluate -> save last/best -> metrics.json and report.html
-from the best model.
-
-Every epoch seeds its own generators from (seed, epoch), so a resumed run replays exactly
-the shuffles and augmentations the uninterrupted run would have drawn. Ctrl-C stops after
-the current optimizer step and saves last.safetensors with the epoch's progress and both
-RNG states, so `--resume` finishes that epoch exactly as if it had never stopped.
+prepare (data, model, optimizer, schedule; imgcls.training.run) -> the linear probe as epoch 0
+when fine-tuning -> the epochs (imgcls.training.epochs, with the supervised step of
+imgcls.training.loop) -> the best checkpoint's final metrics, metrics.json and report.html.
+A classic model is one fit (imgcls.training.classic); unlabeled images take the
+semi-supervised step through the same epochs (imgcls.training.semi).
 """
 
 from __future__ import annotations
@@ -15,7 +12,6 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,23 +25,14 @@ from imgcls.files import exclusive_use
 from imgcls.models.registry import is_classic
 from imgcls.training import distributed
 from imgcls.training.classic import fit_classic_run
-from imgcls.training.loop import FitResult, epoch_seed, save_epoch, train_one_epoch
-from imgcls.training.outputs import write_outputs, write_run_report
+from imgcls.training.epochs import FitResult, finish_run, train_epochs
+from imgcls.training.loop import supervised_epoch
+from imgcls.training.outputs import write_outputs
 from imgcls.training.probe import fit_linear_probe, pooled_features
-from imgcls.training.run import TrainingRun, prepare
+from imgcls.training.run import Optimisation, RunSetup, eval_model, prepare
 from imgcls.training.semi import fit_semi_run
-from imgcls.training.state import (
-    EpochProgress,
-    clear_temporaries,
-    history_row,
-    restore,
-    stop_on_sigint,
-    stopped,
-    train_resumably,
-    write_history,
-)
-from imgcls.training.transfer import set_backbone_trainable
-from imgcls.training.validate import evaluate, final_metrics
+from imgcls.training.state import clear_temporaries, fresh_start, history_row, resume_point, save_epoch, write_history
+from imgcls.training.validate import evaluate
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +95,6 @@ def _fit_locked(config: Config, run_dir: Path, resume: bool) -> FitResult:
         handler.close()
 
 
-def _epochs_without_progress(history: list[dict]) -> int:
-    best = max(range(len(history)), key=lambda i: history[i]["val_acc"])  # first best on ties
-    return len(history) - 1 - best
-
-
 def _fit(config: Config, run_dir: Path, resume: bool) -> FitResult:
     started = time.perf_counter()
     tc = config.train
@@ -122,7 +104,7 @@ def _fit(config: Config, run_dir: Path, resume: bool) -> FitResult:
     single = "a classic model" if is_classic(config.model.name) else "--unlabeled" if config.semi.unlabeled else None
     if single and distributed.world_size() > 1:  # each process would fit and write on its own
         raise ConfigError(f"{single} trains in one process; run it without torchrun or --devices.")
-    if is_classic(config.model.name):
+    if is_classic(config.model.name):  # a one-shot fit, no epochs
         fitted = fit_classic_run(config, run_dir)
         write_history(run_dir / "history.csv", fitted.history)
         summary = {**fitted.summary, "run seconds": round(time.perf_counter() - started, 1)}
@@ -130,86 +112,67 @@ def _fit(config: Config, run_dir: Path, resume: bool) -> FitResult:
             run_dir, fitted.metrics, fitted.history, summary, val=fitted.val, probs=fitted.val_probs, train=fitted.train
         )
         return FitResult(run_dir, fitted.metrics, fitted.history, run_dir / "best.safetensors")
-    if config.semi.unlabeled:  # labelled + unlabeled images: imgcls.training.semi's loop, this module's parts
+    if config.semi.unlabeled:  # labelled + unlabeled images: the same epochs, another step
         return fit_semi_run(config, run_dir, resume, started)
-    run = prepare(config)
-    run.ddp = distributed.wrap(run.model, sync_bn=tc.sync_bn, device=run.device)
-    history: list[dict] = []
-    start_epoch, best_acc, partial = 1, -1.0, None
-    if resume:
-        state, partial = restore(run_dir / "last.safetensors", run)
-        history, start_epoch, best_acc = state["history"], state["epoch"] + 1, state["best_val_acc"]
-        where = f"in epoch {start_epoch} after step {partial.step}" if partial else f"after epoch {state['epoch']}"
-        log.info("resumed %s", where)
-
-    train = None if run.stream is not None else cache_tensors(run.train)  # streamed: read as it trains
-    val_x, val_y = cache_tensors(run.val)
+    setup, opt = prepare(config)
+    opt = replace(opt, ddp=distributed.wrap(setup.model, sync_bn=tc.sync_bn, device=setup.device))
+    start = resume_point(run_dir, setup, opt) if resume else fresh_start()
+    train = None if setup.stream is not None else cache_tensors(setup.train)  # streamed: read as it trains
+    val = cache_tensors(setup.val)
     last_epoch = tc.epochs
     if not resume and config.transfer.linear_probe:
-        best_acc = _probe_epoch(run_dir, run, history, best_acc, train, (val_x, val_y))
-        if history and config.transfer.freeze_backbone and not config.transfer.unfreeze_after:
+        best_acc = probe_epoch(run_dir, setup, opt, start.history, train, val)
+        start = replace(start, best_acc=best_acc)
+        if start.history and config.transfer.freeze_backbone and not config.transfer.unfreeze_after:
             # The head of a frozen network is a convex problem the probe solved exactly; epochs
             # of gradient steps would only approach the same classifier again.
             log.info("frozen backbone: the fitted classifier is final (set transfer.linear_probe=false to train it)")
             last_epoch = 0
-    with stop_on_sigint() as stop:
-        for epoch in range(start_epoch, last_epoch + 1):
-            if tc.early_stopping and history and _epochs_without_progress(history) >= tc.early_stopping:
-                log.info("early stopping: no validation progress in %d epochs", tc.early_stopping)
-                break
-            data = (train, val_x, val_y)
-            best_acc = _train_epoch(run_dir, run, epoch, history, best_acc, partial, stop, data)
-            partial = None
-            if stop() and epoch < tc.epochs:
-                stopped(run_dir, f"after epoch {epoch}")
-
-    if run.stream is not None:  # each process met the broken images of its own shards
-        run.train.skipped[:] = distributed.merge_lists(run.train.skipped, key="path")
-    distributed.barrier()  # best.safetensors is complete before anyone reads it
-    if not distributed.is_main():
-        return FitResult(run_dir, {}, history, run_dir / "best.safetensors")
-    metrics, probs = final_metrics(run_dir, run, val_x, val_y)
-    write_run_report(run_dir, run, metrics, history, time.perf_counter() - started, probs)
-    return FitResult(run_dir, metrics, history, run_dir / "best.safetensors")
+    train_epochs(
+        run_dir, setup, opt, start, val, functools.partial(supervised_epoch, setup, train), last_epoch=last_epoch
+    )
+    if setup.stream is not None:  # each process met the broken images of its own shards
+        setup.train.skipped[:] = distributed.merge_lists(setup.train.skipped, key="path")
+    return finish_run(run_dir, setup, opt, start.history, val, started)
 
 
-def _probe_epoch(
-    run_dir: Path, run: TrainingRun, history: list[dict], best_acc: float, train: tuple | None, val: tuple
+def probe_epoch(
+    run_dir: Path, setup: RunSetup, opt: Optimisation, history: list[dict], train: tuple | None, val: tuple
 ) -> float:
     """Epoch 0: the classifier fitted by logistic regression on the frozen network's features
     (imgcls.training.probe), evaluated and saved like any epoch, so the best checkpoint is never
-    worse on validation than the probe alone."""
-    if train is None or run.multilabel:
+    worse on validation than the probe alone. Returns the best validation score so far."""
+    if train is None or setup.multilabel:
         log.info("linear probe skipped: it needs decoded single-label training images")
-        return best_acc
-    started, tc = time.perf_counter(), run.config.train
+        return -1.0
+    started, tc = time.perf_counter(), setup.config.train
     images, labels = train
     features = pooled_features(
-        run.model,
+        setup.model,
         images,
-        run.preprocessing,
+        setup.preprocessing,
         batch_size=tc.eval_batch_size,
-        device=run.device,
-        autocast_dtype=run.autocast_dtype,
+        device=setup.device,
+        autocast_dtype=setup.autocast_dtype,
         channels_last=tc.channels_last,
     )
-    if not fit_linear_probe(run.model, features, labels.numpy(), run.config.transfer.probe_c):
-        return best_acc
-    if run.ema is not None:
-        run.ema.set(run.model)  # the average starts from the fitted head, not the random one
+    if not fit_linear_probe(setup.model, features, labels.numpy(), setup.config.transfer.probe_c):
+        return -1.0
+    if opt.ema is not None:
+        opt.ema.set(setup.model)  # the average starts from the fitted head, not the random one
     with torch.no_grad():
-        head = run.model.get_classifier()
+        head = setup.model.get_classifier()
         logits = head(torch.from_numpy(features).to(head.weight.device, head.weight.dtype)).float().cpu()
     train_loss = torch.nn.functional.cross_entropy(logits, labels).item()
     train_acc = (logits.argmax(1) == labels).float().mean().item()
     val_loss, val_acc, _ = evaluate(
-        run.eval_model,
+        eval_model(setup, opt),
         *val,
-        run.preprocessing,
+        setup.preprocessing,
         batch_size=tc.eval_batch_size,
-        autocast_dtype=run.autocast_dtype,
+        autocast_dtype=setup.autocast_dtype,
         channels_last=tc.channels_last,
-        device=run.device,
+        device=setup.device,
         shared=True,
     )
     seconds = time.perf_counter() - started
@@ -223,75 +186,5 @@ def _probe_epoch(
         seconds,
     )
     if not distributed.is_main():
-        return max(best_acc, val_acc)
-    return save_epoch(run_dir, run, history, best_acc)
-
-
-def _train_epoch(
-    run_dir: Path,
-    run: TrainingRun,
-    epoch: int,
-    history: list[dict],
-    best_acc: float,
-    partial: EpochProgress | None,
-    stop: Callable[[], bool],
-    data: tuple,
-) -> float:
-    """Train (or finish) one epoch, evaluate, save; returns the best accuracy so far. On a
-    stop request inside the epoch, saves last.safetensors with its progress and stops."""
-    config, tc = run.config, run.config.train
-    train, val_x, val_y = data
-    if config.transfer.freeze_backbone and config.transfer.unfreeze_after:
-        trainable = [p.requires_grad for p in run.model.parameters()]
-        set_backbone_trainable(run.model, epoch > config.transfer.unfreeze_after)
-        if run.ddp is not None and trainable != [p.requires_grad for p in run.model.parameters()]:
-            # DDP averages the gradients of the parameters that were trainable when it was built
-            run.ddp = distributed.wrap(run.model, sync_bn=False, device=run.device)
-    if partial is None:
-        torch.manual_seed(epoch_seed(tc.seed, epoch))  # dropout and torchvision's per-image draws
-        partial = EpochProgress(lr=run.optimizer.param_groups[0]["lr"])
-    lr = partial.lr
-    generator = torch.Generator().manual_seed(epoch_seed(tc.seed, epoch))
-
-    one_epoch = functools.partial(
-        train_one_epoch,
-        run,
-        train,
-        generator,
-        desc=f"epoch {epoch}/{tc.epochs}",
-        epoch=epoch,
-        progress=partial,
-        stop=stop,
-    )
-    stats = train_resumably(run_dir, run, epoch, history, best_acc, one_epoch)
-    # Validated as the model will predict, mirror test-time augmentation included: checking
-    # without it saved ~2 s an epoch on the fashion-mnist recipe but chose epoch 15 of 18
-    # (0.9484 on test with the flip) over the last one (0.9500).
-    val_loss, val_acc, _ = evaluate(
-        run.eval_model,
-        val_x,
-        val_y,
-        run.preprocessing,
-        batch_size=tc.eval_batch_size,
-        autocast_dtype=run.autocast_dtype,
-        channels_last=tc.channels_last,
-        device=run.device,
-        shared=True,
-    )
-    if run.plateau is not None:
-        run.plateau.update(val_loss)
-    history.append(history_row(epoch, (stats.loss, stats.accuracy), (val_loss, val_acc), lr, stats.seconds))
-    log.info(
-        "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.1f s (%.1f img/s)",
-        epoch,
-        tc.epochs,
-        stats.loss,
-        stats.accuracy,
-        val_loss,
-        val_acc,
-        stats.seconds,
-        stats.images / stats.seconds,
-    )
-    if not distributed.is_main():  # every rank has the same scores, so the same best, unsaved
-        return max(best_acc, val_acc)
-    return save_epoch(run_dir, run, history, best_acc)
+        return val_acc
+    return save_epoch(run_dir, setup, opt, history, -1.0)

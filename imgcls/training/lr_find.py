@@ -5,20 +5,20 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from imgcls.config import Config
-from imgcls.data.augment import augment_batch
-from imgcls.data.loader import batch_indices, cache_tensors
-from imgcls.data.preprocess import to_model_input
-from imgcls.device import autocast, to_device
+from imgcls.data.loader import cache_tensors
 from imgcls.errors import ConfigError
+from imgcls.training.loop import run_steps, supervised_batches
 from imgcls.training.probe import train_mode
 from imgcls.training.run import prepare
+from imgcls.training.state import EpochInterrupted
+from imgcls.training.steps import Step, StepResult, supervised_step
 
 log = logging.getLogger(__name__)
 
@@ -39,40 +39,50 @@ def suggest_lr(lrs: list[float], losses: list[float]) -> float:
 
 
 def find_lr(config: Config, *, start: float = 1e-6, end: float = 1.0, steps: int = 200) -> LrFinderResult:
+    """Up to `steps` optimizer steps of the run's own supervised step (its accumulation,
+    per-image augmentation and mixing included) under an exponential schedule from `start` to
+    `end`; stops early when the smoothed loss is no longer finite or passes 4x its best."""
     torch.manual_seed(config.train.seed)
-    run = prepare(config)
-    if run.stream is not None:
+    setup, opt = prepare(config)
+    if setup.stream is not None:
         raise ConfigError("lr-find trains from decoded images; set data.stream=never for it.")
-    images, labels = cache_tensors(run.train)
-    generator = torch.Generator().manual_seed(config.train.seed)
-    for group in run.optimizer.param_groups:
-        group["lr"] = start
+    for group in opt.optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = start
     factor = (end / start) ** (1 / max(1, steps - 1))
-    lrs, losses, smoothed, best = [], [], 0.0, math.inf
-    model, tc = run.model, config.train
-    train_mode(model, freeze_bn=config.transfer.freeze_bn)
-    step = 0
-    while step < steps:
-        for index in batch_indices(len(labels), tc.batch_size, shuffle=True, generator=generator):
-            batch = to_device(augment_batch(images[index], config.augment, generator), run.device)
-            x = to_model_input(batch, run.preprocessing, channels_last=tc.channels_last)
-            with autocast(run.autocast_dtype, x.device):
-                loss = run.loss_fn(model(x).float(), to_device(labels[index], run.device))
-            run.optimizer.zero_grad(set_to_none=True)
-            run.scaler.scale(loss).backward()
-            run.scaler.step(run.optimizer)
-            run.scaler.update()
-            lr = run.optimizer.param_groups[0]["lr"]
-            smoothed = 0.98 * smoothed + 0.02 * loss.item()
-            value = smoothed / (1 - 0.98 ** (step + 1))  # bias-corrected running mean
-            lrs.append(lr)
-            losses.append(value)
-            best = min(best, value)
-            step += 1
-            if step >= steps or not math.isfinite(value) or value > 4 * best:
-                return LrFinderResult(lrs, losses, suggest_lr(lrs, losses))
-            for group in run.optimizer.param_groups:
-                group["lr"] = lr * factor
+    opt = replace(opt, scheduler=torch.optim.lr_scheduler.LambdaLR(opt.optimizer, lambda k: factor**k))
+    data = cache_tensors(setup.train)
+    generator = torch.Generator().manual_seed(config.train.seed)
+    train_mode(setup.model, freeze_bn=config.transfer.freeze_bn)
+    lrs, losses = [], []
+    smoothed, pending, pending_images = 0.0, 0.0, 0  # pending: loss x images since the last optimizer step
+
+    def finished() -> bool:
+        return len(lrs) >= steps or bool(losses) and (not math.isfinite(losses[-1]) or losses[-1] > 4 * min(losses))
+
+    def recording(supervised: Step) -> Step:
+        def step(i: int, batch) -> StepResult:
+            nonlocal smoothed, pending, pending_images
+            lr = opt.optimizer.param_groups[0]["lr"]
+            result = supervised(i, batch)
+            pending, pending_images = pending + result.sums[0].item(), pending_images + result.images
+            if result.stepped:
+                smoothed = 0.98 * smoothed + 0.02 * pending / pending_images
+                losses.append(smoothed / (1 - 0.98 ** (len(losses) + 1)))  # bias-corrected running mean
+                lrs.append(lr)
+                pending, pending_images = 0.0, 0
+            return result
+
+        return step
+
+    epoch = 0
+    while not finished():
+        epoch += 1
+        batches = supervised_batches(setup, data, generator, epoch)
+        step = recording(supervised_step(setup, opt, generator, batches.steps))
+        try:
+            run_steps(batches, step, generator, setup.device, desc="lr-find", stop=finished)
+        except EpochInterrupted:  # `finished` stopped it inside an epoch
+            break
     return LrFinderResult(lrs, losses, suggest_lr(lrs, losses))
 
 

@@ -1,6 +1,5 @@
-"""What a training run leaves besides its checkpoints: thresholds stored with the weights
-(multi-label), summary.json, predictions.npz and report.html, so that `imgcls report RUN_DIR`
-can draw the same report again."""
+"""What a training run leaves besides its checkpoints: summary.json, predictions.npz and
+report.html, so that `imgcls report RUN_DIR` can draw the same report again."""
 
 from __future__ import annotations
 
@@ -9,17 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imgcls import checkpoint as ckpt
 from imgcls import files
 from imgcls.config import Config
-from imgcls.training.run import TrainingRun, precision_name
-
-
-def store_thresholds(path: Path, thresholds, fallback: float) -> None:
-    """Multi-label: the per-class thresholds chosen on validation travel with the weights."""
-    tensors, meta = ckpt.load_checkpoint(path)
-    meta["thresholds"] = {"per_class": [float(t) for t in thresholds], "default": fallback}  # exact: ties matter
-    ckpt.save_checkpoint(path, tensors, meta)
+from imgcls.training.run import RunSetup, precision_name
 
 
 def write_outputs(
@@ -66,11 +57,22 @@ def describe_recipe(config: Config) -> str:
         name
         for name, on in (
             ("flip", a.hflip),
-            ("shift", a.translate),
-            ("cutout", a.cutout),
-            ("mixup", a.mixup),
-            ("cutmix", a.cutmix),
-            ("randaugment", a.auto_augment != "none"),
+            ("vertical flip", a.vflip),
+            (f"shift {a.translate:g}", a.translate),
+            (f"random resized crop {a.random_resized_crop:g}", a.random_resized_crop),
+            (f"rotation {a.rotation:g} deg", a.rotation),
+            (f"shear {a.shear:g} deg", a.shear),
+            (f"zoom {a.zoom:g}", a.zoom),
+            (f"brightness {a.brightness:g}", a.brightness),
+            (f"contrast {a.contrast:g}", a.contrast),
+            (f"saturation {a.saturation:g}", a.saturation),
+            (f"cutout {a.cutout:g}", a.cutout),
+            (a.auto_augment, a.auto_augment != "none"),
+            (f"random erasing {a.random_erasing:g}", a.random_erasing),
+            (f"mixup {a.mixup:g}", a.mixup),
+            (f"cutmix {a.cutmix:g}", a.cutmix),
+            (f"ricap {a.ricap:g}", a.ricap),
+            ("mirror test-time augmentation", a.test_flip),
         )
         if on
     ]
@@ -83,7 +85,7 @@ def describe_recipe(config: Config) -> str:
 
 
 def write_run_report(
-    run_dir: Path, run: TrainingRun, metrics: dict, history: list[dict], seconds: float, probs: torch.Tensor
+    run_dir: Path, run: RunSetup, metrics: dict, history: list[dict], seconds: float, probs: torch.Tensor
 ) -> None:
     config = run.config
     summary = {

@@ -1,4 +1,5 @@
-"""Everything a training run works with, built once from its config: `prepare(config)`.
+"""Everything a training run works with, built from its config: `prepare(config)` gives
+the run's frozen setup and its optimisation state.
 
 scan sources -> decode once -> preprocessing from the training images -> model (Kaiming
 initialised, or from --pretrained weights, backbone maybe frozen) -> optimizer, schedule,
@@ -27,48 +28,43 @@ from imgcls.device import choose_autocast, grad_scaler, resolve_device
 from imgcls.errors import CheckpointError, ConfigError, DataError
 from imgcls.models import create_model
 from imgcls.models.pretrained import resolve_start_weights
-from imgcls.models.registry import resolve
 from imgcls.models.seed import SeedNet, kaiming_init
+from imgcls.training import distributed
+from imgcls.training.checks import check_model_config, check_task_options
 from imgcls.training.losses import balanced_class_weights, build_loss, build_multilabel_loss, positive_weights
 from imgcls.training.optim import PlateauState, build_optimizer, build_schedule
 from imgcls.training.streaming import streamed_training_set, use_stream
-from imgcls.training.transfer import load_pretrained, set_backbone_trainable
+from imgcls.training.transfer import load_pretrained, pretrained_normalisation, set_backbone_trainable
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Teacher:
     model: nn.Module
     preprocessing: Preprocessing
 
 
-@dataclass
-class TrainingRun:
+@dataclass(frozen=True)
+class RunSetup:
+    """What a run trains on and with, built once and never reassigned: the data, its
+    preprocessing, the model (its weights change, the object does not), the loss and the
+    numeric settings."""
+
     config: Config
     sources: DataSources
     train: ImageCache
     val: ImageCache
     preprocessing: Preprocessing
     model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    plateau: PlateauState | None
     loss_fn: nn.Module  # (logits, targets) -> loss: cross-entropy, or BCE/ASL for multi-label
     autocast_dtype: torch.dtype | None
     device: torch.device
-    scaler: torch.amp.GradScaler  # loss scaling for float16; disabled (a pass-through) otherwise
     per_image: Callable[[torch.Tensor], torch.Tensor] | None = None  # torchvision v2 transform
-    ema: nn.Module | None = None  # timm's ModelEmaV3; its .module is what is evaluated and saved
     teacher: Teacher | None = None
-    ddp: nn.Module | None = None  # DistributedDataParallel around model, with several processes
     # Streamed training (imgcls.training.streaming): batches come from here, and `train` holds the
     # training set's labels and paths but no pixels.
     stream: ShardStream | None = None
-
-    @property
-    def eval_model(self) -> nn.Module:
-        return self.ema.module if self.ema is not None else self.model
 
     @property
     def multilabel(self) -> bool:
@@ -91,6 +87,24 @@ class TrainingRun:
         if not transfer.pretrained:
             return None
         return {"name": transfer.pretrained, "source": transfer.pretrained_source, "sha256": transfer.pretrained_sha256}
+
+
+@dataclass(frozen=True)
+class Optimisation:
+    """What the optimizer steps carry from one step to the next; a new one (dataclasses.replace)
+    when the run re-wraps its model for several processes."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    plateau: PlateauState | None
+    scaler: torch.amp.GradScaler  # loss scaling for float16; disabled (a pass-through) otherwise
+    ema: nn.Module | None = None  # timm's ModelEmaV3; its .module is what is evaluated and saved
+    ddp: nn.Module | None = None  # DistributedDataParallel around the model, with several processes
+
+
+def eval_model(setup: RunSetup, opt: Optimisation) -> nn.Module:
+    """The network that is validated and saved: the weight average when the run keeps one."""
+    return opt.ema.module if opt.ema is not None else setup.model
 
 
 # Random resized crops are cut from training images cached this much larger than the model's
@@ -195,87 +209,14 @@ def build_model(config: Config, num_classes: int, pre: Preprocessing) -> nn.Modu
     return model
 
 
-def pretrained_normalisation(config: Config, channels: int) -> tuple[tuple, tuple] | None:
-    """Fine-tuned weights keep the input statistics they were trained with: an imgcls
-    checkpoint's own mean/std, or a timm model's pretrained (ImageNet) values for RGB; a CLIP
-    backbone the statistics CLIP was trained with (their average for grey images, whose first
-    convolution sums CLIP's RGB filters)."""
-    if config.data.mean:  # set by the user, or by the pretrained weights' config
-        mean, std = tuple(config.data.mean), tuple(config.data.std)
-        if len(mean) == channels:
-            return mean, std
-        if channels == 1:  # grey images into RGB-trained weights: their channels' average
-            return (sum(mean) / len(mean),), (sum(std) / len(std),)
-        raise ConfigError(f"data.mean has {len(mean)} values; these images have {channels} channels.")
-    if config.model.name.startswith("clip:"):
-        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-
-        if channels == 3:
-            return tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD)
-        return (sum(OPENAI_DATASET_MEAN) / 3,), (sum(OPENAI_DATASET_STD) / 3,)
-    path = config.transfer.pretrained
-    if not path:
-        return None
-    if str(path).endswith(".safetensors"):
-        try:
-            meta = ckpt.read_metadata(path)
-        except CheckpointError:
-            meta = None  # bare weights: not an imgcls checkpoint
-        if meta is not None:
-            pre = Preprocessing.from_dict(meta["preprocess"])
-            return (pre.mean, pre.std) if pre.channels == channels else None
-    if channels != 3:
-        return None
-    try:
-        import timm
-
-        cfg = timm.models.get_pretrained_cfg(resolve(config.model.name).name.removeprefix("timm:"))
-    except (RuntimeError, ValueError, AttributeError):
-        return None
-    if cfg is None or not getattr(cfg, "mean", None):
-        return None
-    return tuple(float(m) for m in cfg.mean), tuple(float(s) for s in cfg.std)
+def prepare(config: Config, device: torch.device | None = None) -> tuple[RunSetup, Optimisation]:
+    """A run's setup and its optimisation state, on `device` (default: train.device)."""
+    setup = prepare_setup(config, device)
+    return setup, build_optimisation(setup, steps_per_epoch(len(setup.train), config.train.batch_size))
 
 
-def check_model_config(config: Config) -> None:
-    """The model checks that need no data, so a typo fails before minutes of decoding."""
-    entry = resolve(config.model.name)
-    if config.data.img_size < entry.min_size:
-        raise ConfigError(
-            f"model {config.model.name!r} needs images of at least {entry.min_size} px; got {config.data.img_size}."
-        )
-
-
-def check_task_options(config: Config, task: str) -> None:
-    """Combinations of options refused before any image is decoded, once the data's task is
-    known (from the folder layout or the manifest); each message names one key."""
-    tc, augment = config.train, config.augment
-    refused = []
-    if task == "multi-label":
-        why = "assumes one class per image; multi-label training does not use it"
-        refused += [
-            ("train.balanced_sampling", tc.balanced_sampling, why),
-            ("train.label_smoothing", tc.label_smoothing, why),
-            ("distill.teacher", config.distill.teacher, why),
-        ]
-    if config.semi.unlabeled:
-        why = "does not combine with semi-supervised training (--unlabeled); turn one off"
-        mixing = augment.mix_prob > 0
-        refused += [
-            ("train.accumulate", tc.accumulate != 1, why),
-            ("augment.mixup", mixing and augment.mixup > 0, why),
-            ("augment.cutmix", mixing and augment.cutmix > 0, why),
-            ("augment.ricap", mixing and augment.ricap > 0, why),
-            ("distill.teacher", config.distill.teacher, why),
-            ("data.task", task == "multi-label", "multi-label data " + why),
-        ]
-    for key, given, why in refused:
-        if given:
-            raise ConfigError(f"{key} {why}.")
-
-
-def prepare(config: Config, device: torch.device | None = None) -> TrainingRun:
-    """Everything of a run, on `device` (default: train.device)."""
+def prepare_setup(config: Config, device: torch.device | None = None) -> RunSetup:
+    """Data (scanned, checked, decoded), preprocessing, model, loss, on `device`."""
     data, tc = config.data, config.train
     check_model_config(config)
     device = device or resolve_device(tc.device)
@@ -316,34 +257,13 @@ def prepare(config: Config, device: torch.device | None = None) -> TrainingRun:
         interpolation=data.interpolation,
     )
     model = build_model(config, len(sources.classes), pre)
-    total_steps = steps_per_epoch(len(train), tc.batch_size) * tc.epochs // tc.accumulate
-    if total_steps < 100 and not config.transfer.pretrained:  # fine-tuning needs few steps
-        log.warning(
-            "only %d optimizer steps in the whole run: a smaller --batch-size or more --epochs "
-            "will likely train better",
-            total_steps,
-        )
     model = model.to(device, memory_format=torch.channels_last if tc.channels_last else torch.preserve_format)
-    optimizer = build_optimizer(
-        model,
-        config.optim,
-        batch_size=tc.batch_size * tc.accumulate,
-        head=model.get_classifier(),
-        head_lr_scale=config.transfer.head_lr_scale,
-    )
-    steps = -(-steps_per_epoch(len(train), tc.batch_size) // tc.accumulate)
-    scheduler, plateau = build_schedule(optimizer, config.optim, steps_per_epoch=steps, epochs=tc.epochs)
     if sources.task == "multi-label":
         loss_fn = build_multilabel_loss(tc.multilabel_loss, positive_weights(train.labels))
     else:
         weights = balanced_class_weights(train.labels, len(sources.classes)) if tc.class_weights == "balanced" else None
         loss_fn = build_loss(tc.label_smoothing, weights)
     loss_fn = loss_fn.to(device)  # its class or positive weights
-    ema = None
-    if tc.ema:
-        from timm.utils import ModelEmaV3
-
-        ema = ModelEmaV3(model, decay=tc.ema_decay, use_warmup=True)
     dtype = choose_autocast(tc.precision, device)
     log.info(
         "model %s, %s parameters, on %s, %s, %s",
@@ -353,25 +273,47 @@ def prepare(config: Config, device: torch.device | None = None) -> TrainingRun:
         precision_name(dtype),
         "channels_last" if tc.channels_last else "NCHW",
     )
-    return TrainingRun(
+    return RunSetup(
         config,
         sources,
         train,
         val,
         pre,
         model,
-        optimizer,
-        scheduler,
-        plateau,
         loss_fn,
         dtype,
         device,
-        grad_scaler(dtype, device),
         per_image=build_per_image_transform(config.augment, data.img_size),
-        ema=ema,
         teacher=_teacher(config, sources, pre, device),
         stream=stream,
     )
+
+
+def build_optimisation(setup: RunSetup, batches_per_epoch: int) -> Optimisation:
+    """Optimizer, schedule (over `batches_per_epoch` batches an epoch), loss scaler and EMA."""
+    config, model = setup.config, setup.model
+    tc = config.train
+    steps = -(-batches_per_epoch // tc.accumulate)
+    if steps * tc.epochs < 100 and not config.transfer.pretrained and distributed.is_main():
+        log.warning(  # fine-tuning needs few steps; every process would say the same
+            "only %d optimizer steps in the whole run: a smaller --batch-size or more --epochs "
+            "will likely train better",
+            steps * tc.epochs,
+        )
+    optimizer = build_optimizer(
+        model,
+        config.optim,
+        batch_size=tc.batch_size * tc.accumulate,
+        head=model.get_classifier(),
+        head_lr_scale=config.transfer.head_lr_scale,
+    )
+    scheduler, plateau = build_schedule(optimizer, config.optim, steps_per_epoch=steps, epochs=tc.epochs)
+    ema = None
+    if tc.ema:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=tc.ema_decay, use_warmup=True)
+    return Optimisation(optimizer, scheduler, plateau, grad_scaler(setup.autocast_dtype, setup.device), ema)
 
 
 def precision_name(dtype: torch.dtype | None) -> str:

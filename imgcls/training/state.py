@@ -28,7 +28,7 @@ from imgcls import checkpoint as ckpt
 from imgcls import files
 from imgcls.errors import CheckpointError, TrainingDivergedError
 from imgcls.training import distributed
-from imgcls.training.run import TrainingRun
+from imgcls.training.run import Optimisation, RunSetup, eval_model
 
 log = logging.getLogger(__name__)
 Stats = TypeVar("Stats")  # what an epoch function returns (EpochStats, SemiStats)
@@ -116,7 +116,30 @@ def clear_temporaries(run_dir: Path) -> None:
         log.info("removed %s, left by an interrupted write", path.name)
 
 
-def restore(path: Path, run: TrainingRun) -> tuple[dict, EpochProgress | None]:
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a run (re)starts: the epochs done, the next one, and how far into it."""
+
+    history: list[dict]
+    epoch: int
+    best_acc: float
+    partial: EpochProgress | None
+
+
+def fresh_start() -> ResumePoint:
+    return ResumePoint([], 1, -1.0, None)
+
+
+def resume_point(run_dir: Path, setup: RunSetup, opt: Optimisation) -> ResumePoint:
+    """The state of run_dir/last.safetensors restored into the run, and where to go on."""
+    state, partial = restore(run_dir / "last.safetensors", setup.model, opt)
+    point = ResumePoint(state["history"], state["epoch"] + 1, state["best_val_acc"], partial)
+    where = f"in epoch {point.epoch} after step {partial.step}" if partial else f"after epoch {state['epoch']}"
+    log.info("resumed %s", where)
+    return point
+
+
+def restore(path: Path, model: torch.nn.Module, opt: Optimisation) -> tuple[dict, EpochProgress | None]:
     """Load model, EMA, optimizer and schedule state from a last.safetensors; return its resume
     state and, when it was saved inside an epoch, that epoch's progress."""
     tensors, meta = ckpt.load_checkpoint(path)
@@ -124,13 +147,13 @@ def restore(path: Path, run: TrainingRun) -> tuple[dict, EpochProgress | None]:
     if state is None:
         raise CheckpointError(f"{path} holds no training state to resume from.")
     try:
-        run.model.load_state_dict(ckpt.split_prefix(tensors, ckpt.MODEL_PREFIX))
-        if run.ema is not None:
-            run.ema.module.load_state_dict(ckpt.split_prefix(tensors, EMA_PREFIX))
-        ckpt.optimizer_from_tensors(run.optimizer, tensors, state["optimizer"])
-        run.scheduler.load_state_dict(state["scheduler"])
-        if run.plateau is not None:
-            run.plateau.load(state["plateau"])
+        model.load_state_dict(ckpt.split_prefix(tensors, ckpt.MODEL_PREFIX))
+        if opt.ema is not None:
+            opt.ema.module.load_state_dict(ckpt.split_prefix(tensors, EMA_PREFIX))
+        ckpt.optimizer_from_tensors(opt.optimizer, tensors, state["optimizer"])
+        opt.scheduler.load_state_dict(state["scheduler"])
+        if opt.plateau is not None:
+            opt.plateau.load(state["plateau"])
         partial = state.get("partial")
         progress = None
         if partial is not None:
@@ -140,8 +163,8 @@ def restore(path: Path, run: TrainingRun) -> tuple[dict, EpochProgress | None]:
                 torch_state=tensors[RNG_TORCH],
                 cuda_state=tensors.get(RNG_CUDA),
             )
-        if state.get("scaler") and run.scaler.is_enabled():
-            run.scaler.load_state_dict(state["scaler"])
+        if state.get("scaler") and opt.scaler.is_enabled():
+            opt.scaler.load_state_dict(state["scaler"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(
             f"{path}: its training state does not fit this run ({type(err).__name__}: {err}); "
@@ -152,7 +175,8 @@ def restore(path: Path, run: TrainingRun) -> tuple[dict, EpochProgress | None]:
 
 def save_last(
     run_dir: Path,
-    run: TrainingRun,
+    setup: RunSetup,
+    opt: Optimisation,
     history: list[dict],
     best_acc: float,
     meta: dict,
@@ -161,19 +185,19 @@ def save_last(
     """last.safetensors: model, EMA, optimizer and schedule state after the last epoch of
     `history`, or inside the next one (`partial`, with its RNG states); then history.csv.
     Weights that are no longer finite are never saved over the last good ones."""
-    check_finite(run, run_dir, history[-1]["epoch"] + 1 if history else 1)
-    tensors = {ckpt.MODEL_PREFIX + k: v for k, v in run.model.state_dict().items()}
-    if run.ema is not None:
-        tensors.update({EMA_PREFIX + k: v for k, v in run.ema.module.state_dict().items()})
-    optim_tensors, optim_state = ckpt.optimizer_to_tensors(run.optimizer)
+    check_finite(setup, run_dir, history[-1]["epoch"] + 1 if history else 1)
+    tensors = {ckpt.MODEL_PREFIX + k: v for k, v in setup.model.state_dict().items()}
+    if opt.ema is not None:
+        tensors.update({EMA_PREFIX + k: v for k, v in opt.ema.module.state_dict().items()})
+    optim_tensors, optim_state = ckpt.optimizer_to_tensors(opt.optimizer)
     resume = {
         "epoch": history[-1]["epoch"] if history else 0,
         "best_val_acc": best_acc,
         "history": history,
         "optimizer": optim_state,
-        "scheduler": run.scheduler.state_dict(),
-        "plateau": run.plateau.to_dict() if run.plateau is not None else None,
-        "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
+        "scheduler": opt.scheduler.state_dict(),
+        "plateau": opt.plateau.to_dict() if opt.plateau is not None else None,
+        "scaler": opt.scaler.state_dict() if opt.scaler.is_enabled() else None,
     }
     if partial is not None:
         resume["partial"] = partial.to_json()
@@ -217,22 +241,23 @@ def stopped(run_dir: Path, where: str) -> None:
     raise KeyboardInterrupt
 
 
-def check_finite(run: TrainingRun, run_dir: Path, epoch: int, loss: float | None = None) -> None:
+def check_finite(setup: RunSetup, run_dir: Path, epoch: int, loss: float | None = None) -> None:
     """TrainingDivergedError when the loss or the weights are NaN or infinite: training on would
     only write a model that answers NaN (a run with optim.lr=1e8 used to end with exit 0)."""
     finite_loss = loss is None or math.isfinite(loss)
-    if finite_loss and all(torch.isfinite(p).all() for p in run.model.parameters()):
+    if finite_loss and all(torch.isfinite(p).all() for p in setup.model.parameters()):
         return
     what = f"the training loss ({loss})" if not finite_loss else "the weights"
     raise TrainingDivergedError(
         f"{what} is not finite in epoch {epoch}: training diverged. Lower optim.lr "
-        f"(now {run.config.optim.lr:g}) or set optim.clip_grad_norm; {run_dir} keeps its last finite checkpoint."
+        f"(now {setup.config.optim.lr:g}) or set optim.clip_grad_norm; {run_dir} keeps its last finite checkpoint."
     )
 
 
 def train_resumably(
     run_dir: Path,
-    run: TrainingRun,
+    setup: RunSetup,
+    opt: Optimisation,
     epoch: int,
     history: list[dict],
     best_acc: float,
@@ -243,15 +268,15 @@ def train_resumably(
 
     def save_inside(progress: EpochProgress) -> None:
         last = history[-1] if history else {"epoch": 0, "val_acc": None}
-        meta = run.metadata(epoch=last["epoch"], val_accuracy=last["val_acc"], ema=run.ema is not None)
-        save_last(run_dir, run, history, best_acc, meta, partial=progress)
+        meta = epoch_metadata(setup, opt, last)
+        save_last(run_dir, setup, opt, history, best_acc, meta, partial=progress)
         log.info("saved %s in epoch %d after step %d", run_dir / "last.safetensors", epoch, progress.step)
 
-    minutes = run.config.train.checkpoint_minutes
+    minutes = setup.config.train.checkpoint_minutes
     saving = minutes and distributed.is_main()  # rank 0 alone writes
     try:
         stats = one_epoch(periodic=PeriodicSave(save_inside, minutes * 60) if saving else None)
-        check_finite(run, run_dir, epoch, stats.loss)
+        check_finite(setup, run_dir, epoch, stats.loss)
         return stats
     except EpochInterrupted as interrupted:
         if not distributed.is_main():
@@ -259,3 +284,21 @@ def train_resumably(
         save_inside(interrupted.progress)
         where = f"in epoch {epoch} after step {interrupted.progress.step} of {interrupted.total_steps}"
         stopped(run_dir, where)
+
+
+def epoch_metadata(setup: RunSetup, opt: Optimisation, row: dict) -> dict:
+    """The metadata a checkpoint saved after the epoch of history row `row` carries."""
+    return setup.metadata(epoch=row["epoch"], val_accuracy=row["val_acc"], ema=opt.ema is not None)
+
+
+def save_epoch(run_dir: Path, setup: RunSetup, opt: Optimisation, history: list[dict], best_acc: float) -> float:
+    """best.safetensors when validation accuracy improved, then last.safetensors (with the
+    optimizer, schedule and EMA state) and history.csv; returns the best accuracy so far."""
+    row = history[-1]
+    meta = epoch_metadata(setup, opt, row)
+    if row["val_acc"] > best_acc:
+        best_acc = row["val_acc"]
+        evaluated = {ckpt.MODEL_PREFIX + k: v for k, v in eval_model(setup, opt).state_dict().items()}
+        ckpt.save_checkpoint(run_dir / "best.safetensors", evaluated, meta)
+    save_last(run_dir, setup, opt, history, best_acc, meta)
+    return best_acc

@@ -10,13 +10,11 @@ import torch
 from torch import nn
 
 from imgcls import checkpoint as ckpt
-from imgcls import files
 from imgcls.data.preprocess import Preprocessing
 from imgcls.inference.batched import batched_logits
 from imgcls.metrics import choose_thresholds, classification_metrics, mean_average_precision, multilabel_metrics
 from imgcls.training import distributed
-from imgcls.training.outputs import store_thresholds
-from imgcls.training.run import TrainingRun
+from imgcls.training.run import RunSetup
 
 
 def evaluate(
@@ -63,29 +61,38 @@ def evaluate(
 
 
 def final_metrics(
-    run_dir: Path, run: TrainingRun, val_x: torch.Tensor, val_y: torch.Tensor
+    run_dir: Path, setup: RunSetup, model: nn.Module, val_x: torch.Tensor, val_y: torch.Tensor
 ) -> tuple[dict, torch.Tensor]:
     """Metrics and probabilities of the best checkpoint on val, in float32, as `imgcls evaluate`
-    computes them."""
-    tensors, _ = ckpt.load_checkpoint(run_dir / "best.safetensors")
-    model = run.eval_model
+    computes them; then the checkpoint's final save, with that float32 score (the epoch's own,
+    under autocast, kept beside it when it differs) and, multi-label, the per-class thresholds
+    chosen on these probabilities."""
+    path = run_dir / "best.safetensors"
+    tensors, meta = ckpt.load_checkpoint(path)
     model.load_state_dict(ckpt.split_prefix(tensors, ckpt.MODEL_PREFIX))
-    tc = run.config.train
+    tc = setup.config.train
     _, _, probs = evaluate(
         model,
         val_x,
         val_y,
-        run.preprocessing,
+        setup.preprocessing,
         batch_size=tc.eval_batch_size,
         channels_last=tc.channels_last,
-        device=run.device,
+        device=setup.device,
     )
-    skipped = run.train.skipped + run.val.skipped
-    if run.multilabel:
-        thresholds, fallback = choose_thresholds(val_y.numpy(), probs.numpy())
-        metrics = multilabel_metrics(val_y.numpy(), probs.numpy(), run.sources.classes, thresholds, fallback, skipped)
-        store_thresholds(run_dir / "best.safetensors", thresholds, fallback)
+    skipped = setup.train.skipped + setup.val.skipped
+    y, p = val_y.numpy(), probs.numpy()
+    if setup.multilabel:
+        thresholds, fallback = choose_thresholds(y, p)
+        metrics = multilabel_metrics(y, p, setup.sources.classes, thresholds, fallback, skipped)
+        meta["thresholds"] = {"per_class": [float(t) for t in thresholds], "default": fallback}  # exact: ties matter
+        score = metrics["mAP"]
     else:
-        metrics = classification_metrics(val_y.numpy(), probs.numpy(), run.sources.classes, skipped)
-    files.write_json(run_dir / "metrics.json", metrics)
+        metrics = classification_metrics(y, p, setup.sources.classes, skipped)
+        score = metrics["accuracy"]
+    training = meta["training"]
+    if training.get("val_accuracy") != score:
+        training["epoch_val_accuracy"] = training.get("val_accuracy")  # as measured during training
+    training["val_accuracy"] = score
+    ckpt.save_checkpoint(path, tensors, meta)
     return metrics, probs

@@ -1,0 +1,193 @@
+"""The epoch driver that supervised and semi-supervised training share: per epoch, seed,
+train (one_epoch), validate, record the history row and the log line, save, and stop when
+asked; then the final metrics of the best checkpoint and the run's report.
+
+Every epoch seeds its own generators from (seed, epoch), so a resumed run replays exactly the
+shuffles and augmentations the uninterrupted run would have drawn. Ctrl-C stops after the
+current optimizer step and saves last.safetensors with the epoch's progress and both RNG
+states, so `--resume` finishes that epoch exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from imgcls import files
+from imgcls.training import distributed
+from imgcls.training.loop import EpochStats
+from imgcls.training.outputs import write_run_report
+from imgcls.training.run import Optimisation, RunSetup, eval_model
+from imgcls.training.state import (
+    EpochProgress,
+    PeriodicSave,
+    ResumePoint,
+    history_row,
+    save_epoch,
+    stop_on_sigint,
+    stopped,
+    train_resumably,
+)
+from imgcls.training.transfer import set_backbone_trainable
+from imgcls.training.validate import evaluate, final_metrics
+
+log = logging.getLogger(__name__)
+
+
+class OneEpoch(Protocol):
+    """What a kind of training supplies: one_epoch(opt, epoch, generator, *, desc, progress,
+    stop, periodic) -> EpochStats (see imgcls.training.loop.supervised_epoch)."""
+
+    def __call__(
+        self,
+        opt: Optimisation,
+        epoch: int,
+        generator: torch.Generator,
+        *,
+        desc: str,
+        progress: EpochProgress | None,
+        stop: Callable[[], bool],
+        periodic: PeriodicSave | None,
+    ) -> EpochStats: ...
+
+
+@dataclass(frozen=True)
+class FitResult:
+    run_dir: Path
+    metrics: dict
+    history: list[dict]
+    best_checkpoint: Path
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 100_003 + epoch
+
+
+def train_epochs(
+    run_dir: Path,
+    setup: RunSetup,
+    opt: Optimisation,
+    start: ResumePoint,
+    val: tuple[torch.Tensor, torch.Tensor],
+    one_epoch: OneEpoch,
+    *,
+    last_epoch: int | None = None,
+) -> float:
+    """Epochs start.epoch .. last_epoch (default train.epochs), appending to start.history;
+    returns the best validation score."""
+    tc = setup.config.train
+    history, best_acc, partial = start.history, start.best_acc, start.partial
+    with stop_on_sigint() as stop:
+        for epoch in range(start.epoch, (tc.epochs if last_epoch is None else last_epoch) + 1):
+            if tc.early_stopping and history and _epochs_without_progress(history) >= tc.early_stopping:
+                log.info("early stopping: no validation progress in %d epochs", tc.early_stopping)
+                break
+            opt = _unfreeze_on_schedule(setup, opt, epoch)
+            if partial is None:
+                torch.manual_seed(epoch_seed(tc.seed, epoch))  # dropout and torchvision's per-image draws
+                partial = EpochProgress(lr=opt.optimizer.param_groups[0]["lr"])
+            lr = partial.lr
+            generator = torch.Generator().manual_seed(epoch_seed(tc.seed, epoch))
+
+            def this_epoch(*, periodic, progress=partial, generator=generator, epoch=epoch, opt=opt):
+                desc = f"epoch {epoch}/{tc.epochs}"
+                return one_epoch(opt, epoch, generator, desc=desc, progress=progress, stop=stop, periodic=periodic)
+
+            stats = train_resumably(run_dir, setup, opt, epoch, history, best_acc, this_epoch)
+            partial = None
+            best_acc = _finish_epoch(run_dir, setup, opt, epoch, stats, lr, history, best_acc, val)
+            if stop() and epoch < tc.epochs:
+                stopped(run_dir, f"after epoch {epoch}")
+    return best_acc
+
+
+def _finish_epoch(
+    run_dir: Path,
+    setup: RunSetup,
+    opt: Optimisation,
+    epoch: int,
+    stats: EpochStats,
+    lr: float,
+    history: list[dict],
+    best_acc: float,
+    val: tuple[torch.Tensor, torch.Tensor],
+) -> float:
+    """Validate, record, log and save an epoch; returns the best validation score so far."""
+    tc = setup.config.train
+    # Validated as the model will predict, mirror test-time augmentation included: checking
+    # without it saved ~2 s an epoch on the fashion-mnist recipe but chose epoch 15 of 18
+    # (0.9484 on test with the flip) over the last one (0.9500).
+    val_loss, val_acc, _ = evaluate(
+        eval_model(setup, opt),
+        *val,
+        setup.preprocessing,
+        batch_size=tc.eval_batch_size,
+        autocast_dtype=setup.autocast_dtype,
+        channels_last=tc.channels_last,
+        device=setup.device,
+        shared=True,
+    )
+    if opt.plateau is not None:
+        opt.plateau.update(val_loss)
+    history.append(history_row(epoch, (stats.loss, stats.accuracy), (val_loss, val_acc), lr, stats.seconds))
+    score = "mAP" if setup.multilabel else "acc"  # multi-label epochs are ranked by mean average precision
+    extra = f"  pseudo-labelled {100 * stats.pseudo_rate:.1f}%" if stats.pseudo_rate is not None else ""
+    log.info(
+        "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f %s %.4f%s  %.1f s (%.1f img/s)",
+        epoch,
+        tc.epochs,
+        stats.loss,
+        stats.accuracy,
+        val_loss,
+        score,
+        val_acc,
+        extra,
+        stats.seconds,
+        stats.images / max(stats.seconds, 1e-9),
+    )
+    if not distributed.is_main():  # every rank has the same scores, so the same best, unsaved
+        return max(best_acc, val_acc)
+    return save_epoch(run_dir, setup, opt, history, best_acc)
+
+
+def _epochs_without_progress(history: list[dict]) -> int:
+    best = max(range(len(history)), key=lambda i: history[i]["val_acc"])  # first best on ties
+    return len(history) - 1 - best
+
+
+def _unfreeze_on_schedule(setup: RunSetup, opt: Optimisation, epoch: int) -> Optimisation:
+    """transfer.unfreeze_after: the backbone trains from the epoch after it."""
+    transfer = setup.config.transfer
+    if not (transfer.freeze_backbone and transfer.unfreeze_after):
+        return opt
+    trainable = [p.requires_grad for p in setup.model.parameters()]
+    set_backbone_trainable(setup.model, epoch > transfer.unfreeze_after)
+    if opt.ddp is not None and trainable != [p.requires_grad for p in setup.model.parameters()]:
+        # DDP averages the gradients of the parameters that were trainable when it was built
+        return replace(opt, ddp=distributed.wrap(setup.model, sync_bn=False, device=setup.device))
+    return opt
+
+
+def finish_run(
+    run_dir: Path,
+    setup: RunSetup,
+    opt: Optimisation,
+    history: list[dict],
+    val: tuple[torch.Tensor, torch.Tensor],
+    started: float,
+) -> FitResult:
+    """The best checkpoint scored in float32 (and, multi-label, its thresholds chosen) before
+    its final save; metrics.json; summary, predictions and report.html."""
+    distributed.barrier()  # best.safetensors is complete before anyone reads it
+    if not distributed.is_main():
+        return FitResult(run_dir, {}, history, run_dir / "best.safetensors")
+    metrics, probs = final_metrics(run_dir, setup, eval_model(setup, opt), *val)
+    files.write_json(run_dir / "metrics.json", metrics)
+    write_run_report(run_dir, setup, metrics, history, time.perf_counter() - started, probs)
+    return FitResult(run_dir, metrics, history, run_dir / "best.safetensors")
