@@ -38,7 +38,7 @@ def fit_classic_run(config: Config, run_dir: Path) -> ClassicRun:
     data, tc = config.data, config.train
     started = time.perf_counter()
     sources = resolve_training_data(data.train, data.val, val_fraction=data.val_fraction, seed=tc.seed)
-    train, val = decode_sources(config, sources)
+    train, val = decode_sources(config.data, config.augment, sources)
     mean, std = channel_stats(train.images)
     pre = Preprocessing(data.img_size, train.channels, mean, std, data.resize, data.max_pixels)
     model = fit_classic(

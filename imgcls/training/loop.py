@@ -138,7 +138,7 @@ def supervised_batches(
     class-balanced) from the decoded `data`, or read from the run's stream of shards (None)."""
     tc = setup.config.train
     if data is None:
-        steps, batches = stream_epoch(setup.stream, setup.train, epoch, stream_workers(setup.config), start)
+        steps, batches = stream_epoch(setup.stream, setup.train, epoch, stream_workers(setup.config.data), start)
         size = setup.stream.batch_size
         return EpochBatches(steps, steps * size, start * size, batches)
     images, labels = data

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from imgcls import checkpoint as ckpt
-from imgcls.config import Config
+from imgcls.config import AugmentConfig, Config, DataConfig, DistillConfig
 from imgcls.data.augment import build_per_image_transform
 from imgcls.data.cache import ImageCache, build_cache
 from imgcls.data.loader import steps_per_epoch
@@ -113,10 +113,9 @@ def eval_model(setup: RunSetup, opt: Optimisation) -> nn.Module:
 CROP_CACHE_SCALE = 1.15
 
 
-def decode_val(config: Config, sources: DataSources, channels: int) -> ImageCache:
+def decode_val(data: DataConfig, sources: DataSources, channels: int) -> ImageCache:
     """The validation images, decoded once with the training set's channel count, exactly as
     prediction will decode them."""
-    data = config.data
     return build_cache(
         sources.val,
         size=data.img_size,
@@ -131,17 +130,17 @@ def decode_val(config: Config, sources: DataSources, channels: int) -> ImageCach
     )
 
 
-def train_decode_size(config: Config) -> tuple[int, float]:
+def train_decode_size(data: DataConfig, augment: AugmentConfig) -> tuple[int, float]:
     """(side, crop share) the training images are cached at: as evaluation decodes them, or
     the whole centre square at CROP_CACHE_SCALE x the input when the recipe crops at random."""
-    if config.augment.random_resized_crop > 0:
-        return round(config.data.img_size * CROP_CACHE_SCALE), 1.0
-    return config.data.img_size, config.data.crop_pct
+    if augment.random_resized_crop > 0:
+        return round(data.img_size * CROP_CACHE_SCALE), 1.0
+    return data.img_size, data.crop_pct
 
 
-def decode_sources(config: Config, sources: DataSources) -> tuple[ImageCache, ImageCache]:
-    data = config.data
-    size, crop_pct = train_decode_size(config)
+def decode_sources(data: DataConfig, augment: AugmentConfig, sources: DataSources) -> tuple[ImageCache, ImageCache]:
+    """The training and validation images, decoded once into the cache."""
+    size, crop_pct = train_decode_size(data, augment)
     train = build_cache(
         sources.train,
         size=size,
@@ -154,7 +153,7 @@ def decode_sources(config: Config, sources: DataSources) -> tuple[ImageCache, Im
         crop_pct=crop_pct,
         interpolation=data.interpolation,
     )
-    val = decode_val(config, sources, train.channels)
+    val = decode_val(data, sources, train.channels)
     if train.labels.ndim == 2:  # multi-label: a class is present when any image has it
         missing = [name for i, name in enumerate(sources.classes) if not train.labels[:, i].any()]
     else:
@@ -164,27 +163,25 @@ def decode_sources(config: Config, sources: DataSources) -> tuple[ImageCache, Im
     return train, val
 
 
-def _teacher(config: Config, sources: DataSources, pre: Preprocessing, device: torch.device) -> Teacher | None:
-    if config.distill.teacher is None:
+def _teacher(distill: DistillConfig, sources: DataSources, pre: Preprocessing, device: torch.device) -> Teacher | None:
+    if distill.teacher is None:
         return None
-    model, teacher_pre, meta = ckpt.load_model(config.distill.teacher)
+    model, teacher_pre, meta = ckpt.load_model(distill.teacher)
     if tuple(meta["classes"]) != sources.classes:
-        raise ConfigError(
-            f"teacher {config.distill.teacher} has classes {meta['classes']}, not {list(sources.classes)}."
-        )
+        raise ConfigError(f"teacher {distill.teacher} has classes {meta['classes']}, not {list(sources.classes)}.")
     if (teacher_pre.img_size, teacher_pre.channels) != (pre.img_size, pre.channels):
         raise ConfigError(
-            f"teacher {config.distill.teacher} takes {teacher_pre.img_size} px, {teacher_pre.channels} channel(s); "
+            f"teacher {distill.teacher} takes {teacher_pre.img_size} px, {teacher_pre.channels} channel(s); "
             f"this run uses {pre.img_size} px, {pre.channels}. Train with the teacher's --img-size."
         )
     for param in model.parameters():
         param.requires_grad = False
     log.info(
         "distilling from %s (%s), alpha %.2f, temperature %.1f",
-        config.distill.teacher,
+        distill.teacher,
         meta["model"]["name"],
-        config.distill.alpha,
-        config.distill.temperature,
+        distill.alpha,
+        distill.temperature,
     )
     return Teacher(model.to(device, memory_format=torch.channels_last), teacher_pre)
 
@@ -241,9 +238,9 @@ def prepare_setup(config: Config, device: torch.device | None = None) -> RunSetu
     stream, stats = None, None
     if use_stream(config, sources):
         train, stream, stats = streamed_training_set(config, sources)
-        val = decode_val(config, sources, train.channels)
+        val = decode_val(data, sources, train.channels)
     else:
-        train, val = decode_sources(config, sources)
+        train, val = decode_sources(data, config.augment, sources)
     mean, std = pretrained_normalisation(config, train.channels) or stats or channel_stats(train.images)
     pre = Preprocessing(
         data.img_size,
@@ -284,7 +281,7 @@ def prepare_setup(config: Config, device: torch.device | None = None) -> RunSetu
         dtype,
         device,
         per_image=build_per_image_transform(config.augment, data.img_size),
-        teacher=_teacher(config, sources, pre, device),
+        teacher=_teacher(config.distill, sources, pre, device),
         stream=stream,
     )
 

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from imgcls.config import Config
+from imgcls.config import Config, DataConfig
 from imgcls.data.cache import ImageCache, build_cache
 from imgcls.data.preprocess import channel_stats
 from imgcls.data.shards import is_shard_folder
@@ -125,16 +125,16 @@ def streamed_training_set(config: Config, sources: DataSources) -> tuple[ImageCa
         len(train),
         len(stream.shards),
         data.stream_buffer,
-        stream_workers(config),
+        stream_workers(config.data),
         len(sample),
     )
     return train, stream, channel_stats(sample.images)
 
 
-def stream_workers(config: Config) -> int:
+def stream_workers(data: DataConfig) -> int:
     """Reader processes per training process: data.decode_workers, else the cores shared out."""
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return config.data.decode_workers or max(1, cpu_count() // local)
+    return data.decode_workers or max(1, cpu_count() // local)
 
 
 def stream_epoch(
