@@ -130,6 +130,8 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True  # 3-4x faster convolutions on CPU (see PERFORMANCE notes)
     threads: int = 0  # torch threads; 0 = physical cores
+    # A live view: TensorBoard event files in RUN_DIR/tensorboard (the [track] extra); none = off
+    log: Literal["none", "tensorboard"] = "none"
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ EXTRAS = {
     "retrieval": "FAISS indexes for large galleries",
     "zeroshot": "CLIP (imgcls zeroshot, --model clip:ARCH)",
     "explain": "Grad-CAM in the report",
+    "track": "TensorBoard event files (--log tensorboard)",
 }
 
 

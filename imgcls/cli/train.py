@@ -31,6 +31,7 @@ def _overrides(args: argparse.Namespace) -> dict:
         ("train", "batch_size"): args.batch_size,
         ("train", "seed"): args.seed,
         ("train", "device"): args.device,
+        ("train", "log"): args.log,
         ("train", "precision"): args.precision,
         ("transfer", "pretrained"): args.pretrained,
         ("transfer", "freeze_backbone"): True if args.freeze_backbone else None,
@@ -196,6 +197,11 @@ def add_train_parsers(sub, common: argparse.ArgumentParser) -> None:
     training.add_argument("--kd-alpha", type=float, help="weight of the teacher's soft targets (0.5)")
     training.add_argument("--kd-temperature", type=float, help="distillation temperature (4)")
     training.add_argument("--seed", type=int)
+    training.add_argument(
+        "--log",
+        choices=["none", "tensorboard"],
+        help="tensorboard: live event files in RUN_DIR/tensorboard ([track] extra)",
+    )
     training.add_argument("--device", help="auto (CUDA when there is a GPU), cpu, cuda or cuda:N")
     training.add_argument(
         "--precision", choices=["auto", "fp32", "bf16", "fp16"], help="autocast (auto: bf16 where the hardware has it)"

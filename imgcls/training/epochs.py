@@ -34,10 +34,12 @@ from imgcls.training.state import (
     stopped,
     train_resumably,
 )
+from imgcls.training.tracking import Tracker
 from imgcls.training.transfer import set_backbone_trainable
 from imgcls.training.validate import evaluate, final_metrics
 
 log = logging.getLogger(__name__)
+NO_TRACKER = Tracker()
 
 
 class OneEpoch(Protocol):
@@ -54,6 +56,7 @@ class OneEpoch(Protocol):
         progress: EpochProgress | None,
         stop: Callable[[], bool],
         periodic: PeriodicSave | None,
+        report: Callable[[int, int, float], None] | None,
     ) -> EpochStats: ...
 
 
@@ -78,6 +81,7 @@ def train_epochs(
     one_epoch: OneEpoch,
     *,
     last_epoch: int | None = None,
+    tracker: Tracker = NO_TRACKER,
 ) -> float:
     """Epochs start.epoch .. last_epoch (default train.epochs), appending to start.history;
     returns the best validation score."""
@@ -95,13 +99,18 @@ def train_epochs(
             lr = partial.lr
             generator = torch.Generator().manual_seed(epoch_seed(tc.seed, epoch))
 
-            def this_epoch(*, periodic, progress=partial, generator=generator, epoch=epoch, opt=opt):
+            def report(step: int, steps: int, loss: float, epoch=epoch, opt=opt) -> None:
+                tracker.step((epoch - 1) * steps + step, loss, opt.optimizer.param_groups[0]["lr"])
+
+            def this_epoch(*, periodic, progress=partial, generator=generator, epoch=epoch, opt=opt, report=report):
                 desc = f"epoch {epoch}/{tc.epochs}"
-                return one_epoch(opt, epoch, generator, desc=desc, progress=progress, stop=stop, periodic=periodic)
+                return one_epoch(
+                    opt, epoch, generator, desc=desc, progress=progress, stop=stop, periodic=periodic, report=report
+                )
 
             stats = train_resumably(run_dir, setup, opt, epoch, history, best_acc, this_epoch)
             partial = None
-            best_acc = _finish_epoch(run_dir, setup, opt, epoch, stats, lr, history, best_acc, val)
+            best_acc = _finish_epoch(run_dir, setup, opt, epoch, stats, lr, history, best_acc, val, tracker)
             if stop() and epoch < tc.epochs:
                 stopped(run_dir, f"after epoch {epoch}")
     return best_acc
@@ -117,6 +126,7 @@ def _finish_epoch(
     history: list[dict],
     best_acc: float,
     val: tuple[torch.Tensor, torch.Tensor],
+    tracker: Tracker,
 ) -> float:
     """Validate, record, log and save an epoch; returns the best validation score so far."""
     tc = setup.config.train
@@ -151,6 +161,8 @@ def _finish_epoch(
         stats.seconds,
         stats.images / max(stats.seconds, 1e-9),
     )
+    tracker.epoch(history[-1], stats.images / max(stats.seconds, 1e-9), score)
+    tracker.predictions(epoch, eval_model(setup, opt), val, setup.sources.classes, setup.preprocessing, setup.device)
     if not distributed.is_main():  # every rank has the same scores, so the same best, unsaved
         return max(best_acc, val_acc)
     return save_epoch(run_dir, setup, opt, history, best_acc)
@@ -181,6 +193,7 @@ def finish_run(
     history: list[dict],
     val: tuple[torch.Tensor, torch.Tensor],
     started: float,
+    tracker: Tracker = NO_TRACKER,
 ) -> FitResult:
     """The best checkpoint scored in float32 (and, multi-label, its thresholds chosen) before
     its final save; metrics.json; summary, predictions and report.html."""
@@ -189,5 +202,6 @@ def finish_run(
         return FitResult(run_dir, {}, history, run_dir / "best.safetensors")
     metrics, probs = final_metrics(run_dir, setup, eval_model(setup, opt), *val)
     files.write_json(run_dir / "metrics.json", metrics)
+    tracker.finish(metrics, setup.sources.classes)
     write_run_report(run_dir, setup, metrics, history, time.perf_counter() - started, probs)
     return FitResult(run_dir, metrics, history, run_dir / "best.safetensors")

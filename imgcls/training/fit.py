@@ -32,6 +32,7 @@ from imgcls.training.probe import fit_linear_probe, pooled_features
 from imgcls.training.run import Optimisation, RunSetup, eval_model, prepare
 from imgcls.training.semi import fit_semi_run
 from imgcls.training.state import clear_temporaries, fresh_start, history_row, resume_point, save_epoch, write_history
+from imgcls.training.tracking import Tracker, open_tracker
 from imgcls.training.validate import evaluate
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,15 @@ def _fit(config: Config, run_dir: Path, resume: bool) -> FitResult:
         return FitResult(run_dir, fitted.metrics, fitted.history, run_dir / "best.safetensors")
     if config.semi.unlabeled:  # labelled + unlabeled images: the same epochs, another step
         return fit_semi_run(config, run_dir, resume, started)
+    tracker = open_tracker(tc.log, run_dir)  # before decoding: a missing extra fails at once
+    try:
+        return _fit_epochs(config, run_dir, resume, started, tracker)
+    finally:
+        tracker.close()
+
+
+def _fit_epochs(config: Config, run_dir: Path, resume: bool, started: float, tracker: Tracker) -> FitResult:
+    tc = config.train
     setup, opt = prepare(config)
     opt = replace(opt, ddp=distributed.wrap(setup.model, sync_bn=tc.sync_bn, device=setup.device))
     start = resume_point(run_dir, setup, opt) if resume else fresh_start()
@@ -128,12 +138,11 @@ def _fit(config: Config, run_dir: Path, resume: bool) -> FitResult:
             # of gradient steps would only approach the same classifier again.
             log.info("frozen backbone: the fitted classifier is final (set transfer.linear_probe=false to train it)")
             last_epoch = 0
-    train_epochs(
-        run_dir, setup, opt, start, val, functools.partial(supervised_epoch, setup, train), last_epoch=last_epoch
-    )
+    one_epoch = functools.partial(supervised_epoch, setup, train)
+    train_epochs(run_dir, setup, opt, start, val, one_epoch, last_epoch=last_epoch, tracker=tracker)
     if setup.stream is not None:  # each process met the broken images of its own shards
         setup.train.skipped[:] = distributed.merge_lists(setup.train.skipped, key="path")
-    return finish_run(run_dir, setup, opt, start.history, val, started)
+    return finish_run(run_dir, setup, opt, start.history, val, started, tracker)
 
 
 def probe_epoch(

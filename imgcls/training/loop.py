@@ -59,13 +59,14 @@ def run_steps(
     progress: EpochProgress | None = None,
     stop: Callable[[], bool] | None = None,
     periodic: PeriodicSave | None = None,
+    report: Callable[[int, int, float], None] | None = None,
 ) -> EpochStats:
     """Take `step` over `batches`, continuing `progress` when an interrupted epoch resumes.
 
     `batches` must be drawn before this is called: the saved generator state is the one
     after the interrupted step's draws, and it replaces the generator's here. The running sums
     stay on the device and are read every SYNC_EVERY steps, so a GPU is not made to wait for
-    the host after every step."""
+    the host after every step; `report(step, steps, running loss)` gets them then."""
     done = progress or EpochProgress()
     if progress is not None and not distributed.is_main():
         # The saved running sums are rank 0's share (it alone saves): the others count from here,
@@ -87,7 +88,10 @@ def run_steps(
             done.step = i + 1
             bar.update(result.images)
             if done.step % SYNC_EVERY == 0:
-                bar.set_postfix(_postfix(sums, done), refresh=False)
+                shown = _postfix(sums, done)
+                bar.set_postfix(shown, refresh=False)
+                if report is not None:
+                    report(done.step, batches.steps, float(shown["loss"]))
             if result.stepped and done.step < batches.steps:
                 if stop is not None and stop():
                     raise EpochInterrupted(snapshot(_with_sums(done, sums), generator, device, start), batches.steps)
@@ -163,10 +167,21 @@ def supervised_epoch(
     progress: EpochProgress | None = None,
     stop: Callable[[], bool] | None = None,
     periodic: PeriodicSave | None = None,
+    report: Callable[[int, int, float], None] | None = None,
 ) -> EpochStats:
     """One pass over the training set: `data` is the cache's (N, H, W, C) uint8 images and
     labels, or None for the run's stream of shards."""
     train_mode(setup.model, freeze_bn=setup.config.transfer.freeze_bn)
     batches = supervised_batches(setup, data, generator, epoch, progress.step if progress else 0)
     step = supervised_step(setup, opt, generator, batches.steps)
-    return run_steps(batches, step, generator, setup.device, desc=desc, progress=progress, stop=stop, periodic=periodic)
+    return run_steps(
+        batches,
+        step,
+        generator,
+        setup.device,
+        desc=desc,
+        progress=progress,
+        stop=stop,
+        periodic=periodic,
+        report=report,
+    )

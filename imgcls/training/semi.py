@@ -45,6 +45,7 @@ from imgcls.training.probe import train_mode
 from imgcls.training.run import Optimisation, RunSetup, build_optimisation, prepare_setup
 from imgcls.training.state import EpochProgress, PeriodicSave, fresh_start, resume_point
 from imgcls.training.steps import Step, StepResult, optimizer_step, step_sums
+from imgcls.training.tracking import open_tracker
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,7 @@ def semi_epoch(
     progress: EpochProgress | None = None,
     stop: Callable[[], bool] | None = None,
     periodic: PeriodicSave | None = None,
+    report: Callable[[int, int, float], None] | None = None,
 ) -> EpochStats:
     """One pass over the unlabeled images in steps of (batch_size labelled, mu * batch_size
     unlabeled), through imgcls.training.loop.run_steps."""
@@ -177,7 +179,17 @@ def semi_epoch(
     semi, tc = setup.config.semi, setup.config.train
     batches = semi_batches(labelled, unlabeled, tc.batch_size, semi.mu, generator, progress.step if progress else 0)
     step = semi_step(setup, opt, generator)
-    return run_steps(batches, step, generator, setup.device, desc=desc, progress=progress, stop=stop, periodic=periodic)
+    return run_steps(
+        batches,
+        step,
+        generator,
+        setup.device,
+        desc=desc,
+        progress=progress,
+        stop=stop,
+        periodic=periodic,
+        report=report,
+    )
 
 
 def semi_steps(n_unlabeled: int, n_labelled: int, batch_size: int, mu: int) -> int:
@@ -187,6 +199,7 @@ def semi_steps(n_unlabeled: int, n_labelled: int, batch_size: int, mu: int) -> i
 def fit_semi_run(config: Config, run_dir: Path, resume: bool, started: float) -> FitResult:
     """`fit` with unlabeled images: called by imgcls.training.fit._fit when config.semi.unlabeled is set."""
     tc = config.train
+    tracker = open_tracker(tc.log, run_dir)  # before decoding: a missing extra fails at once
     setup = prepare_setup(config)
     unlabeled = decode_unlabeled(config, setup)
     setup.train.skipped.extend(unlabeled.skipped)  # metrics.json's skipped_files lists them with the labelled ones
@@ -206,5 +219,8 @@ def fit_semi_run(config: Config, run_dir: Path, resume: bool, started: float) ->
     start = resume_point(run_dir, setup, opt) if resume else fresh_start()
     labelled, val = cache_tensors(setup.train), cache_tensors(setup.val)
     one_epoch = functools.partial(semi_epoch, setup, labelled, torch.from_numpy(unlabeled.images))
-    train_epochs(run_dir, setup, opt, start, val, one_epoch)
-    return finish_run(run_dir, setup, opt, start.history, val, started)
+    try:
+        train_epochs(run_dir, setup, opt, start, val, one_epoch, tracker=tracker)
+        return finish_run(run_dir, setup, opt, start.history, val, started, tracker)
+    finally:
+        tracker.close()
