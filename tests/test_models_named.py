@@ -4,6 +4,7 @@ metadata alone never imports code)."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -204,3 +205,19 @@ def test_models_guide_example_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "_REGISTRY", {**registry._REGISTRY})  # my-net is forgotten afterwards
     exec(compile(code, "models.md", "exec"), {})
     assert (tmp_path / "runs" / "my-net" / "best.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_torchvision_model_trains_on_grey_images_then_predicts_and_exports(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    data = make_class_folders(tmp_path / "data", per_class=6, junk=False)
+    run = tmp_path / "run"
+    argv = ["train", str(data), "--model", "torchvision:squeezenet1_1", "--img-size", "32", "--epochs", "1"]
+    assert main([*argv, "--set", "data.channels=1", "--out", str(run)]) == 0
+    write_png(tmp_path / "new.png")
+    capsys.readouterr()
+    assert main(["predict", str(run / "best.safetensors"), str(tmp_path / "new.png"), "--json"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert len(json.loads(line)["predictions"]) == 3
+    assert main(["export", str(run / "best.safetensors"), "--out", str(tmp_path / "m.onnx")]) == 0
+    assert (tmp_path / "m.onnx").is_file()
