@@ -7,6 +7,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "create_model": "imgcls.models",
     "list_models": "imgcls.models",
+    "register_model": "imgcls.models",
     "Predictor": "imgcls.inference.predictor",
     "fit": "imgcls.training.fit",
     "build_config": "imgcls.config",

@@ -173,7 +173,8 @@ def classification_metrics(
     # a class with no images there has no recall to average.
     present = np.unique(labels)
     macro = precision_recall_fscore_support(labels, predicted, labels=present, average="macro", zero_division=0)
-    top5 = float(top_k_accuracy_score(labels, probs, k=5, labels=all_labels)) if n_classes >= 5 else None
+    # With 5 classes or fewer every true label is in the top 5: a top-5 accuracy of 1.0 says nothing.
+    top5 = float(top_k_accuracy_score(labels, probs, k=5, labels=all_labels)) if n_classes > 5 else None
     matrix = confusion_matrix(labels, predicted, labels=all_labels)
     auc, ap = _per_class_areas(labels, probs)
     return {

@@ -46,6 +46,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _NotImgcls(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name != "imgcls" and not record.name.startswith("imgcls.")
+
+
+def _root_handler() -> logging.Handler | None:
+    """Libraries' warnings on the root logger, once. A library that calls logging.info() itself
+    (open_clip does) makes Python add a root handler when the root has none (basicConfig), and
+    every imgcls line, which propagates to the root, was then printed a second time. With this
+    handler in place the root is never empty; imgcls's own records are left to imgcls's handler."""
+    root = logging.getLogger()
+    if root.handlers:  # the embedding application (or pytest) configured logging: leave it be
+        return None
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(PrintableFormatter("%(name)s: %(levelname)s: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    handler.addFilter(_NotImgcls())
+    root.addHandler(handler)
+    return handler
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv  # `train --devices N` passes the command line on to its workers
@@ -54,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     handler.setLevel(logging.WARNING if args.quiet else logging.INFO)  # the run's train.log keeps INFO
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    root_handler = _root_handler()
     try:
         if args.command == "train" and not args.resume and not args.data:
             raise ImgclsError("train needs DATA (a folder of class folders), or --resume with --out RUN_DIR.")
@@ -73,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         log.removeHandler(handler)
+        if root_handler is not None:
+            logging.getLogger().removeHandler(root_handler)
 
 
 if __name__ == "__main__":

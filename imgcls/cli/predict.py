@@ -132,6 +132,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     if not args.pattern and not args.all:
         _print(
             "\nand every timm model by name: `imgcls models PATTERN` searches them (e.g. `imgcls models 'resnet*'`)."
+            "\ntorchvision has no ShuffleNet v1 (v2 is above); your own nn.Module trains as --model mypkg.module:MyNet."
         )
     return 0
 

@@ -10,6 +10,13 @@ from imgcls.cli.output import positive_int
 from imgcls.cli.output import print_text as _print
 
 
+def _share(text: str) -> float:
+    value = float(text)  # argparse turns the ValueError into "invalid _share value"
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a share between 0 (excluded) and 1")
+    return value
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     from imgcls.retrieval.commands import embed_arguments
     from imgcls.retrieval.embed import Embedder, save_embeddings
@@ -66,7 +73,7 @@ def cmd_gallery_info(args: argparse.Namespace) -> int:
 def cmd_gallery_calibrate(args: argparse.Namespace) -> int:
     from imgcls.retrieval.commands import calibrate_gallery, describe_calibration
 
-    stats = calibrate_gallery(args.gallery, args.data, checkpoint=args.checkpoint)
+    stats = calibrate_gallery(args.gallery, args.data, checkpoint=args.checkpoint, keep_known=args.keep_known)
     _print(json.dumps(stats, ensure_ascii=False) if args.json else describe_calibration(stats))
     return 0
 
@@ -150,6 +157,12 @@ def add_retrieval_parsers(sub, common: argparse.ArgumentParser) -> None:
     p = gallery.add_parser("calibrate", parents=[common], help="choose the unknown threshold on held-out images")
     p.add_argument("gallery")
     p.add_argument("data", help="held-out class folders (labels not enrolled count as unknown), or a root's val/")
+    p.add_argument(
+        "--keep-known",
+        type=_share,
+        default=0.95,
+        help="share of known images kept accepted; the threshold then rejects as many unknowns as it can (0.95)",
+    )
     p.add_argument("--checkpoint", help=checkpoint_help)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_gallery_calibrate)

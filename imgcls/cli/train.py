@@ -117,12 +117,38 @@ def _teacher_input(args: argparse.Namespace, overrides: dict) -> None:
     data.setdefault("channels", str(pre["channels"]))
 
 
+def _trust_named_model(args: argparse.Namespace) -> None:
+    """`--model mypkg.module:MyNet` is the user asking imgcls to import mypkg.module (see
+    models/user_models.py: a checkpoint's metadata alone never imports code)."""
+    if args.model:
+        from imgcls.models.user_models import trust_module
+
+        trust_module(args.model)
+
+
+def _check_sync_bn(overrides: dict, devices: int | None) -> None:
+    """SyncBatchNorm is CUDA-only: refused here, before torchrun starts N processes that would
+    each decode the data and then print the same error inside a traceback."""
+    from imgcls.config_values import coerce
+
+    train = overrides.get("train", {})
+    if not devices or devices < 2 or not coerce("train.sync_bn", train.get("sync_bn", False), bool):
+        return
+    import torch
+
+    device = str(train.get("device", "auto")).strip().lower()
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        raise ImgclsError("train.sync_bn: PyTorch's SyncBatchNorm works on CUDA only; leave --sync-bn off on CPU.")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from imgcls.training.fit import fit
 
+    _trust_named_model(args)
     overrides = _overrides(args)
     if args.sync_bn:
         overrides.setdefault("train", {})["sync_bn"] = True
+    _check_sync_bn(overrides, args.devices)
     if args.clip_weights:
         from imgcls.models.clip_backbone import clip_model_kwargs
 
@@ -161,6 +187,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
     if not args.data:
         raise ImgclsError("lr-find needs DATA (a folder of class folders).")
+    _trust_named_model(args)
     result = find_lr(_train_config(args, _overrides(args)), steps=args.steps)
     path = plot_lr_finder(result, Path(args.out))
     _print(f"suggested learning rate: {result.suggestion:.3g} (steepest loss descent; use --set optim.lr=...)")
@@ -181,7 +208,9 @@ def add_train_parsers(sub, common: argparse.ArgumentParser) -> None:
         help="auto: multi-label when a manifest has rows with no label or several",
     )
     training.add_argument("--allow-outside", action="store_true", help=OUTSIDE_HELP)
-    training.add_argument("--model", help="model name (see `imgcls models`)")
+    training.add_argument(
+        "--model", help="model name (see `imgcls models`), torchvision:NAME, or your own module: mypkg.module:MyNet"
+    )
     training.add_argument("--img-size", type=int, help="square input size in pixels")
     training.add_argument("--epochs", type=int)
     training.add_argument("--batch-size", type=int)

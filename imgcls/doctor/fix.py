@@ -2,12 +2,16 @@
 
 `plan_actions(report)` proposes at most one action per file, the most serious finding first:
   - corrupt file                         -> drop
-  - same image under different classes   -> drop every copy (no label can be trusted unseen)
+  - same image under different classes   -> drop every copy (no label can be trusted unseen); when
+                                            the copies are in train and in val/test, drop only the
+                                            train copies: the evaluation image stays, so the test set
+                                            keeps its size, and nothing it holds is trained on
   - identical copy in val/test of a train image (leakage) -> drop the evaluation copy
   - identical copies within a split      -> drop all but the first
   - near-duplicate across splits         -> move the evaluation copy into train (it stays in the data,
                                             evaluation stops scoring a near-copy of a training image)
-  - near-duplicate under another class   -> drop both (review them: one label is wrong)
+  - near-duplicate under another class   -> drop both (review them: one label is wrong); across
+                                            train and val/test, the train copy only (as above)
   - near-duplicate within a split        -> drop the second
   - likely label error                   -> relabel: move into the suggested class's folder
 A user reviews the CSV (deletes rows, or sets an action to "keep") and runs `apply_plan`.
@@ -48,9 +52,12 @@ def plan_actions(report: dict) -> list[dict]:
     root = Path(report["data"]).resolve()
     folders = report["split_folders"]
     rows: dict[str, dict] = {}
+    protected: set[str] = set()  # evaluation copies a conflict keeps: no later duplicate rule drops or moves them
 
     def add(action: str, kind: str, item: dict, reason: str, target: str = "") -> None:
         rel = _rel(item["path"], root)
+        if rel in protected and action in ("drop", "move"):
+            return
         if rel not in rows:  # the first, most serious finding decides
             rows[rel] = {"action": action, "kind": kind, "path": rel, "target": target, "reason": reason}
 
@@ -58,8 +65,13 @@ def plan_actions(report: dict) -> list[dict]:
         add("drop", "corrupt", item, item["reason"])
     for group in report["conflicting_labels"]:
         labels = ", ".join(sorted({r["label"] for r in group}))
+        evaluation = _evaluation_copies(group)
+        protected.update(_rel(item["path"], root) for item in evaluation)
         for item in group:
-            add("drop", "conflict", item, f"identical file under classes {labels}")
+            reason = f"identical file under classes {labels}"
+            if evaluation:
+                reason += f"; the {evaluation[0]['split']} copy {_rel(evaluation[0]['path'], root)} is kept"
+            add("drop", "conflict", item, reason)
     for group in report["exact_duplicates"]:
         kept = _keeper(group)
         for item in group:
@@ -72,10 +84,11 @@ def plan_actions(report: dict) -> list[dict]:
     for pair in report["near_duplicates"]:
         a, b = pair["a"], pair["b"]
         if a["label"] != b["label"]:
+            evaluation = _evaluation_copies([a, b])
+            protected.update(_rel(item["path"], root) for item in evaluation)
             for item, other in ((a, b), (b, a)):
-                add(
-                    "drop", "conflict", item, f"near-identical to {_rel(other['path'], root)} of class {other['label']}"
-                )
+                reason = f"near-identical to {_rel(other['path'], root)} of class {other['label']}"
+                add("drop", "conflict", item, reason + ("; that copy is kept" if evaluation else ""))
         elif a["split"] != b["split"] and "train" in folders and {a["split"], b["split"]} & set(EVALUATION_SPLITS):
             held = a if a["split"] != "train" else b
             other = b if held is a else a
@@ -90,6 +103,17 @@ def plan_actions(report: dict) -> list[dict]:
         )
         add("relabel", "label-error", issue, reason, _target(issue, issue["split"], issue["suggested"], folders, root))
     return [dict(row, root=str(root)) for row in rows.values()]
+
+
+def _evaluation_copies(group: list[dict]) -> list[dict]:
+    """The copies of a conflicting group to keep: those in val/test when the group also has train
+    copies and the evaluation copies agree on one label (dropping the train copies removes the
+    conflict and the leak, and the evaluation set keeps its images); else none."""
+    evaluation = [item for item in group if item["split"] in EVALUATION_SPLITS]
+    trained = any(item["split"] == "train" for item in group)
+    if trained and evaluation and len({item["label"] for item in evaluation}) == 1:
+        return evaluation
+    return []
 
 
 def _keeper(group: list[dict]) -> dict:

@@ -1,5 +1,6 @@
-"""Models: imgcls's seed architectures and every timm model, behind one registry."""
+"""Models: imgcls's seed architectures, every timm model, torchvision's light families and your own
+modules, behind one registry."""
 
-from imgcls.models.registry import create_model, list_models, resolve
+from imgcls.models.registry import create_model, list_models, register_model, resolve
 
-__all__ = ["create_model", "list_models", "resolve"]
+__all__ = ["create_model", "list_models", "register_model", "resolve"]

@@ -1,11 +1,16 @@
-"""One registry of model names: imgcls's own seed models, then every model timm knows.
+"""One registry of model names: imgcls's own seed models, then every model timm knows,
+torchvision's light families (`torchvision:NAME`), CLIP towers (`clip:ARCH`) and the user's
+own modules (`mypkg.module:MyNet`, or `register_model`).
 
 A duplicate registration is an error (as in torchvision's registry); an unknown name is
-answered with the closest names. Models from either source share timm's interface.
+answered with the closest names. Models from every source share timm's interface. timm and
+torchvision models get their smallest input side by trying (models/input_size.py), so a too
+small --img-size is refused in one line before any image is decoded.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 import functools
@@ -16,7 +21,8 @@ import torch
 from torch import nn
 
 from imgcls.errors import ConfigError, ModelNotFoundError
-from imgcls.models import seed
+from imgcls.models import seed, torchvision_nets, user_models
+from imgcls.models.input_size import smallest_side
 
 TIMM_PREFIX = "timm:"
 CLIP_PREFIX = "clip:"  # clip:ARCH, an open_clip image tower + linear head (models/clip_backbone.py)
@@ -30,6 +36,7 @@ class ModelEntry:
     min_size: int = 8  # smallest input side the architecture accepts
     config_defaults: dict | None = None  # recipe values this model needs (recipes and flags still win)
     timm_name: str | None = None  # the timm architecture it builds, whose pretrained weights it can take
+    derive_min_size: bool = False  # min_size is found by trying (resolve), not declared
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -46,6 +53,18 @@ def register(
     if name in _REGISTRY:
         raise ValueError(f"model name {name!r} is already registered")
     _REGISTRY[name] = ModelEntry(name, build, description, min_size, config_defaults, timm_name)
+
+
+def register_model(
+    name: str, build: Callable[..., nn.Module], *, description: str = "your own model", min_size: int = 8
+) -> None:
+    """Make your own nn.Module class (or a function returning one) trainable and loadable by name.
+
+    `build` is called with those of num_classes, in_chans and img_size it takes, plus the
+    config's model.kwargs; a module without timm's interface gets its last nn.Linear taken as
+    the classifier (models/user_models.py). Registering "mypkg.module:MyNet" lets checkpoints
+    trained with `--model mypkg.module:MyNet` load in this process."""
+    register(name, user_models.user_builder(build, name), description, min_size)
 
 
 def config_defaults(name: str) -> dict:
@@ -122,32 +141,74 @@ def _create_timm(name: str, num_classes: int, in_chans: int, img_size: int, **kw
         return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
 
 
-def resolve(name: str) -> ModelEntry:
-    """The registry entry for a name: imgcls's own, else timm's (optionally 'timm:NAME')."""
+def _lookup(name: str) -> ModelEntry:
+    """The entry for a name, its min_size not yet derived (listing and building need none)."""
     if name in _REGISTRY:
         return _REGISTRY[name]
     if name.startswith(CLIP_PREFIX):
         return ModelEntry(name, _clip_builder(name.removeprefix(CLIP_PREFIX)), "CLIP image tower + linear head", 16)
+    if name.startswith(torchvision_nets.PREFIX):
+        arch = name.removeprefix(torchvision_nets.PREFIX)
+        build = torchvision_nets.builder(arch)
+        return ModelEntry(name, build, torchvision_nets.FAMILIES[arch].description, derive_min_size=True)
+    if user_models.is_user_model_name(name):
+        build = user_models.user_builder(user_models.import_factory(name), name)
+        return ModelEntry(name, build, "your own module", min_size=1)
     timm_name = name.removeprefix(TIMM_PREFIX)
     if timm_name in timm_model_names():
-        return ModelEntry(name, _timm_builder(timm_name), f"timm model {timm_name}", timm_name=timm_name)
-    choices = list(_REGISTRY) + list(timm_model_names())
+        build = _timm_builder(timm_name)
+        return ModelEntry(name, build, f"timm model {timm_name}", timm_name=timm_name, derive_min_size=True)
+    choices = list(dict.fromkeys([*_REGISTRY, *torchvision_names(), *timm_model_names()]))  # resnet18 is in two
     close = difflib.get_close_matches(timm_name, choices, n=5, cutoff=0.6)
     hint = f" Close matches: {', '.join(close)}." if close else ""
     raise ModelNotFoundError(f"unknown model {name!r}.{hint} `imgcls models` lists them all.")
 
 
+def torchvision_names() -> list[str]:
+    return [torchvision_nets.PREFIX + name for name in torchvision_nets.FAMILIES]
+
+
+@functools.cache
+def _derived_min_size(name: str) -> int | None:
+    entry = _lookup(name)
+    fixed = True  # timm's models that take img_size (ViT, Swin, ...) are built for each side tried
+    if entry.timm_name:
+        import timm
+
+        cfg = timm.get_pretrained_cfg(entry.timm_name)
+        fixed = bool(cfg.fixed_input_size) if cfg is not None else True
+    elif name.startswith(torchvision_nets.PREFIX):
+        fixed = False
+
+    def build(side: int) -> nn.Module:
+        return entry.build(num_classes=2, in_chans=3, img_size=side)
+
+    return smallest_side(build, size_dependent=fixed)
+
+
+def resolve(name: str) -> ModelEntry:
+    """The registry entry for a name: imgcls's own, else torchvision's, a CLIP tower, the
+    user's module, or timm's (optionally 'timm:NAME'), with the smallest input side it takes."""
+    entry = _lookup(name)
+    if entry.derive_min_size:
+        derived = _derived_min_size(name)
+        return dataclasses.replace(entry, min_size=derived or entry.min_size, derive_min_size=False)
+    return entry
+
+
 def timm_architecture(name: str) -> str | None:
     """The timm architecture a model name builds (resnet18 -> resnet18, vgg11 -> vgg11_bn), or None."""
     try:
-        return resolve(name).timm_name
+        return _lookup(name).timm_name
     except ModelNotFoundError:
         return None
 
 
 def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: int = 224, **kwargs) -> nn.Module:
-    """A freshly initialised model with timm's interface."""
-    entry = resolve(name)
+    """A freshly initialised model with timm's interface. A timm or torchvision model's derived
+    minimum side is checked by `resolve` (imgcls train does it before decoding), not here:
+    loading a checkpoint does not spend meta forwards on finding it again."""
+    entry = _lookup(name)
     if img_size < entry.min_size:
         raise ConfigError(f"model {name!r} needs images of at least {entry.min_size} px; got --img-size {img_size}.")
     try:
@@ -173,6 +234,7 @@ def count_parameters(name: str, *, num_classes: int = 10, in_chans: int = 3, img
 def list_models(pattern: str | None = None, *, include_timm: bool = True) -> list[tuple[str, str]]:
     """(name, description) of imgcls's models, then timm's, filtered by a glob or substring."""
     rows = [(e.name, e.description) for e in _REGISTRY.values()]
+    rows += [(n, _lookup(n).description) for n in torchvision_names()]
     if include_timm:
         rows += [(n, "timm") for n in timm_model_names() if n not in _REGISTRY]
     if not pattern:

@@ -23,7 +23,7 @@ from imgcls.retrieval.cluster import (
 )
 from imgcls.retrieval.embed import EmbeddedPaths, Embedder
 from imgcls.retrieval.gallery import Gallery, GalleryError, update_gallery
-from imgcls.retrieval.recognize import Recognition, SearchResult, calibrate, recognize, search
+from imgcls.retrieval.recognize import TARGET_ACCEPT, Recognition, SearchResult, calibrate, recognize, search
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,9 @@ def held_out_images(data: Path) -> list[tuple[str, Path, str]]:
     return found
 
 
-def calibrate_gallery(folder: str | Path, data: str | Path, checkpoint: str | None = None) -> dict:
+def calibrate_gallery(
+    folder: str | Path, data: str | Path, checkpoint: str | None = None, *, keep_known: float = TARGET_ACCEPT
+) -> dict:
     """Choose the open-set threshold on held-out labelled images and store it in the gallery."""
     gallery, embedder = open_gallery(folder, checkpoint)
     enrolled = set(gallery.paths)
@@ -94,7 +96,7 @@ def calibrate_gallery(folder: str | Path, data: str | Path, checkpoint: str | No
     truth = {shown: label for shown, _, label in held_out}
     if not any(truth[p] in set(gallery.labels) for p in result.paths):
         raise DataError(f"no image of {data} has a label the gallery holds; calibration needs some that it does.")
-    stats = calibrate(gallery, result.embeddings, [truth[p] for p in result.paths])
+    stats = calibrate(gallery, result.embeddings, [truth[p] for p in result.paths], keep_known=keep_known)
     gallery.save(Path(folder))
     return stats
 
@@ -167,6 +169,17 @@ def describe_calibration(stats: dict) -> str:
         f"threshold {stats['threshold']:.4f} ({stats['method']}): on {stats['known_images']} known image(s) "
         f"{stats['known_accuracy']:.3f} recognised and accepted, {stats['known_accepted']:.3f} accepted"
     )
-    if stats["unknown_rejected"] is not None:
-        line += f"; {stats['unknown_rejected']:.3f} of {stats['unknown_images']} unknown image(s) rejected"
-    return line
+    if stats["unknown_rejected"] is None:
+        return line
+    line += f"; {stats['unknown_rejected']:.3f} of {stats['unknown_images']} unknown image(s) rejected"
+    rows = [
+        f"{'keeps known':>22}  {'threshold':>9}  {'known accepted':>14}  {'recognised':>10}  {'unknown rejected':>16}"
+    ]
+    for row in stats.get("tradeoff", []):
+        keep = row["keep_known"]
+        name = f"{keep:.0%}" if isinstance(keep, float) else keep
+        rows.append(
+            f"{name:>22}  {row['threshold']:9.4f}  {row['known_accepted']:14.3f}  {row['known_accuracy']:10.3f}"
+            f"  {row['unknown_rejected']:16.3f}"
+        )
+    return "\n".join([line, "trade-off on the held-out images (--keep-known chooses the row):", *rows])
