@@ -65,6 +65,7 @@ def test_too_small_img_size_for_a_timm_model_is_one_line_before_decoding(tmp_pat
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err == "imgcls: error: model 'inception_v3' needs images of at least 75 px; got 32."
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made
 
 
 def test_torchvision_state_dict_loads_by_name_through_pretrained(tmp_path):

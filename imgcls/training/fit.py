@@ -24,6 +24,7 @@ from imgcls.errors import CheckpointError, ConfigError
 from imgcls.files import exclusive_use
 from imgcls.models.registry import is_classic
 from imgcls.training import distributed
+from imgcls.training.checks import check_model_config
 from imgcls.training.classic import fit_classic_run
 from imgcls.training.epochs import FitResult, finish_run, train_epochs
 from imgcls.training.loop import supervised_epoch
@@ -60,6 +61,7 @@ def fit(config: Config | None, run_dir: Path, *, resume: bool = False, device: s
             config = replace(config, train=replace(config.train, device=device))
     elif config is None:
         raise ConfigError("fit needs a config unless it resumes a run.")
+    check_model_config(config)  # before the run folder is made: a refused run leaves nothing behind
     distributed.init_from_environment(resolve_device(config.train.device))
     if not distributed.is_main():  # rank 0 alone writes the run's files and log
         return _fit(config, run_dir, resume)
