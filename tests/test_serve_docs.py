@@ -63,8 +63,10 @@ def test_a_client_built_from_the_schema_alone_gets_predictions(client):
         assert {p["label"] for p in predictions} == set(CLASSES)
         assert all(set(item["required"]) <= p.keys() <= item["properties"].keys() for p in predictions)
     assert answers[0].json() == answers[1].json()  # the same image either way
-    for status in ("400", "413", "415"):
+    for status in ("400", "413", "415", "422"):  # every error is {"error": "..."}, as documented
         assert "error" in operation["responses"][status]["content"]["application/json"]["schema"]["properties"]
+    invalid = client.post("/predict?topk=0", content=png(), headers={"content-type": "image/png"})
+    assert invalid.status_code == 422 and set(invalid.json()) == {"error"}
 
 
 def test_docs_load_swagger_ui_from_the_server_itself(client):

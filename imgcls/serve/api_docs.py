@@ -71,6 +71,8 @@ PREDICT_RESPONSES = {
     400: {"description": "a broken image, an empty body or malformed multipart", "content": _ERROR},
     413: {"description": "a body over --max-upload-mb, or an image over the pixel limit", "content": _ERROR},
     415: {"description": "a body that is not an image", "content": _ERROR},
+    # Declared so FastAPI does not add its own {"detail": [...]}: imgcls answers {"error": "..."}.
+    422: {"description": "topk outside 1..1000", "content": _ERROR},
     500: {"description": "the model failed on this image", "content": _ERROR},
     503: {"description": "too many images being decoded at once; try again", "content": _ERROR},
 }
