@@ -81,7 +81,7 @@ def run_naive(checkpoint: Path, items: list) -> tuple[float, list[str]]:
     model = create_model(
         meta["model"]["name"], num_classes=len(classes), in_chans=pre["channels"], img_size=pre["img_size"]
     )
-    model.load_state_dict(ckpt.split_prefix(tensors, ckpt.MODEL_PREFIX))
+    model.load_state_dict(ckpt.read_model_tensors(tensors, model.state_dict()))
     model.eval()
     tf = transforms.Compose(
         [transforms.Grayscale(1), transforms.ToTensor(), transforms.Normalize(pre["mean"], pre["std"])]

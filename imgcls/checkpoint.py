@@ -15,7 +15,9 @@ import hashlib
 import json
 import logging
 import struct
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -33,6 +35,8 @@ METADATA_KEY = "imgcls"
 MODEL_PREFIX = "model."
 OPTIM_PREFIX = "optim."
 DIGEST_KEY = "sha256"
+
+T = TypeVar("T")
 
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
@@ -141,8 +145,26 @@ def check_classes(path: Path | str, classes: object) -> None:
         raise CheckpointError(str(err)) from None
 
 
-def split_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+def split_prefix(tensors: Mapping[str, T], prefix: str) -> dict[str, T]:
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors a weights-only checkpoint (best.safetensors) stores: the model's own
+    state_dict names, no prefix, so timm, torchvision or a bare `load_state_dict` take the file."""
+    return dict(model.state_dict())
+
+
+def read_model_tensors(tensors: Mapping[str, T], model_names: Iterable[str]) -> dict[str, T]:
+    """The model's tensors (or any per-tensor values, e.g. shapes) from a checkpoint of either
+    form: under the model's own names (best.safetensors), or under `model.` (last.safetensors,
+    and best.safetensors of earlier imgcls). `model_names` are the model's state_dict names:
+    they tell the forms apart when the model's own names start with `model.` too."""
+    names = set(model_names)
+    own_names = bool(names) and names <= tensors.keys()
+    if own_names or not any(k.startswith(MODEL_PREFIX) for k in tensors):
+        return dict(tensors)
+    return split_prefix(tensors, MODEL_PREFIX)
 
 
 def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -188,7 +210,7 @@ def load_model(path: str | Path) -> tuple[nn.Module, Preprocessing, dict]:
         _check_shapes(path, build)  # before anything is allocated: the metadata may be hostile
         tensors, meta = load_checkpoint(Path(path))
         model = build()
-        weights = split_prefix(tensors, MODEL_PREFIX)
+        weights = read_model_tensors(tensors, model.state_dict())
         model.load_state_dict(weights)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path}: metadata or weights do not rebuild the model ({err}).") from None
@@ -208,9 +230,9 @@ def _check_shapes(path: Path | str, build) -> None:
     except Exception as err:  # noqa: BLE001 - models that read values or load files as they are built (CLIP)
         log.debug("cannot check %s's shapes on the meta device (%s); building it directly", path, err)
         return
-    expected = {MODEL_PREFIX + k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     with safe_open(str(path), framework="pt") as f:
-        saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys() if k.startswith(MODEL_PREFIX)}
+        saved = read_model_tensors({k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}, expected)
     if expected != saved:
         differ = sorted(k for k in expected.keys() | saved.keys() if expected.get(k) != saved.get(k))
         first = differ[0]

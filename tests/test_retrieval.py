@@ -35,7 +35,7 @@ def embedder(trained) -> Embedder:
 def _other_checkpoint(source: Path, target: Path) -> Path:
     """The same architecture and metadata with one weight changed: another model."""
     tensors, meta = ckpt.load_checkpoint(source)
-    name = next(k for k in tensors if k.startswith(ckpt.MODEL_PREFIX) and tensors[k].is_floating_point())
+    name = next(k for k in tensors if tensors[k].is_floating_point())  # either tensor naming
     tensors[name] = tensors[name] + 0.01
     ckpt.save_checkpoint(target, tensors, {k: v for k, v in meta.items() if k not in ("schema", "imgcls_version")})
     return target

@@ -118,3 +118,75 @@ def test_multi_label_page_marks_the_selected_labels(browser, tmp_path: Path):
         assert len(rows) == 3  # every label of a multi-label model
         marks = [("selected" in r.get_attribute("class")) or ("unselected" in r.get_attribute("class")) for r in rows]
         assert all(marks)
+
+
+# The page's boxes, top to bottom; none may overlap another (the upload box used to be an
+# inline label whose padding spilled over the model line and the preview).
+BOXES = ("h1", "#model", "#drop", "#preview", "#results", "#api")
+
+
+def _rectangles(browser) -> dict[str, dict]:
+    script = "return arguments[0].map((s) => { const r = document.querySelector(s).getBoundingClientRect(); "
+    script += "return {top: r.top, bottom: r.bottom, left: r.left, right: r.right}; });"
+    return dict(zip(BOXES, browser.execute_script(script, list(BOXES)), strict=True))
+
+
+def _overlap(a: dict, b: dict) -> bool:
+    return a["top"] < b["bottom"] and b["top"] < a["bottom"] and a["left"] < b["right"] and b["left"] < a["right"]
+
+
+@pytest.mark.parametrize(("width", "height"), [(1280, 900), (375, 740)], ids=["desktop", "phone"])
+def test_layout_keeps_boxes_apart_and_scales_a_small_image_up(server_url, browser, tmp_path: Path, width, height):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    image = tmp_path / "small.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28, 3), dtype=np.uint8)).save(image)
+    browser.set_window_size(width, height)
+    browser.get(server_url)
+    wait = WebDriverWait(browser, 20)
+    wait.until(ec.text_to_be_present_in_element((By.ID, "model"), "3 classes"))
+    browser.find_element(By.ID, "file").send_keys(str(image))
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#results .prediction")))
+    preview = browser.find_element(By.ID, "preview")
+    wait.until(lambda _: browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", preview))
+    shot = tmp_path / f"page-{width}.png"
+    assert browser.save_screenshot(str(shot)) and Image.open(shot).size[0] > 0
+
+    boxes = _rectangles(browser)
+    for box in BOXES:
+        assert boxes[box]["bottom"] > boxes[box]["top"], f"{box} is not shown"
+    overlapping = [(a, b) for i, a in enumerate(BOXES) for b in BOXES[i + 1 :] if _overlap(boxes[a], boxes[b])]
+    assert not overlapping, f"boxes overlap: {overlapping} ({boxes})"
+    viewport = browser.execute_script("return document.documentElement.clientWidth")
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= viewport  # no sideways scroll
+    assert all(boxes[box]["right"] <= viewport for box in BOXES)
+    # The 28 px image is drawn several times larger, with sharp pixels.
+    drawn = browser.execute_script(
+        "const p = arguments[0]; return Math.min(p.clientWidth / p.naturalWidth, p.clientHeight / p.naturalHeight);",
+        preview,
+    )
+    assert drawn >= 4
+    assert preview.value_of_css_property("image-rendering") == "pixelated"
+
+
+def test_api_docs_work_offline_and_offer_a_file_field(server_url, browser):
+    """/docs is Swagger UI served by the app itself (the browser here has no internet), and
+    "Try it out" on /predict offers the file field the schema declares."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.set_window_size(1280, 900)
+    browser.get(server_url)
+    wait = WebDriverWait(browser, 20)
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#api a[href='docs']")))
+    browser.get(server_url + "docs")
+    operation = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#operations-default-predict_predict_post")))
+    operation.find_element(By.CSS_SELECTOR, ".opblock-summary").click()
+    wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, ".try-out__btn"))).click()
+    field = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[type='file']")))
+    assert field.is_displayed()
+    scripts = [s.get_attribute("src") for s in browser.find_elements(By.TAG_NAME, "script") if s.get_attribute("src")]
+    assert scripts and all(src.startswith(server_url) for src in scripts)  # nothing from elsewhere

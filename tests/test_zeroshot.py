@@ -204,7 +204,7 @@ def test_clip_linear_probe_checkpoint_keeps_the_hash_not_the_backbone(tiny_clip,
     best = run / "best.safetensors"
     tensors, meta = ckpt.load_checkpoint(best)
     assert meta["model"]["kwargs"]["clip_sha256"] == sha256_file(Path(weights))
-    stored = set(ckpt.split_prefix(tensors, ckpt.MODEL_PREFIX))
+    stored = {k.removeprefix(ckpt.MODEL_PREFIX) for k in tensors}  # either tensor naming
     assert stored == {"head.weight", "head.bias"}  # the backbone is referenced by hash, not copied
     from open_clip.constants import OPENAI_DATASET_MEAN
 
@@ -258,9 +258,9 @@ def test_clip_backbone_copied_on_request_needs_no_weights_file(tiny_clip, tmp_pa
     assert main(args) == 0
     own.unlink()  # the checkpoint alone must rebuild the model now
     tensors, _ = ckpt.load_checkpoint(run / "best.safetensors")
-    assert "model.visual.proj" in tensors
+    (proj,) = [k for k in tensors if k.removeprefix(ckpt.MODEL_PREFIX) == "visual.proj"]  # either tensor naming
     model, _, _ = ckpt.load_model(run / "best.safetensors")
-    torch.testing.assert_close(model.visual.proj, tensors["model.visual.proj"])
+    torch.testing.assert_close(model.visual.proj, tensors[proj])
 
 
 def test_clip_backbone_needs_a_named_weights_file():

@@ -9,6 +9,7 @@ where torch's default dynamo exporter also needs `onnxscript`.
 
 from __future__ import annotations
 
+import copy
 import io
 import warnings
 from typing import TYPE_CHECKING
@@ -28,7 +29,7 @@ from imgcls.inference.onnx_runtime import FLOAT_INPUT, OUTPUTS, SQUARE
 if TYPE_CHECKING:
     import onnx
 
-# Opset 17 for the float-input graph: OpenCV's DNN module reads it. The preprocessing graph
+# Opset 17 for the float-input graph: OpenCV's DNN module (4.x) reads it. The preprocessing graph
 # needs 18 (Resize's antialias), and the network joined to it must share that opset.
 OPSET = 17
 PARITY_TOLERANCE = 1e-4  # largest allowed |probability(ONNX) - probability(PyTorch)|
@@ -67,6 +68,9 @@ def _export_network(wrapper: nn.Module, meta: dict, name: str, example: torch.Te
         with warnings.catch_warnings():
             # torch calls its TorchScript exporter legacy; it is the one that needs no onnxscript.
             warnings.simplefilter("ignore", DeprecationWarning)
+            # A constant Pad (static_same_padding) is exported with its pads reversed by a Slice of
+            # step -1, which torch's folding skips with a warning; the graph is right as it is.
+            warnings.filterwarnings("ignore", "Constant folding - Only steps=1", UserWarning)
             torch.onnx.export(
                 wrapper,
                 (example,),
@@ -101,10 +105,63 @@ def _with_preprocessing(network: onnx.ModelProto, pre: Preprocessing) -> onnx.Mo
     return merged
 
 
+def static_same_padding(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """The model with timm's run-time "same" padding made constant for `example`'s size.
+
+    timm's TensorFlow ports (tf_efficientnet_*, tf_mobilenetv3_*, tf_mixnet_*) compute each
+    strided convolution's padding from the input's shape as they run; exported, that is a
+    Shape/Gather/Ceil/Clip/Pad chain per convolution, which OpenCV 4.x's DNN module refuses
+    ("Clip ... inputs.size()"). The network's input size is fixed in both exported graphs (the
+    float input is S x S; with preprocessing, the resize makes S x S), so each padding is a
+    constant: such a convolution becomes a constant Pad and a plain Conv, the same arithmetic.
+    timm's own Conv2dSameExport does this only on old PyTorch versions. A model without such
+    convolutions is returned as it is; otherwise a copy, so the caller's model keeps working
+    at any size."""
+    from timm.layers import Conv2dSame
+    from timm.layers.padding import pad_same_arg
+
+    same = {name: m for name, m in model.named_modules() if isinstance(m, Conv2dSame)}
+    if not same:
+        return model
+    sizes: dict[str, list[int]] = {}
+
+    def record(name: str):
+        def hook(_module: nn.Module, args: tuple) -> None:  # None: the input goes on unchanged
+            sizes.setdefault(name, list(args[0].shape[-2:]))
+
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(name)) for name, m in same.items()]
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    model = copy.deepcopy(model)
+    for name, old in same.items():
+        conv = nn.Conv2d(
+            old.in_channels,
+            old.out_channels,
+            old.kernel_size,
+            old.stride,
+            0,
+            old.dilation,
+            old.groups,
+            old.bias is not None,
+        )
+        conv.load_state_dict(old.state_dict())
+        padding = pad_same_arg(sizes[name], list(old.kernel_size), list(old.stride), list(old.dilation))
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, nn.Sequential(nn.ZeroPad2d(padding), conv))
+    return model
+
+
 def to_onnx_bytes(model: nn.Module, pre: Preprocessing, meta: dict, *, pixels: bool) -> bytes:
     """The serialized ONNX model with imgcls's metadata. With `pixels` it takes decoded uint8
     images of any size and does imgcls's resize, normalisation and mirror TTA inside."""
     network = model.float().eval().to(memory_format=torch.contiguous_format)
+    network = static_same_padding(network, torch.zeros(1, pre.channels, pre.img_size, pre.img_size))
     wrapper = ExportableModel(network, pre, pixels, multilabel=is_multilabel(meta)).eval()
     size, channels = pre.img_size, pre.channels
     if pixels:

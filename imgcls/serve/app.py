@@ -35,6 +35,7 @@ from starlette.requests import ClientDisconnect
 
 from imgcls.errors import DataError, NotAnImageError, TooManyPixelsError
 from imgcls.inference.predictor import Predictor
+from imgcls.serve.api_docs import PREDICT_OPENAPI, PREDICT_RESPONSES, api_app
 from imgcls.serve.limits import BODY_TIMEOUT_SECONDS, SERVER_LIMITS, BodyLimit, header_timeout_protocol
 from imgcls.serve.memory import DEFAULT_DECODE_BUDGET_MB, SERVE_MAX_PIXELS, DecodeSlots, ServerBusy, tune_allocator
 
@@ -134,7 +135,7 @@ def create_app(
         yield
         await batcher.close()
 
-    app = FastAPI(
+    app, docs = api_app(
         title="imgcls",
         lifespan=lifespan,
         version=predictor.metadata.get("imgcls_version", ""),
@@ -171,6 +172,7 @@ def create_app(
         "max_pixels": pixel_limit,
         "decodes_at_once": slots.size,
         "topk": topk,
+        "docs": "docs" if docs else None,  # the page links it, or says how to get it
     }
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -185,7 +187,7 @@ def create_app(
     def model_info() -> dict:
         return info
 
-    @app.post("/predict")
+    @app.post("/predict", openapi_extra=PREDICT_OPENAPI, responses=PREDICT_RESPONSES)
     async def predict(request: Request, topk: int = Query(topk, ge=1, le=1000)):
         """One image as multipart field `file`, or as the raw body with an image/* content type."""
         try:
@@ -253,5 +255,5 @@ def serve(
         max_pixels=max_pixels,
         decode_budget_mb=decode_budget_mb,
     )
-    log.info("serving %s on http://%s:%d (web page at /, API docs at /docs)", model_path, host, port)
+    log.info("serving %s on http://%s:%d (web page at /, API schema at /openapi.json)", model_path, host, port)
     uvicorn.run(app, host=host, port=port, log_level="warning", http=header_timeout_protocol(), **SERVER_LIMITS)
