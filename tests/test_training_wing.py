@@ -60,6 +60,8 @@ def test_best_checkpoint_records_the_final_float32_score(class_folders, tmp_path
     metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     training = ckpt.read_metadata(run / "best.safetensors")["training"]
     assert training["val_accuracy"] == metrics["accuracy"]
+    tensors, _ = ckpt.load_checkpoint(run / "best.safetensors")
+    assert tensors and not any(name.startswith(ckpt.MODEL_PREFIX) for name in tensors)  # the model's own names
     with open(run / "history.csv", encoding="utf-8") as f:
         best_epoch_score = max(float(row["val_acc"]) for row in csv.DictReader(f))
     if best_epoch_score != metrics["accuracy"]:

@@ -23,8 +23,7 @@ from imgcls.errors import ExportError
 from imgcls.extras import require
 from imgcls.inference.batched import batched_logits, is_multilabel, to_probabilities
 from imgcls.inference.onnx_metadata import add_metadata
-from imgcls.inference.onnx_preprocess import PRE_OPSET, preprocessing_graph
-from imgcls.inference.onnx_runtime import FLOAT_INPUT, OUTPUTS, SQUARE
+from imgcls.inference.onnx_runtime import FLOAT_INPUT, OUTPUTS, PRE_OPSET, SQUARE
 
 if TYPE_CHECKING:
     import onnx
@@ -88,7 +87,9 @@ def _export_network(wrapper: nn.Module, meta: dict, name: str, example: torch.Te
 
 def _with_preprocessing(network: onnx.ModelProto, pre: Preprocessing) -> onnx.ModelProto:
     """The preprocessing graph (any-size uint8 -> the model's square) joined to the network."""
-    import onnx
+    import onnx  # the [onnx] extra, checked by export before this runs
+
+    from imgcls.inference.onnx_preprocess import preprocessing_graph  # written with onnx.helper
 
     front = preprocessing_graph(
         pre.img_size,

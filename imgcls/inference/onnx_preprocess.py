@@ -18,9 +18,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from imgcls.inference.onnx_runtime import PIXEL_INPUT as PIXELS
-from imgcls.inference.onnx_runtime import SQUARE
+from imgcls.inference.onnx_runtime import PRE_OPSET, SQUARE
 
-PRE_OPSET = 18  # Resize's antialias and axes attributes
 RESAMPLING = {"bilinear": ("linear", -0.75), "bicubic": ("cubic", -0.5)}  # Pillow's bicubic has a = -0.5
 
 

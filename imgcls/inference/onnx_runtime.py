@@ -27,6 +27,7 @@ METADATA_KEY = "imgcls"  # the checkpoint's metadata JSON
 FLOAT_INPUT = "input"
 PIXEL_INPUT = "pixels"
 SQUARE = "square_pixels"  # in a "pixels" graph: the model's square, after the resize
+PRE_OPSET = 18  # the preprocessing graph: Resize's antialias and axes attributes
 OUTPUTS = ("logits", "probabilities")
 
 

@@ -298,7 +298,7 @@ def save_epoch(run_dir: Path, setup: RunSetup, opt: Optimisation, history: list[
     meta = epoch_metadata(setup, opt, row)
     if row["val_acc"] > best_acc:
         best_acc = row["val_acc"]
-        evaluated = {ckpt.MODEL_PREFIX + k: v for k, v in eval_model(setup, opt).state_dict().items()}
-        ckpt.save_checkpoint(run_dir / "best.safetensors", evaluated, meta)
+        # under the model's own tensor names: the file loads into a bare timm or torchvision model
+        ckpt.save_checkpoint(run_dir / "best.safetensors", ckpt.model_tensors(eval_model(setup, opt)), meta)
     save_last(run_dir, setup, opt, history, best_acc, meta)
     return best_acc

@@ -69,7 +69,7 @@ def final_metrics(
     chosen on these probabilities."""
     path = run_dir / "best.safetensors"
     tensors, meta = ckpt.load_checkpoint(path)
-    model.load_state_dict(ckpt.split_prefix(tensors, ckpt.MODEL_PREFIX))
+    model.load_state_dict(ckpt.read_model_tensors(tensors, model.state_dict()))
     tc = setup.config.train
     _, _, probs = evaluate(
         model,
