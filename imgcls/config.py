@@ -132,6 +132,9 @@ class TrainConfig:
     threads: int = 0  # torch threads; 0 = physical cores
     # A live view: TensorBoard event files in RUN_DIR/tensorboard (the [track] extra); none = off
     log: Literal["none", "tensorboard"] = "none"
+    # Seconds for the whole run (--time 10m): the epochs are planned from a measured step to fit
+    # it, replacing train.epochs; 0 = no budget
+    time_budget: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -330,6 +333,7 @@ def validate(config: Config) -> None:
         (0 < config.semi.threshold <= 1 and config.semi.mu >= 1, "semi.threshold must be in (0, 1] and mu at least 1"),
         (config.semi.weight >= 0 and config.semi.max_unlabeled >= 0, "semi.weight and max_unlabeled must be >= 0"),
         (config.optim.warmup_epochs >= 0, "optim.warmup_epochs must not be negative"),
+        (config.train.time_budget >= 0, "train.time_budget must not be negative"),
     ]
     for ok, message in checks:
         if not ok:

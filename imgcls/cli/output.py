@@ -39,6 +39,20 @@ def positive_int(text: str) -> int:
     return value
 
 
+def duration(text: str) -> float:
+    """Seconds of '90s', '10m', '1.5h' or a plain number of seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    text = text.strip().lower()
+    scale = units.get(text[-1:], 1)
+    try:
+        value = float(text[:-1] if text[-1:] in units else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 10m or 1.5h") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
 def port_number(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 65535:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
 
-from imgcls.cli.output import OneLineParser, headline, positive_int
+from imgcls.cli.output import OneLineParser, duration, headline, positive_int
 from imgcls.cli.output import print_text as _print
 from imgcls.errors import ImgclsError
 
@@ -32,6 +33,7 @@ def _overrides(args: argparse.Namespace) -> dict:
         ("train", "seed"): args.seed,
         ("train", "device"): args.device,
         ("train", "log"): args.log,
+        ("train", "time_budget"): args.time,
         ("train", "precision"): args.precision,
         ("transfer", "pretrained"): args.pretrained,
         ("transfer", "freeze_backbone"): True if args.freeze_backbone else None,
@@ -68,9 +70,38 @@ def _train_config(args: argparse.Namespace, overrides: dict):
     recipe = args.recipe
     if args.pretrained and recipe is None:
         recipe = "finetune"
+    elif (
+        recipe is None
+        and not overrides.get("model", {}).get("name")
+        and not overrides.get("transfer", {}).get("pretrained")
+    ):
+        recipe = _planned_defaults(args, overrides)
     if args.pretrained and not args.model and args.pretrained != DEFAULT_TAG and is_weights_name(args.pretrained):
         overrides.setdefault("model", {})["name"] = weights_name(args.pretrained, None).split(".")[0]
     return build_config(recipe, overrides, config_defaults, weights_config)
+
+
+def _planned_defaults(args: argparse.Namespace, overrides: dict) -> str | None:
+    """No model, recipe or weights given: choose them from the data (imgcls.training.plan),
+    say the choice in one line, and return the recipe; the user's own settings stay."""
+    from imgcls.data.resolve import resolve_training_data
+    from imgcls.training.plan import plan_defaults, profile_data
+
+    data, train = overrides.get("data", {}), overrides.get("train", {})
+    sources = resolve_training_data(
+        data["train"],
+        data.get("val"),
+        val_fraction=float(data.get("val_fraction", 0.2)),
+        seed=int(train.get("seed", 0)),
+        task=data.get("task", "auto"),
+        allow_outside=bool(data.get("allow_outside", False)),
+    )
+    plan = plan_defaults(profile_data(sources), float(train.get("time_budget", 0)))
+    for section, values in plan.overrides.items():
+        for key, value in values.items():
+            overrides.setdefault(section, {}).setdefault(key, value)
+    logging.getLogger("imgcls.training.plan").info("auto: %s", plan.reason)
+    return plan.recipe
 
 
 def _check_resume_options(run_dir: Path, overrides: dict, recipe: str | None) -> None:
@@ -226,6 +257,9 @@ def add_train_parsers(sub, common: argparse.ArgumentParser) -> None:
     training.add_argument("--kd-alpha", type=float, help="weight of the teacher's soft targets (0.5)")
     training.add_argument("--kd-temperature", type=float, help="distillation temperature (4)")
     training.add_argument("--seed", type=int)
+    training.add_argument(
+        "--time", type=duration, help="a time budget for the whole run (10m, 1h): epochs planned to fit"
+    )
     training.add_argument(
         "--log",
         choices=["none", "tensorboard"],

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from imgcls.config import Config
 from imgcls.errors import ConfigError
-from imgcls.models.registry import resolve
+from imgcls.models.registry import is_classic, resolve
 
 
 def check_model_config(config: Config) -> None:
     """The model checks that need no data, so a typo fails before minutes of decoding."""
     entry = resolve(config.model.name)
+    if config.train.time_budget and is_classic(config.model.name):
+        raise ConfigError("train.time_budget plans epochs; a classic model is fitted once. Leave --time off.")
     if config.data.img_size < entry.min_size:
         raise ConfigError(
             f"model {config.model.name!r} needs images of at least {entry.min_size} px; got {config.data.img_size}."
@@ -39,6 +41,7 @@ def check_task_options(config: Config, task: str) -> None:
             ("augment.ricap", mixing and augment.ricap > 0, why),
             ("distill.teacher", config.distill.teacher, why),
             ("data.task", task == "multi-label", "multi-label data " + why),
+            ("train.time_budget", tc.time_budget, why),
         ]
     for key, given, why in refused:
         if given:

@@ -82,9 +82,11 @@ def train_epochs(
     *,
     last_epoch: int | None = None,
     tracker: Tracker = NO_TRACKER,
+    deadline: float | None = None,
 ) -> float:
     """Epochs start.epoch .. last_epoch (default train.epochs), appending to start.history;
-    returns the best validation score."""
+    returns the best validation score. With a `deadline` (time.perf_counter()), no epoch starts
+    that the last one's duration says would end after it."""
     tc = setup.config.train
     history, best_acc, partial = start.history, start.best_acc, start.partial
     with stop_on_sigint() as stop:
@@ -98,6 +100,7 @@ def train_epochs(
                 partial = EpochProgress(lr=opt.optimizer.param_groups[0]["lr"])
             lr = partial.lr
             generator = torch.Generator().manual_seed(epoch_seed(tc.seed, epoch))
+            epoch_started = time.perf_counter()
 
             def report(step: int, steps: int, loss: float, epoch=epoch, opt=opt) -> None:
                 tracker.step((epoch - 1) * steps + step, loss, opt.optimizer.param_groups[0]["lr"])
@@ -113,6 +116,12 @@ def train_epochs(
             best_acc = _finish_epoch(run_dir, setup, opt, epoch, stats, lr, history, best_acc, val, tracker)
             if stop() and epoch < tc.epochs:
                 stopped(run_dir, f"after epoch {epoch}")
+            took = time.perf_counter() - epoch_started
+            if deadline is not None and epoch < tc.epochs and time.perf_counter() + took > deadline:
+                log.warning(
+                    "time budget: stopping after epoch %d of %d (an epoch takes %.0f s)", epoch, tc.epochs, took
+                )
+                break
     return best_acc
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from imgcls.config import Config, load_config, save_config
-from imgcls.data.loader import cache_tensors
+from imgcls.data.loader import cache_tensors, steps_per_epoch
 from imgcls.device import resolve_device
 from imgcls.errors import CheckpointError, ConfigError
 from imgcls.files import exclusive_use
@@ -29,8 +29,9 @@ from imgcls.training.classic import fit_classic_run
 from imgcls.training.epochs import FitResult, finish_run, train_epochs
 from imgcls.training.loop import supervised_epoch
 from imgcls.training.outputs import write_outputs
+from imgcls.training.plan import plan_epochs
 from imgcls.training.probe import fit_linear_probe, pooled_features
-from imgcls.training.run import Optimisation, RunSetup, eval_model, prepare
+from imgcls.training.run import Optimisation, RunSetup, build_optimisation, eval_model, prepare_setup
 from imgcls.training.semi import fit_semi_run
 from imgcls.training.state import clear_temporaries, fresh_start, history_row, resume_point, save_epoch, write_history
 from imgcls.training.tracking import Tracker, open_tracker
@@ -126,12 +127,20 @@ def _fit(config: Config, run_dir: Path, resume: bool) -> FitResult:
 
 def _fit_epochs(config: Config, run_dir: Path, resume: bool, started: float, tracker: Tracker) -> FitResult:
     tc = config.train
-    setup, opt = prepare(config)
+    setup = prepare_setup(config)
+    batches = steps_per_epoch(len(setup.train), tc.batch_size)
+    deadline = None
+    if tc.time_budget and not resume:  # a resumed run keeps the epochs planned when it started
+        setup = plan_epochs(setup, tc.time_budget - (time.perf_counter() - started), batches)
+        deadline = started + tc.time_budget
+        if distributed.is_main():
+            save_config(setup.config, run_dir / "config.yaml")  # the planned epochs, for --resume
+    opt = build_optimisation(setup, batches)
     opt = replace(opt, ddp=distributed.wrap(setup.model, sync_bn=tc.sync_bn, device=setup.device))
     start = resume_point(run_dir, setup, opt) if resume else fresh_start()
     train = None if setup.stream is not None else cache_tensors(setup.train)  # streamed: read as it trains
     val = cache_tensors(setup.val)
-    last_epoch = tc.epochs
+    last_epoch = setup.config.train.epochs  # as planned for a time budget
     if not resume and config.transfer.linear_probe:
         best_acc = probe_epoch(run_dir, setup, opt, start.history, train, val)
         start = replace(start, best_acc=best_acc)
@@ -141,7 +150,7 @@ def _fit_epochs(config: Config, run_dir: Path, resume: bool, started: float, tra
             log.info("frozen backbone: the fitted classifier is final (set transfer.linear_probe=false to train it)")
             last_epoch = 0
     one_epoch = functools.partial(supervised_epoch, setup, train)
-    train_epochs(run_dir, setup, opt, start, val, one_epoch, last_epoch=last_epoch, tracker=tracker)
+    train_epochs(run_dir, setup, opt, start, val, one_epoch, last_epoch=last_epoch, tracker=tracker, deadline=deadline)
     if setup.stream is not None:  # each process met the broken images of its own shards
         setup.train.skipped[:] = distributed.merge_lists(setup.train.skipped, key="path")
     return finish_run(run_dir, setup, opt, start.history, val, started, tracker)

@@ -291,7 +291,8 @@ def build_optimisation(setup: RunSetup, batches_per_epoch: int) -> Optimisation:
     config, model = setup.config, setup.model
     tc = config.train
     steps = -(-batches_per_epoch // tc.accumulate)
-    if steps * tc.epochs < 100 and not config.transfer.pretrained and distributed.is_main():
+    few = steps * tc.epochs < 100 and not config.transfer.pretrained and not tc.time_budget
+    if few and distributed.is_main():
         log.warning(  # fine-tuning needs few steps; every process would say the same
             "only %d optimizer steps in the whole run: a smaller --batch-size or more --epochs "
             "will likely train better",
