@@ -119,7 +119,7 @@ def train_epochs(
             took = time.perf_counter() - epoch_started
             if deadline is not None and epoch < tc.epochs and time.perf_counter() + took > deadline:
                 log.warning(
-                    "time budget: stopping after epoch %d of %d (an epoch takes %.0f s)", epoch, tc.epochs, took
+                    "time budget: stopping after epoch %d of %d (an epoch takes %.1f s)", epoch, tc.epochs, took
                 )
                 break
     return best_acc
