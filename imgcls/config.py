@@ -186,6 +186,7 @@ class Config:
     transfer: TransferConfig = field(default_factory=TransferConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     semi: SemiConfig = field(default_factory=SemiConfig)
+    recipe: str = "default"  # the recipe the run started from (a name or a YAML file), for the report
 
 
 _SECTION_TYPES = {
@@ -198,6 +199,14 @@ _SECTION_TYPES = {
     "distill": DistillConfig,
     "semi": SemiConfig,
 }
+
+
+def _recipe_name(recipe: str | Path | None) -> str:
+    """A bundled recipe by its name (given by name or by path), any other file as given."""
+    if recipe is None:
+        return "default"
+    path = Path(recipe)
+    return path.stem if path.suffix == ".yaml" and path.parent.resolve() == RECIPES_DIR.resolve() else str(recipe)
 
 
 def list_recipes() -> list[str]:
@@ -261,7 +270,8 @@ def build_config(
         values = merge(values, weights_defaults(str(pretrained), str(name)), where, list(_SECTION_TYPES))
     values = merge(values, recipe_values, f"recipe {recipe or 'default'}", list(_SECTION_TYPES))
     values = merge(values, overrides, "override", list(_SECTION_TYPES))
-    config = Config(**{name: _section_from_dict(name, values.get(name, {})) for name in _SECTION_TYPES})
+    sections = {name: _section_from_dict(name, values.get(name, {})) for name in _SECTION_TYPES}
+    config = Config(**sections, recipe=_recipe_name(recipe))
     validate(config)
     return config
 
@@ -346,7 +356,8 @@ def config_to_dict(config: Config) -> dict:
 
 def config_from_dict(values: dict) -> Config:
     """Rebuild a config saved with config_to_dict (config.yaml of a run), validating it again."""
-    config = Config(**{name: _section_from_dict(name, values.get(name) or {}) for name in _SECTION_TYPES})
+    sections = {name: _section_from_dict(name, values.get(name) or {}) for name in _SECTION_TYPES}
+    config = Config(**sections, recipe=str(values.get("recipe") or "default"))
     validate(config)
     return config
 

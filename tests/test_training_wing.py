@@ -66,3 +66,13 @@ def test_best_checkpoint_records_the_final_float32_score(class_folders, tmp_path
         best_epoch_score = max(float(row["val_acc"]) for row in csv.DictReader(f))
     if best_epoch_score != metrics["accuracy"]:
         assert training["epoch_val_accuracy"] == pytest.approx(best_epoch_score)
+
+
+def test_report_recipe_line_names_the_recipe_and_every_augmentation():
+    from imgcls.training.outputs import describe_recipe
+
+    line = describe_recipe(build_config("small-data", {}, config_defaults))
+    assert line.startswith("recipe small-data; adamw lr 0.001")
+    for part in ("rotation 20 deg", "shear 8 deg", "zoom 0.15", "brightness 0.2", "contrast 0.2", "shift 0.1"):
+        assert part in line
+    assert build_config(None, {}, config_defaults).recipe == "default"

@@ -46,7 +46,7 @@ def write_outputs(
 def describe_recipe(config: Config) -> str:
     """The training choices that matter most, in one line (the full set is in config.yaml)."""
     o, t, a = config.optim, config.train, config.augment
-    parts = [f"{o.name} lr {o.lr:g}", f"{o.schedule} schedule", f"batch {t.batch_size}"]
+    parts = [f"recipe {config.recipe}", f"{o.name} lr {o.lr:g}", f"{o.schedule} schedule", f"batch {t.batch_size}"]
     if o.weight_decay:
         parts.append(f"weight decay {o.weight_decay:g}")
     if t.label_smoothing:
