@@ -83,6 +83,10 @@ class AugmentConfig:
 class ModelConfig:
     name: str = "keras-cnn"
     kwargs: dict = field(default_factory=dict)  # extra arguments of the model builder
+    # With a margin loss (train.loss): width of the embedding, a linear + batch-norm neck on the
+    # backbone's pooled features, which `imgcls embed`, gallery, recognize, search and cluster use.
+    embedding_dim: int = 128
+    subcenters: int = 3  # train.loss subcenter-arcface: class weights per class (Deng et al. 2020)
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,13 @@ class TrainConfig:
     eval_batch_size: int = 256
     seed: int = 0
     label_smoothing: float = 0.0
+    # Metric learning: cross-entropy trains an ordinary classifier; arcface, cosface and
+    # subcenter-arcface train an embedding model (imgcls.models.embedding) whose cosine
+    # classifier is trained with that margin, so that new classes can be enrolled without
+    # retraining (imgcls gallery / recognize). Needs the [metric] extra to train.
+    loss: Literal["cross-entropy", "arcface", "cosface", "subcenter-arcface"] = "cross-entropy"
+    margin: float | None = None  # arcface: radians added to the angle (0.5); cosface: off the cosine (0.35)
+    scale: float = 30.0  # margin losses: logits = scale x cosine
     class_weights: Literal["none", "balanced"] = "none"  # balanced: weight ~ 1 / class frequency
     balanced_sampling: bool = False  # draw batches so every class is seen equally often
     multilabel_loss: Literal["bce", "asl"] = "bce"  # multi-label: binary cross-entropy or Asymmetric Loss
@@ -334,10 +345,34 @@ def validate(config: Config) -> None:
         (config.semi.weight >= 0 and config.semi.max_unlabeled >= 0, "semi.weight and max_unlabeled must be >= 0"),
         (config.optim.warmup_epochs >= 0, "optim.warmup_epochs must not be negative"),
         (config.train.time_budget >= 0, "train.time_budget must not be negative"),
+        (config.model.embedding_dim >= 2, "model.embedding_dim must be at least 2"),
+        (config.model.subcenters >= 1, "model.subcenters must be at least 1"),
+        (config.train.scale > 0, "train.scale must be positive"),
+        (config.train.margin is None or 0 <= config.train.margin <= 1.5, "train.margin must be in [0, 1.5]"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message + ".")
+    _check_margin_loss(config)
+
+
+def _check_margin_loss(config: Config) -> None:
+    """Options a margin loss cannot train with, each named: the margin goes on one true class
+    per image, and the cosine classifier is not a linear layer a probe could fit."""
+    if config.train.loss == "cross-entropy":
+        return
+    augment, why = config.augment, f"does not combine with train.loss {config.train.loss}"
+    mixing = augment.mix_prob > 0
+    refused = [
+        ("augment.mixup", mixing and augment.mixup > 0, why + ": the margin needs one class per image"),
+        ("augment.cutmix", mixing and augment.cutmix > 0, why + ": the margin needs one class per image"),
+        ("augment.ricap", mixing and augment.ricap > 0, why + ": the margin needs one class per image"),
+        ("transfer.linear_probe", config.transfer.linear_probe, why + ": the cosine classifier is not a linear layer"),
+        ("semi.unlabeled", config.semi.unlabeled, why + " (semi-supervised training uses cross-entropy)"),
+    ]
+    for key, given, message in refused:
+        if given:
+            raise ConfigError(f"{key} {message}.")
 
 
 def config_to_dict(config: Config) -> dict:
