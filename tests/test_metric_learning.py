@@ -6,7 +6,9 @@ classifier, and `imgcls embed` (gallery, recognize, search, cluster) reads the n
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,22 @@ def test_checkpoint_records_and_rebuilds_the_embedding_model(embedding_run):
     model, _, _ = ckpt.load_model(embedding_run["checkpoint"])
     assert isinstance(model, EmbeddingNet) and model.num_features == DIM
     assert not any(k.startswith("backbone.fc") for k in model.state_dict())  # no unused classifier weights
+
+
+def test_predicting_needs_no_metric_learning_library(embedding_run, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "pytorch_metric_learning", None)  # as if not installed
+    bird = sorted((embedding_run["data"] / "bird").iterdir())[0]
+    assert main(["predict", str(embedding_run["checkpoint"]), str(bird), "--json"]) == 0
+    scores = [p["score"] for p in json.loads(capsys.readouterr().out)["predictions"]]
+    assert len(scores) == 3 and sum(scores) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_training_without_the_metric_extra_names_it(monkeypatch, capsys, class_folders, tmp_path):
+    monkeypatch.setitem(sys.modules, "pytorch_metric_learning", None)
+    monkeypatch.setitem(sys.modules, "pytorch_metric_learning.losses", None)
+    args = ["train", str(class_folders), "--loss", "cosface", "--img-size", "16", "--out", str(tmp_path / "run")]
+    assert main(args) == 2
+    assert "pip install 'imgcls[metric]'" in capsys.readouterr().err
 
 
 def test_embed_uses_the_trained_normalised_embedding(embedding_run, tmp_path):

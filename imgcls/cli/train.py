@@ -84,6 +84,10 @@ def _train_config(args: argparse.Namespace, overrides: dict):
     config = build_config(recipe, overrides, config_defaults, weights_config)
     if config.train.loss != "cross-entropy" and is_classic(config.model.name):
         raise ConfigError(f"train.loss {config.train.loss} trains a neural network; {config.model.name} is classic.")
+    if config.train.loss != "cross-entropy":  # before minutes of decoding, not after
+        from imgcls.extras import require
+
+        require("pytorch_metric_learning.losses", "metric")
     return config
 
 
