@@ -136,3 +136,14 @@ def test_unknown_loss_is_one_line(capsys, class_folders, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         main(["train", str(class_folders), "--loss", "triplet"])
     assert exit_.value.code == 2
+
+
+def test_a_frozen_backbone_still_trains_the_neck_and_cosine_classifier():
+    from imgcls.data.preprocess import Preprocessing
+    from imgcls.training.run import build_model
+
+    config = build_config(overrides={"train": {"loss": "cosface"}, "transfer": {"freeze_backbone": True}})
+    model = build_model(config, 3, Preprocessing(32, 3, (0.5,) * 3, (0.25,) * 3))
+    assert isinstance(model, EmbeddingNet)
+    assert all(p.requires_grad for p in model.head.parameters())
+    assert not any(p.requires_grad for p in model.backbone.parameters())
