@@ -33,7 +33,7 @@ number of vectors, not the model), then prints the issue's goals next to both.
 
 Timings share 2 CPU cores with other work and are noisy.
 
-    .venv/bin/python benchmarks/recognition.py [--retrain] [--hnsw-1m] [--loss arcface]
+    .venv/bin/python benchmarks/recognition.py [--retrain] [--hnsw-1m] [--loss arcface] [--epochs 6]
 """
 
 from __future__ import annotations
@@ -311,11 +311,18 @@ def main() -> None:
         help="also train an embedding model with this margin loss and compare it with the classifier "
         "(sections 1-3 and 5 for both; latency is skipped: it depends on the vectors' number, not the model)",
     )
+    parser.add_argument("--epochs", type=int, default=6, help="training epochs of both models (6)")
     args = parser.parse_args()
-    runs = [(RUN, "classifier (cross-entropy)", TRAIN)]
+    train = [*TRAIN, "--epochs", str(args.epochs)]  # the last --epochs wins
+    base = RUN if args.epochs == 6 else RUN.with_name(f"{RUN.name}-{args.epochs}ep")
+    runs = [(base, "classifier (cross-entropy)", train)]
     if args.loss:
         runs.append(
-            (RUN.with_name(f"{RUN.name}-{args.loss}"), f"embedding model ({args.loss})", [*TRAIN, "--loss", args.loss])
+            (
+                base.with_name(f"{base.name}-{args.loss}"),
+                f"embedding model ({args.loss})",
+                [*train, "--loss", args.loss],
+            )
         )
     for run, _, flags in runs:
         if args.retrain or not (run / "best.safetensors").is_file():
