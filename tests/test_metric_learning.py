@@ -130,7 +130,7 @@ def test_refused_options_name_their_key(overrides, key):
 
 
 def test_unknown_loss_is_one_line(capsys, class_folders, tmp_path):
-    assert main(["train", str(class_folders), "--set", "train.loss=triplet", "--out", str(tmp_path / "r")]) == 2
+    assert main(["-q", "train", str(class_folders), "--set", "train.loss=triplet", "--out", str(tmp_path / "r")]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "train.loss" in error[0] and "arcface" in error[0]
     with pytest.raises(SystemExit) as exit_:
