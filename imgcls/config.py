@@ -83,9 +83,7 @@ class AugmentConfig:
 class ModelConfig:
     name: str = "keras-cnn"
     kwargs: dict = field(default_factory=dict)  # extra arguments of the model builder
-    # With a margin loss (train.loss): width of the embedding, a linear + batch-norm neck on the
-    # backbone's pooled features, which `imgcls embed`, gallery, recognize, search and cluster use.
-    embedding_dim: int = 128
+    embedding_dim: int = 128  # margin losses (train.loss): width of the embedding, a linear + batch-norm neck
     subcenters: int = 3  # train.loss subcenter-arcface: class weights per class (Deng et al. 2020)
 
 
@@ -117,10 +115,8 @@ class TrainConfig:
     eval_batch_size: int = 256
     seed: int = 0
     label_smoothing: float = 0.0
-    # Metric learning: cross-entropy trains an ordinary classifier; arcface, cosface and
-    # subcenter-arcface train an embedding model (imgcls.models.embedding) whose cosine
-    # classifier is trained with that margin, so that new classes can be enrolled without
-    # retraining (imgcls gallery / recognize). Needs the [metric] extra to train.
+    # arcface, cosface, subcenter-arcface: metric learning, an embedding model (imgcls.models.embedding)
+    # for gallery / recognize / search, its cosine classifier trained with that margin ([metric] extra).
     loss: Literal["cross-entropy", "arcface", "cosface", "subcenter-arcface"] = "cross-entropy"
     margin: float | None = None  # arcface: radians added to the angle (0.5); cosface: off the cosine (0.35)
     scale: float = 30.0  # margin losses: logits = scale x cosine
@@ -357,22 +353,19 @@ def validate(config: Config) -> None:
 
 
 def _check_margin_loss(config: Config) -> None:
-    """Options a margin loss cannot train with, each named: the margin goes on one true class
-    per image, and the cosine classifier is not a linear layer a probe could fit."""
+    """Options a margin loss cannot train with: soft targets, a linear probe, semi-supervision."""
     if config.train.loss == "cross-entropy":
         return
     augment, why = config.augment, f"does not combine with train.loss {config.train.loss}"
-    mixing = augment.mix_prob > 0
-    refused = [
-        ("augment.mixup", mixing and augment.mixup > 0, why + ": the margin needs one class per image"),
-        ("augment.cutmix", mixing and augment.cutmix > 0, why + ": the margin needs one class per image"),
-        ("augment.ricap", mixing and augment.ricap > 0, why + ": the margin needs one class per image"),
-        ("transfer.linear_probe", config.transfer.linear_probe, why + ": the cosine classifier is not a linear layer"),
-        ("semi.unlabeled", config.semi.unlabeled, why + " (semi-supervised training uses cross-entropy)"),
-    ]
-    for key, given, message in refused:
+    for key, given, reason in [
+        ("augment.mixup", augment.mix_prob > 0 and augment.mixup > 0, "the margin needs one class per image"),
+        ("augment.cutmix", augment.mix_prob > 0 and augment.cutmix > 0, "the margin needs one class per image"),
+        ("augment.ricap", augment.mix_prob > 0 and augment.ricap > 0, "the margin needs one class per image"),
+        ("transfer.linear_probe", config.transfer.linear_probe, "its cosine classifier is no linear layer"),
+        ("semi.unlabeled", config.semi.unlabeled, "semi-supervised training uses cross-entropy"),
+    ]:
         if given:
-            raise ConfigError(f"{key} {message}.")
+            raise ConfigError(f"{key} {why}: {reason}.")
 
 
 def config_to_dict(config: Config) -> dict:
