@@ -354,8 +354,6 @@ def validate(config: Config) -> None:
 
 def _check_margin_loss(config: Config) -> None:
     """Options a margin loss cannot train with: soft targets, a linear probe, semi-supervision."""
-    if config.train.loss == "cross-entropy":
-        return
     augment, why = config.augment, f"does not combine with train.loss {config.train.loss}"
     for key, given, reason in [
         ("augment.mixup", augment.mix_prob > 0 and augment.mixup > 0, "the margin needs one class per image"),
@@ -364,7 +362,7 @@ def _check_margin_loss(config: Config) -> None:
         ("transfer.linear_probe", config.transfer.linear_probe, "its cosine classifier is no linear layer"),
         ("semi.unlabeled", config.semi.unlabeled, "semi-supervised training uses cross-entropy"),
     ]:
-        if given:
+        if given and config.train.loss != "cross-entropy":
             raise ConfigError(f"{key} {why}: {reason}.")
 
 
