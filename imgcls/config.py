@@ -83,6 +83,8 @@ class AugmentConfig:
 class ModelConfig:
     name: str = "keras-cnn"
     kwargs: dict = field(default_factory=dict)  # extra arguments of the model builder
+    embedding_dim: int = 128  # margin losses (train.loss): width of the embedding, a linear + batch-norm neck
+    subcenters: int = 3  # train.loss subcenter-arcface: class weights per class (Deng et al. 2020)
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,11 @@ class TrainConfig:
     eval_batch_size: int = 256
     seed: int = 0
     label_smoothing: float = 0.0
+    # arcface, cosface, subcenter-arcface: metric learning, an embedding model (imgcls.models.embedding)
+    # for gallery / recognize / search, its cosine classifier trained with that margin ([metric] extra).
+    loss: Literal["cross-entropy", "arcface", "cosface", "subcenter-arcface"] = "cross-entropy"
+    margin: float | None = None  # arcface: radians added to the angle (0.5); cosface: off the cosine (0.35)
+    scale: float = 30.0  # margin losses: logits = scale x cosine
     class_weights: Literal["none", "balanced"] = "none"  # balanced: weight ~ 1 / class frequency
     balanced_sampling: bool = False  # draw batches so every class is seen equally often
     multilabel_loss: Literal["bce", "asl"] = "bce"  # multi-label: binary cross-entropy or Asymmetric Loss
@@ -344,10 +351,29 @@ def validate(config: Config) -> None:
         (config.semi.weight >= 0 and config.semi.max_unlabeled >= 0, "semi.weight and max_unlabeled must be >= 0"),
         (config.optim.warmup_epochs >= 0, "optim.warmup_epochs must not be negative"),
         (config.train.time_budget >= 0, "train.time_budget must not be negative"),
+        (config.model.embedding_dim >= 2, "model.embedding_dim must be at least 2"),
+        (config.model.subcenters >= 1, "model.subcenters must be at least 1"),
+        (config.train.scale > 0, "train.scale must be positive"),
+        (config.train.margin is None or 0 <= config.train.margin <= 1.5, "train.margin must be in [0, 1.5]"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message + ".")
+    _check_margin_loss(config)
+
+
+def _check_margin_loss(config: Config) -> None:
+    """Options a margin loss cannot train with: soft targets, a linear probe, semi-supervision."""
+    augment, why = config.augment, f"does not combine with train.loss {config.train.loss}"
+    for key, given, reason in [
+        ("augment.mixup", augment.mix_prob > 0 and augment.mixup > 0, "the margin needs one class per image"),
+        ("augment.cutmix", augment.mix_prob > 0 and augment.cutmix > 0, "the margin needs one class per image"),
+        ("augment.ricap", augment.mix_prob > 0 and augment.ricap > 0, "the margin needs one class per image"),
+        ("transfer.linear_probe", config.transfer.linear_probe, "its cosine classifier is no linear layer"),
+        ("semi.unlabeled", config.semi.unlabeled, "semi-supervised training uses cross-entropy"),
+    ]:
+        if given and config.train.loss != "cross-entropy":
+            raise ConfigError(f"{key} {why}: {reason}.")
 
 
 def config_to_dict(config: Config) -> dict:

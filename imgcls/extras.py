@@ -1,7 +1,7 @@
 """Optional features and the pip extra that installs each.
 
 `pip install imgcls` installs what training, evaluation and prediction need; serving, ONNX,
-the data doctor, FAISS, CLIP and Grad-CAM come with extras (`pip install 'imgcls[serve]'`,
+the data doctor, FAISS, CLIP, Grad-CAM and the metric-learning losses come with extras (`pip install 'imgcls[serve]'`,
 or `[all]`). Each optional feature imports its package through `require`, so a missing one
 is one line that names the extra (exit 2 on the command line), not a traceback.
 """
@@ -23,6 +23,7 @@ EXTRAS = {
     "zeroshot": "CLIP (imgcls zeroshot, --model clip:ARCH)",
     "explain": "Grad-CAM in the report",
     "track": "TensorBoard event files (--log tensorboard)",
+    "metric": "metric-learning losses (train.loss arcface, cosface, subcenter-arcface)",
 }
 
 

@@ -25,12 +25,14 @@ def _overrides(args: argparse.Namespace) -> dict:
         ("data", "val"): str(Path(args.val).absolute()) if args.val else None,
         ("data", "img_size"): args.img_size,
         ("data", "val_fraction"): args.val_fraction,
-        ("data", "task"): args.task,
+        ("data", "task"): None if args.task == "embedding" else args.task,
         ("data", "allow_outside"): True if args.allow_outside else None,
         ("model", "name"): args.model,
         ("train", "epochs"): args.epochs,
         ("train", "batch_size"): args.batch_size,
         ("train", "seed"): args.seed,
+        # --task embedding: metric learning with ArcFace unless --loss names another margin loss
+        ("train", "loss"): args.loss or ("arcface" if args.task == "embedding" else None),
         ("train", "device"): args.device,
         ("train", "log"): args.log,
         ("train", "time_budget"): args.time,
@@ -64,8 +66,9 @@ def _train_config(args: argparse.Namespace, overrides: dict):
     """The run's config: with --pretrained and no --recipe, the fine-tuning recipe; with weights
     named ARCH.TAG and no --model, that architecture; the weights' own preprocessing under both."""
     from imgcls.config import build_config
+    from imgcls.errors import ConfigError
     from imgcls.models.pretrained import DEFAULT_TAG, is_weights_name, weights_config, weights_name
-    from imgcls.models.registry import config_defaults
+    from imgcls.models.registry import config_defaults, is_classic
 
     recipe = args.recipe
     if args.pretrained and recipe is None:
@@ -78,7 +81,14 @@ def _train_config(args: argparse.Namespace, overrides: dict):
         recipe = _planned_defaults(args, overrides)
     if args.pretrained and not args.model and args.pretrained != DEFAULT_TAG and is_weights_name(args.pretrained):
         overrides.setdefault("model", {})["name"] = weights_name(args.pretrained, None).split(".")[0]
-    return build_config(recipe, overrides, config_defaults, weights_config)
+    config = build_config(recipe, overrides, config_defaults, weights_config)
+    if config.train.loss != "cross-entropy" and is_classic(config.model.name):
+        raise ConfigError(f"train.loss {config.train.loss} trains a neural network; {config.model.name} is classic.")
+    if config.train.loss != "cross-entropy":  # before minutes of decoding, not after
+        from imgcls.extras import require
+
+        require("pytorch_metric_learning.losses", "metric")
+    return config
 
 
 def _planned_defaults(args: argparse.Namespace, overrides: dict) -> str | None:
@@ -235,8 +245,14 @@ def add_train_parsers(sub, common: argparse.ArgumentParser) -> None:
     training.add_argument("--val", help="validation folder or manifest (no automatic split then)")
     training.add_argument(
         "--task",
-        choices=["auto", "single-label", "multi-label"],
-        help="auto: multi-label when a manifest has rows with no label or several",
+        choices=["auto", "single-label", "multi-label", "embedding"],
+        help="auto: multi-label when a manifest has rows with no label or several; "
+        "embedding: metric learning (an embedding for gallery/recognize/search, ArcFace unless --loss)",
+    )
+    training.add_argument(
+        "--loss",
+        choices=["cross-entropy", "arcface", "cosface", "subcenter-arcface"],
+        help="a margin loss trains an embedding model (train.loss; needs the [metric] extra)",
     )
     training.add_argument("--allow-outside", action="store_true", help=OUTSIDE_HELP)
     training.add_argument(

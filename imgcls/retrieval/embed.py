@@ -2,8 +2,11 @@
 
 Every imgcls model has timm's interface, so the embedding of any checkpoint is
 forward_head(forward_features(x), pre_logits=True): the vector the classifier's last linear
-layer reads. Normalised to unit length, the inner product of two embeddings is their cosine
-similarity, which is what galleries, search and clustering compare.
+layer reads. For a model trained with a margin loss (`imgcls train --loss arcface`,
+imgcls.models.embedding) that is the trained embedding, the output of its linear + batch-
+norm neck, which its cosine classifier compares with each class. Normalised to unit length,
+the inner product of two embeddings is their cosine similarity, which is what galleries,
+search and clustering compare.
 
 A model's identity is a hash of its weights, architecture and preprocessing: embeddings
 from two different models live in different spaces and must never be compared.

@@ -1,7 +1,10 @@
-"""Loss functions: cross-entropy (label smoothing, class weights, soft targets), distillation, and
-the multi-label losses (binary cross-entropy, timm's Asymmetric Loss)."""
+"""Loss functions: cross-entropy (label smoothing, class weights, soft targets), the margin
+losses of metric learning (ArcFace, CosFace, sub-center ArcFace), distillation, and the
+multi-label losses (binary cross-entropy, timm's Asymmetric Loss)."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -31,6 +34,64 @@ class ClassificationLoss(nn.Module):
         if target.ndim == 1:
             return F.cross_entropy(logits, target, weight=self.class_weights, label_smoothing=self.label_smoothing)
         return soft_target_cross_entropy(logits, target, self.label_smoothing, self.class_weights)
+
+
+# train.loss values that put a margin on a cosine classifier (imgcls.models.embedding), with
+# their papers' margins: ArcFace adds 0.5 rad to the angle to the true class (Deng et al.
+# 2019; sub-center ArcFace, Deng et al. 2020, the same), CosFace subtracts 0.35 from its
+# cosine (Wang et al. 2018).
+DEFAULT_MARGINS = {"arcface": 0.5, "cosface": 0.35, "subcenter-arcface": 0.5}
+
+
+class MarginLoss(ClassificationLoss):
+    """Cross-entropy on cosine logits (scale x cos, from the model's CosineClassifier) after the
+    true class's cosine is made smaller by a margin: the network must put an image closer to
+    its class than plain softmax asks, which is what makes its embedding compare images of
+    classes it never saw. Prediction uses the logits without the margin.
+
+    pytorch-metric-learning's ArcFaceLoss / CosFaceLoss / SubCenterArcFaceLoss give the margin
+    (modify_cosine_of_target_classes, with ArcFace's fallback where theta + m passes pi). Their
+    forward takes embeddings and owns the class weights; imgcls's loop gives a loss the logits,
+    and the weights live in the model so a checkpoint predicts without this library, so only
+    their margin function is used here."""
+
+    def __init__(
+        self,
+        kind: str,
+        *,
+        scale: float,
+        margin: float | None = None,
+        label_smoothing: float = 0.0,
+        class_weights: torch.Tensor | None = None,
+    ):
+        super().__init__(label_smoothing, class_weights)
+        from imgcls.extras import require
+
+        pml = require("pytorch_metric_learning.losses", "metric")
+        margin = DEFAULT_MARGINS[kind] if margin is None else margin
+        # Only the margin function is used, so the library's own weight matrix is 1 x 1.
+        shape = {"num_classes": 1, "embedding_size": 1}
+        if kind == "cosface":
+            margin_loss = pml.CosFaceLoss(margin=margin, scale=scale, **shape)
+        elif kind == "arcface":
+            margin_loss = pml.ArcFaceLoss(margin=math.degrees(margin), scale=scale, **shape)  # it takes degrees
+        else:
+            margin_loss = pml.SubCenterArcFaceLoss(margin=math.degrees(margin), scale=scale, sub_centers=1, **shape)
+        self.kind, self.margin, self.scale = kind, margin, float(scale)
+        self._with_margin = margin_loss.modify_cosine_of_target_classes
+
+    def margin_logits(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The logits with the margin on each image's true class."""
+        # acos' is infinite at +-1: a cosine of exactly 1 would give a NaN gradient.
+        cosine = (logits / self.scale).clamp(-1 + 1e-6, 1 - 1e-6)
+        true_cosine = cosine.gather(1, target[:, None]).squeeze(1)
+        shift = (self._with_margin(true_cosine) - true_cosine)[:, None]
+        return self.scale * (cosine + F.one_hot(target, logits.shape[1]).to(cosine.dtype) * shift)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.ndim != 1:
+            raise ValueError("a margin loss needs one class per image, not soft targets (mixup, cutmix, ricap)")
+        return super().forward(self.margin_logits(logits, target), target)
 
 
 def soft_target_cross_entropy(
@@ -68,8 +129,19 @@ def distillation_loss(
     return alpha * temperature**2 * soft + (1.0 - alpha) * hard_loss
 
 
-def build_loss(label_smoothing: float = 0.0, class_weights: torch.Tensor | None = None) -> ClassificationLoss:
-    return ClassificationLoss(label_smoothing, class_weights)
+def build_loss(
+    label_smoothing: float = 0.0,
+    class_weights: torch.Tensor | None = None,
+    *,
+    kind: str = "cross-entropy",
+    margin: float | None = None,
+    scale: float = 30.0,
+) -> ClassificationLoss:
+    """Cross-entropy, or with kind arcface / cosface / subcenter-arcface a MarginLoss on the
+    logits of an embedding model whose cosine classifier uses this scale."""
+    if kind == "cross-entropy":
+        return ClassificationLoss(label_smoothing, class_weights)
+    return MarginLoss(kind, scale=scale, margin=margin, label_smoothing=label_smoothing, class_weights=class_weights)
 
 
 # Positive weights are capped: a class seen once in 10,000 images would otherwise dominate.

@@ -27,6 +27,7 @@ from imgcls.data.stream import ShardStream
 from imgcls.device import choose_autocast, grad_scaler, resolve_device
 from imgcls.errors import CheckpointError, ConfigError, DataError
 from imgcls.models import create_model
+from imgcls.models.embedding import EmbeddingNet, model_arguments
 from imgcls.models.pretrained import resolve_start_weights
 from imgcls.models.seed import SeedNet, kaiming_init
 from imgcls.training import distributed
@@ -73,7 +74,7 @@ class RunSetup:
     def metadata(self, **training) -> dict:
         return {
             "task": self.sources.task,
-            "model": {"name": self.config.model.name, "kwargs": dict(self.config.model.kwargs)},
+            "model": {"name": self.config.model.name, "kwargs": model_arguments(self.config.model, self.config.train)},
             "classes": list(self.sources.classes),
             "preprocess": self.preprocessing.to_dict(),
             "training": training,
@@ -187,9 +188,11 @@ def _teacher(distill: DistillConfig, sources: DataSources, pre: Preprocessing, d
 
 
 def build_model(config: Config, num_classes: int, pre: Preprocessing) -> nn.Module:
+    kwargs = model_arguments(config.model, config.train)  # with a margin loss, an embedding model
     model = create_model(
-        config.model.name, num_classes=num_classes, in_chans=pre.channels, img_size=pre.img_size, **config.model.kwargs
+        config.model.name, num_classes=num_classes, in_chans=pre.channels, img_size=pre.img_size, **kwargs
     )
+    backbone = model.backbone if isinstance(model, EmbeddingNet) else model
     if config.transfer.pretrained:
         start = resolve_start_weights(config.transfer.pretrained, config.model.name)
         recorded = config.transfer.pretrained_sha256
@@ -198,9 +201,9 @@ def build_model(config: Config, num_classes: int, pre: Preprocessing) -> nn.Modu
                 f"pretrained weights {start.file} are not the ones this run started from "
                 f"(sha256 {start.sha256[:12]}…, config.yaml says {recorded[:12]}…)."
             )
-        load_pretrained(model, start.file)
-    elif config.train.init == "kaiming" and isinstance(model, SeedNet):
-        kaiming_init(model)  # timm models come initialised as their papers say
+        load_pretrained(backbone, start.file)  # an embedding model's neck and head start fresh
+    elif config.train.init == "kaiming" and isinstance(backbone, SeedNet):
+        kaiming_init(backbone)  # timm models come initialised as their papers say
     if config.transfer.freeze_backbone:
         set_backbone_trainable(model, False)
     return model
@@ -255,11 +258,13 @@ def prepare_setup(config: Config, device: torch.device | None = None) -> RunSetu
     )
     model = build_model(config, len(sources.classes), pre)
     model = model.to(device, memory_format=torch.channels_last if tc.channels_last else torch.preserve_format)
+    if sources.task == "multi-label" and tc.loss != "cross-entropy":
+        raise ConfigError(f"train.loss {tc.loss} needs one class per image; multi-label data trains with BCE or ASL.")
     if sources.task == "multi-label":
         loss_fn = build_multilabel_loss(tc.multilabel_loss, positive_weights(train.labels))
     else:
         weights = balanced_class_weights(train.labels, len(sources.classes)) if tc.class_weights == "balanced" else None
-        loss_fn = build_loss(tc.label_smoothing, weights)
+        loss_fn = build_loss(tc.label_smoothing, weights, kind=tc.loss, margin=tc.margin, scale=tc.scale)
     loss_fn = loss_fn.to(device)  # its class or positive weights
     dtype = choose_autocast(tc.precision, device)
     log.info(
