@@ -64,36 +64,37 @@ def _without_devices(argv: list[str]) -> list[str]:
 
 def _train_config(args: argparse.Namespace, overrides: dict):
     """The run's config: with --pretrained and no --recipe, the fine-tuning recipe; with weights
-    named ARCH.TAG and no --model, that architecture; the weights' own preprocessing under both."""
+    named ARCH.TAG and no --model, that architecture; the weights' own preprocessing under both.
+    With no model, recipe or weights, what imgcls.training.plan chooses from the data."""
     from imgcls.config import build_config
-    from imgcls.errors import ConfigError
     from imgcls.models.pretrained import DEFAULT_TAG, is_weights_name, weights_config, weights_name
-    from imgcls.models.registry import config_defaults, is_classic
+    from imgcls.models.registry import config_defaults
 
-    recipe = args.recipe
+    recipe, plan = args.recipe, None
     if args.pretrained and recipe is None:
         recipe = "finetune"
-    elif (
-        recipe is None
-        and not overrides.get("model", {}).get("name")
-        and not overrides.get("transfer", {}).get("pretrained")
-    ):
-        recipe = _planned_defaults(args, overrides)
+    elif recipe is None and not overrides.get("model", {}).get("name"):
+        if not overrides.get("transfer", {}).get("pretrained"):
+            recipe, plan = _planned_defaults(overrides)
     if args.pretrained and not args.model and args.pretrained != DEFAULT_TAG and is_weights_name(args.pretrained):
         overrides.setdefault("model", {})["name"] = weights_name(args.pretrained, None).split(".")[0]
     config = build_config(recipe, overrides, config_defaults, weights_config)
-    if config.train.loss != "cross-entropy" and is_classic(config.model.name):
-        raise ConfigError(f"train.loss {config.train.loss} trains a neural network; {config.model.name} is classic.")
     if config.train.loss != "cross-entropy":  # before minutes of decoding, not after
         from imgcls.extras import require
 
         require("pytorch_metric_learning.losses", "metric")
+    if plan is not None:  # said once the options are known to be accepted, so a refusal stays one line
+        from imgcls.training.checks import check_model_config, check_task_options
+
+        check_model_config(config)
+        check_task_options(config, plan.task)
+        logging.getLogger("imgcls.training.plan").info("auto: %s", plan.reason)
     return config
 
 
-def _planned_defaults(args: argparse.Namespace, overrides: dict) -> str | None:
-    """No model, recipe or weights given: choose them from the data (imgcls.training.plan),
-    say the choice in one line, and return the recipe; the user's own settings stay."""
+def _planned_defaults(overrides: dict):
+    """No model, recipe or weights given: choose them from the data (imgcls.training.plan);
+    (recipe, plan). The user's own settings stay; the plan's fill in the rest."""
     from imgcls.data.resolve import resolve_training_data
     from imgcls.training.plan import plan_defaults, profile_data
 
@@ -110,8 +111,7 @@ def _planned_defaults(args: argparse.Namespace, overrides: dict) -> str | None:
     for section, values in plan.overrides.items():
         for key, value in values.items():
             overrides.setdefault(section, {}).setdefault(key, value)
-    logging.getLogger("imgcls.training.plan").info("auto: %s", plan.reason)
-    return plan.recipe
+    return plan.recipe, plan
 
 
 def _check_resume_options(run_dir: Path, overrides: dict, recipe: str | None) -> None:

@@ -13,6 +13,8 @@ def check_model_config(config: Config) -> None:
     entry = resolve(config.model.name)
     if config.train.time_budget and is_classic(config.model.name):
         raise ConfigError("train.time_budget plans epochs; a classic model is fitted once. Leave --time off.")
+    if config.train.loss != "cross-entropy" and is_classic(config.model.name):
+        raise ConfigError(f"train.loss {config.train.loss} trains a neural network; {config.model.name} is classic.")
     if config.data.img_size < entry.min_size:
         raise ConfigError(
             f"model {config.model.name!r} needs images of at least {entry.min_size} px; got {config.data.img_size}."
@@ -30,6 +32,11 @@ def check_task_options(config: Config, task: str) -> None:
             ("train.balanced_sampling", tc.balanced_sampling, why),
             ("train.label_smoothing", tc.label_smoothing, why),
             ("distill.teacher", config.distill.teacher, why),
+            (
+                f"train.loss {tc.loss}",
+                tc.loss != "cross-entropy",
+                "needs one class per image; multi-label data trains with BCE or ASL",
+            ),
         ]
     if config.semi.unlabeled:
         why = "does not combine with semi-supervised training (--unlabeled); turn one off"

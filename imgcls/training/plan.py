@@ -54,6 +54,7 @@ class Plan:
     recipe: str | None
     overrides: dict  # {section: {key: value}}, under whatever the user set
     reason: str
+    task: str  # of the scanned data
 
 
 def profile_data(sources: DataSources) -> DataProfile:
@@ -95,7 +96,7 @@ def plan_defaults(profile: DataProfile, time_budget: float = 0.0) -> Plan:
         f"{looks} {'colour' if profile.colour else 'grey'}, {profile.task}, no pretrained weights"
         + (f", {_duration(time_budget)} budget" if time_budget else "")
     )
-    return Plan(recipe, overrides, reason)
+    return Plan(recipe, overrides, reason, profile.task)
 
 
 def _duration(seconds: float) -> str:

@@ -258,8 +258,6 @@ def prepare_setup(config: Config, device: torch.device | None = None) -> RunSetu
     )
     model = build_model(config, len(sources.classes), pre)
     model = model.to(device, memory_format=torch.channels_last if tc.channels_last else torch.preserve_format)
-    if sources.task == "multi-label" and tc.loss != "cross-entropy":
-        raise ConfigError(f"train.loss {tc.loss} needs one class per image; multi-label data trains with BCE or ASL.")
     if sources.task == "multi-label":
         loss_fn = build_multilabel_loss(tc.multilabel_loss, positive_weights(train.labels))
     else:
