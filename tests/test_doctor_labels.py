@@ -29,7 +29,7 @@ def test_a_model_too_weak_to_judge_flags_nothing_and_says_what_would_help():
     noise = rng.normal(0, 1, (100, 8))  # nothing in the features tells the classes apart
     found = find_label_errors(noise, labels)
     assert found["checked"] == 100 and found["judged"] is False and found["issues"] == []
-    assert found["accuracy"] < 0.4 and found["majority_rate"] == 0.2 and found["skill"] < MIN_SKILL
+    assert found["accuracy"] < 0.4 and found["majority_rate"] == 0.2 and found["skill"] < MIN_SKILL[THUMBNAILS]
     assert "too weak" in found["skipped_reason"] and "--pretrained imagenet" in found["skipped_reason"]
     # The same check with pretrained features suggests something else than pretrained features.
     probe = find_label_errors(noise, labels, classifier=PRETRAINED)
@@ -45,7 +45,7 @@ def test_a_strong_model_judges_and_reports_its_accuracy():
     noisy[3] = "owl"  # a cat filed as an owl
     for classifier in (THUMBNAILS, PRETRAINED):
         found = find_label_errors(features, noisy, classifier=classifier)
-        assert found["judged"] is True and found["accuracy"] >= 0.95 and found["skill"] >= MIN_SKILL
+        assert found["judged"] is True and found["accuracy"] >= 0.95 and found["skill"] >= MIN_SKILL[classifier]
         assert [(i["index"], i["given"], i["suggested"]) for i in found["issues"]] == [(3, "owl", "cat")]
 
 
