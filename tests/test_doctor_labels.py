@@ -134,12 +134,15 @@ def test_missing_weights_and_model_without_weights_are_one_line_errors(tmp_path,
     assert "--pretrained" in capsys.readouterr().err
 
 
-def test_json_reports_the_thumbnail_models_accuracy(tmp_path, capsys):
+def test_json_and_html_report_the_thumbnail_models_accuracy(tmp_path, capsys):
     data = make_class_folders(tmp_path / "data", per_class=12, junk=False)
-    assert main(["-q", "data", "check", str(data), "--json"]) == 0
+    page = tmp_path / "check.html"
+    assert main(["-q", "data", "check", str(data), "--json", "--html", str(page)]) == 0
     labels = json.loads(capsys.readouterr().out)["label_errors"]
     assert labels["model"] == THUMBNAILS and "features" not in labels
     assert labels["judged"] is True and labels["accuracy"] >= 0.9  # three plain colours: easy
+    shown = f"out-of-fold accuracy {labels['accuracy']:.0%} (largest class 33%) over 36 images"
+    assert f"Label model: small network on 16x16 thumbnails, {shown}" in page.read_text(encoding="utf-8")
 
 
 def _lite0_weights() -> Path:
