@@ -2,7 +2,7 @@
 
 A network trained on ImageNet tells a rose from an apple where 16x16 thumbnails cannot: on
 189 clip-art pictures in 7 classes (5 draws) the thumbnail model was right out-of-fold 41-57%
-of the time, and logistic regression on EfficientNet-Lite0's features 68-78%
+of the time, and logistic regression on EfficientNet-Lite0's features 64-78%
 (benchmarks/doctor_labels.py). Each image is decoded as the weights were
 trained (their input size, crop, interpolation, mean and std: timm's pretrained config, as
 `imgcls train --pretrained` uses) and the network's pooled features (timm's num_classes=0
