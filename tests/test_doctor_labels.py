@@ -4,6 +4,7 @@ judge flags nothing and says so, and --pretrained judges with a pretrained netwo
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -159,10 +160,18 @@ def _over_white(path: Path, out: Path) -> None:
         Image.alpha_composite(white, rgba).convert("RGB").save(out)
 
 
+def _pixels(path: Path) -> int:
+    """Width x height from the header; a few drawings were rendered at 20,000+ px a side."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # only the header is read
+        with Image.open(path) as img:
+            return img.width * img.height
+
+
 def _clipart(root: Path, folders: dict[str, str], per_class: int) -> Path:
     """per_class pictures of each openclipart folder (every few by name), over white, web-sized."""
     for name, folder in folders.items():
-        files = sorted((CLIPART / folder).glob("*.png"))
+        files = [path for path in sorted((CLIPART / folder).glob("*.png")) if _pixels(path) <= 30_000_000]
         (root / name).mkdir(parents=True)
         for path in files[:: max(1, len(files) // per_class)][:per_class]:
             _over_white(path, root / name / path.name)
