@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image
 
 from imgcls.data.builtin import FASHION_MNIST_CLASSES, load_fashion_mnist
-from imgcls.doctor.check import check_dataset
+from imgcls.doctor.check import check_dataset, label_model_line
 from imgcls.doctor.crops import CROP_BOXES
 from imgcls.doctor.hamming import hamming_pairs
 from imgcls.doctor.near import NearThresholds, near_duplicate_pairs, pixel_distance
@@ -145,6 +145,7 @@ def part_planted(args) -> None:
     issues = report["label_errors"]["issues"]
     flagged = {i["path"] for i in issues}
     print(f"label errors ({report['label_errors']['checked']:,} checked): {pr(flagged, set(truth['flipped']))}")
+    print(f"  label model: {label_model_line(report['label_errors'])}; judged: {report['label_errors']['judged']}")
     top = {i["path"] for i in issues[:100]}
     print(f"  precision of the top 100: {len(top & set(truth['flipped'])) / max(1, len(top)):.3f}")
     right = sum(truth["flipped"].get(i["path"]) == i["suggested"] for i in issues)

@@ -29,11 +29,15 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     from imgcls.doctor.check import check_dataset, parse_kinds, summary_lines
 
     fail_on = parse_kinds(args.fail_on) if args.fail_on else ()  # bad kinds are refused before the long scan
+    if args.model and not args.pretrained:
+        raise ImgclsError("--model names the network of --pretrained; give --pretrained NAME_OR_FILE too.")
     report = check_dataset(
         Path(args.data),
         label_errors=not args.no_label_errors,
         max_label_images=args.label_sample,
         allow_outside=args.allow_outside,
+        pretrained=args.pretrained,
+        model=args.model,
     )
     if args.html:
         from imgcls.doctor.html import write_html
@@ -119,6 +123,17 @@ def add_data_parsers(sub, common: argparse.ArgumentParser) -> None:
         default=100_000,
         metavar="N",
         help="check the labels of at most N images, a stratified sample (100,000)",
+    )
+    p.add_argument(
+        "--pretrained",
+        metavar="NAME_OR_FILE",
+        help="judge labels with logistic regression on this network's features instead of thumbnails: "
+        "a timm tag (tf_efficientnet_lite0.in1k), imagenet (the model's default tag), or a weights file",
+    )
+    p.add_argument(
+        "--model",
+        metavar="M",
+        help="the timm architecture of --pretrained (default: from the tag, else tf_efficientnet_lite0)",
     )
     p.set_defaults(func=cmd_data_check)
     p = data.add_parser("shard", parents=[common], help="pack class folders into tar shards (WebDataset layout)")

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from imgcls.doctor.labels import MAX_IMAGES, find_label_errors
+from imgcls.doctor.embed import embed_files, load_feature_net
+from imgcls.doctor.labels import MAX_IMAGES, PRETRAINED, THUMBNAILS, find_label_errors
 from imgcls.doctor.near import NearPair, NearThresholds, near_duplicate_pairs
 from imgcls.doctor.scan import FileRecord, dataset_splits, list_dataset, scan_files
 from imgcls.errors import ConfigError, DataError
@@ -56,14 +57,21 @@ def check_dataset(
     max_label_images: int = MAX_IMAGES,
     seed: int = 0,
     allow_outside: bool = False,
+    pretrained: str | None = None,
+    model: str | None = None,
 ) -> dict:
     """A JSON-ready report of what is in a dataset and what is wrong with it.
 
     near=None skips near-duplicates; label_errors=False skips the label model (the slow part).
+    pretrained (a timm tag, `imagenet`, or a weights file, for the network `model`) makes the
+    label model a logistic regression on that network's features instead of thumbnails.
     """
     require("imagehash", "doctor")  # before minutes of scanning, not in the middle of them
+    net = None
     if label_errors:
         require("cleanlab", "doctor")
+        if pretrained:  # fetched and loaded now: missing weights stop the run before the scan
+            net = load_feature_net(pretrained, model)
     root = Path(data)
     timings = {}
     start = time.perf_counter()
@@ -110,14 +118,26 @@ def check_dataset(
     }
 
     start = time.perf_counter()
-    report["label_errors"] = {"checked": 0, "issues": [], "skipped_reason": "not run (label_errors=False)"}
+    report["label_errors"] = {
+        "checked": 0,
+        "judged": False,
+        "issues": [],
+        "skipped_reason": "not run (label_errors=False)",
+    }
     if label_errors and readable:
+        if net is None:
+            features, classifier = np.stack([r.features for r in readable]), THUMBNAILS
+        else:
+
+            def features(rows):
+                return embed_files(net, [readable[k].path for k in rows], max_pixels=max_pixels)
+
+            classifier = PRETRAINED
         found = find_label_errors(
-            np.stack([r.features for r in readable]),
-            [r.label for r in readable],
-            max_images=max_label_images,
-            seed=seed,
+            features, [r.label for r in readable], classifier=classifier, max_images=max_label_images, seed=seed
         )
+        if net is not None:
+            found["features"] = net.describe()
         for issue in found["issues"]:
             r = readable[issue.pop("index")]
             issue.update(path=r.path, split=r.split, label=r.label)
@@ -246,6 +266,21 @@ def problems(report: dict) -> list[str]:
     return lines
 
 
+def label_model_line(labels: dict) -> str:
+    """What judged the labels and how good it was: 'logistic regression on tf_efficientnet_lite0
+    features, out-of-fold accuracy 74% (largest class 14%) over 189 images'."""
+    features = labels.get("features")
+    model = (
+        f"logistic regression on {features['architecture']} features"
+        if features
+        else "small network on 16x16 thumbnails"
+    )
+    return (
+        f"{model}, out-of-fold accuracy {labels['accuracy']:.0%} (largest class {labels['majority_rate']:.0%}) "
+        f"over {labels['checked']:,} images"
+    )
+
+
 def summary_lines(report: dict, *, examples: int = 10) -> list[str]:
     """The readable summary `imgcls data check` prints: inventory, then each problem with a few examples."""
     lines = [f"{report['data']}: {report['files']:,} image file(s)"]
@@ -282,6 +317,8 @@ def summary_lines(report: dict, *, examples: int = 10) -> list[str]:
         )
     if report.get("near_duplicate_search", {}).get("crop_skipped"):
         lines.append(f"  near-duplicates: {report['near_duplicate_search']['crop_skipped']}")
+    if report["label_errors"].get("accuracy") is not None:
+        lines.append(f"  label model: {label_model_line(report['label_errors'])}")
     if report["label_errors"].get("skipped_reason"):
         lines.append(f"  label errors: {report['label_errors']['skipped_reason']}")
     if not found:

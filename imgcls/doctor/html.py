@@ -16,6 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from imgcls.data.decode import decode_image
+from imgcls.doctor.check import label_model_line
 from imgcls.errors import DataError
 
 THUMB = 72  # pixels, the longer side of each thumbnail
@@ -122,7 +123,11 @@ def render_html(report: dict, *, limit: int = LIMIT) -> str:
         return f'<div class="card"><span class="bad">{html.escape(u["reason"])}</span>{_file(u)}</div>'
 
     labels = report["label_errors"]
-    label_note = f"<p>{labels['checked']:,} images checked. {html.escape(labels.get('skipped_reason') or '')}</p>"
+    model = f"Label model: {label_model_line(labels)}. " if labels.get("accuracy") is not None else ""
+    label_note = (
+        f"<p>{labels['checked']:,} images checked. {html.escape(model)}"
+        f"{html.escape(labels.get('skipped_reason') or '')}</p>"
+    )
     body = [
         f"<h1>Data check: {html.escape(report['data'])}</h1>",
         f"<p>{report['files']:,} image files. Seconds: {html.escape(str(report['seconds']))}</p>",
