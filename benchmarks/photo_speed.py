@@ -363,10 +363,11 @@ def predict_stage(model: str, folder: Path, run: Path, args: argparse.Namespace)
     theirs = json.loads(out.strip().splitlines()[-1])
     warm, out = timed_capture(command, env)
     agree = sum(ours.get(name) == label for name, label in theirs.items()) / max(len(theirs), 1)
-    runtime = "ONNX Runtime" if len(ours) >= 512 else "PyTorch"  # predict's --runtime auto: ONNX from 512 images
-    print(f"  predict {len(ours)} JPEGs ({runtime}): imgcls {cold:.1f} s converting, {warm:.1f} s from the cache;"
-          f" timm {peer_wall:.1f} s")  # fmt: skip
-    print(f"  timm / imgcls     {peer_wall / warm:8.2f}x cached, {peer_wall / cold:.2f}x converting   (goal >= 2x);"
+    onnx = len(ours) >= 512  # predict's --runtime auto: ONNX Runtime from 512 images
+    first, second = ("converting", "from the cache") if onnx else ("first run", "second run")
+    print(f"  predict {len(ours)} JPEGs ({'ONNX Runtime' if onnx else 'PyTorch'}): imgcls {cold:.1f} s {first},"
+          f" {warm:.1f} s {second}; timm {peer_wall:.1f} s")  # fmt: skip
+    print(f"  timm / imgcls     {peer_wall / warm:8.2f}x {second}, {peer_wall / cold:.2f}x {first}   (goal >= 2x);"
           f" top-1 agreement {agree:.1%}")  # fmt: skip
     return {"predict_s": warm, "predict_cold_s": cold, "timm_predict_s": peer_wall, "agree": agree}
 
@@ -405,7 +406,7 @@ def summary(results: list[dict]) -> None:
             train = f"{ratio:.2f}x, acc {r['acc']:.3f} vs {r['timm_acc']:.3f} {verdict(ratio >= 2 and better)}"
         if "predict_s" in r:
             ratio, cold = r["timm_predict_s"] / r["predict_s"], r["timm_predict_s"] / r["predict_cold_s"]
-            predict = f"{ratio:.2f}x {verdict(ratio >= 2)} (converting: {cold:.2f}x), agree {r['agree']:.0%}"
+            predict = f"{ratio:.2f}x {verdict(ratio >= 2)} (first call: {cold:.2f}x), agree {r['agree']:.0%}"
         print(f"{r['model']:24s} | {loop:19s} | {train:43s} | {predict}")
 
 
