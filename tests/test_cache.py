@@ -173,3 +173,37 @@ def test_no_samples_is_not_a_crash():
     except DataError:
         return
     assert len(cache) == 0
+
+
+def test_a_few_large_files_decode_in_processes_a_few_small_ones_do_not(tmp_path, monkeypatch):
+    small = [str(_colour(tmp_path / f"s{i}.png", (i, 0, 0))) for i in range(30)]
+    assert not cache_module.parallel_pays(small, workers=2)  # tiny files: one process
+    assert cache_module.parallel_pays(small * 40, workers=2)  # 1,200 images: enough by count
+    monkeypatch.setattr(cache_module, "MIN_PARALLEL_BYTES", 30 * 1000)
+    large = [str(_noise(tmp_path / f"n{i}.png", i + 100, mode="RGB")) for i in range(3)]
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (110, 100, 3), dtype=np.uint8)).save(large[0])
+    assert Path(large[0]).stat().st_size > 30 * 1000
+    assert cache_module.parallel_pays(large, workers=2)  # 3 files, but over the byte threshold
+    assert not cache_module.parallel_pays(large, workers=1)
+    assert not cache_module.parallel_pays([str(tmp_path / "shard.tar/member.png")] * 3, workers=2)  # unseen: 0 bytes
+
+
+def test_a_few_photos_decode_in_processes_identically(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(9):  # JPEG photos large enough to pass the byte threshold set below
+        pixels = rng.integers(0, 256, (90 + i, 120, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"p{i}.jpg", quality=90)
+        paths.append(tmp_path / f"p{i}.jpg")
+    samples = [Sample(p, i % 3) for i, p in enumerate(paths)]
+    serial = build_cache(samples, size=SIZE, workers=1)
+
+    pools = []
+    real_pool = cache_module.process_pool
+    monkeypatch.setattr(cache_module, "process_pool", lambda workers: pools.append(workers) or real_pool(workers))
+    monkeypatch.setattr(cache_module, "MIN_PARALLEL_BYTES", 50 * 1000)
+    parallel = build_cache(samples, size=SIZE, workers=2)
+
+    assert pools == [2]  # 9 images, under MIN_PARALLEL, yet in processes: their bytes decided
+    np.testing.assert_array_equal(parallel.images, serial.images)
+    assert parallel.paths == serial.paths and parallel.labels.tolist() == serial.labels.tolist()

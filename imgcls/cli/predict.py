@@ -31,7 +31,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not items:
         raise ImgclsError(f"no images found in {' '.join(args.paths)}.")
     runtime = args.runtime
-    if runtime == "auto":  # converting to ONNX takes 0.1-2 s; it pays back over many images
+    # Converting to ONNX takes 0.1-8 s (a 224-px EfficientNet-Lite0 on a busy 2-core CPU: 8 s); it
+    # pays back over many images, and is done once per checkpoint: the graph is cached (predictor.py).
+    if runtime == "auto":
         runtime = "onnx" if len(items) >= AUTO_ONNX_IMAGES else "torch"
     predictor = Predictor.from_file(args.checkpoint, runtime=runtime)
     failures = 0

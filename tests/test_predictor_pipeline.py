@@ -1,0 +1,147 @@
+"""Predictor speed-ups that must not change results: the cached ONNX graph of a checkpoint
+(reused, invalidated when the checkpoint changes, rebuilt when damaged) and decoding the next
+chunk of files while the model runs on the current one."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import imgcls.inference.predictor as predictor_module
+from imgcls import checkpoint as ckpt
+from imgcls.data.preprocess import Preprocessing
+from imgcls.inference.predictor import Predictor, onnx_cache_path
+from imgcls.models import create_model
+
+pytest.importorskip("onnxruntime")  # the [onnx] extra; test_extras covers its absence
+
+CLASSES = ["cat", "dog", "owl"]
+PRE = Preprocessing(32, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+def _checkpoint(path: Path, seed: int) -> Path:
+    import torch
+
+    torch.manual_seed(seed)
+    model = create_model("keras-cnn", num_classes=len(CLASSES), in_chans=3, img_size=32)
+    meta = {"model": {"name": "keras-cnn", "kwargs": {}}, "classes": CLASSES, "preprocess": PRE.to_dict()}
+    ckpt.save_checkpoint(path, ckpt.model_tensors(model), meta)
+    return path
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("IMGCLS_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "onnx"
+
+
+def _images(count: int = 6) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+
+
+def test_the_converted_graph_is_kept_and_reused_without_building_the_network(tmp_path, cache, monkeypatch):
+    checkpoint = _checkpoint(tmp_path / "model.safetensors", seed=0)
+    first = Predictor.from_checkpoint(checkpoint, runtime="onnx")
+    assert first.runtime == "onnxruntime"
+    assert [p.name for p in cache.iterdir()] == [onnx_cache_path(checkpoint).name]
+
+    def no_network(path):
+        raise AssertionError("the network was built although its graph is cached")
+
+    monkeypatch.setattr(ckpt, "load_model", no_network)
+    again = Predictor.from_checkpoint(checkpoint, runtime="onnx")
+    assert again.runtime == "onnxruntime" and again.classes == tuple(CLASSES)
+    assert again.preprocessing == PRE
+    np.testing.assert_array_equal(again.probabilities(_images()), first.probabilities(_images()))
+
+
+def test_a_changed_checkpoint_is_converted_again(tmp_path, cache):
+    checkpoint = tmp_path / "model.safetensors"
+    old = Predictor.from_checkpoint(_checkpoint(checkpoint, seed=0), runtime="onnx").probabilities(_images())
+    old_entry = onnx_cache_path(checkpoint)
+    _checkpoint(checkpoint, seed=1)  # other weights, same file name
+    assert onnx_cache_path(checkpoint) != old_entry
+    new = Predictor.from_checkpoint(checkpoint, runtime="onnx").probabilities(_images())
+    torch_probs = Predictor.from_checkpoint(checkpoint, runtime="torch").probabilities(_images())
+    assert np.abs(new - old).max() > 1e-3  # the new weights answer, not the old graph
+    np.testing.assert_allclose(new, torch_probs, atol=1e-4)
+    assert len(list(cache.glob("*.onnx"))) == 2
+
+
+def test_a_damaged_cached_graph_is_replaced(tmp_path, cache):
+    checkpoint = _checkpoint(tmp_path / "model.safetensors", seed=0)
+    good = Predictor.from_checkpoint(checkpoint, runtime="onnx").probabilities(_images())
+    onnx_cache_path(checkpoint).write_bytes(b"not an onnx graph")
+    again = Predictor.from_checkpoint(checkpoint, runtime="onnx")
+    assert again.runtime == "onnxruntime"
+    np.testing.assert_allclose(again.probabilities(_images()), good, atol=1e-6)
+    assert onnx_cache_path(checkpoint).read_bytes()[:20] != b"not an onnx graph"[:20]
+
+
+def test_only_the_most_recent_graphs_are_kept(tmp_path, cache, monkeypatch):
+    monkeypatch.setattr(predictor_module, "ONNX_CACHE_KEEP", 2)
+    paths = [_checkpoint(tmp_path / f"m{i}.safetensors", seed=i) for i in range(3)]
+    for path in paths:
+        Predictor.from_checkpoint(path, runtime="onnx")
+    assert sorted(cache.glob("*.onnx")) == sorted(onnx_cache_path(p) for p in paths[1:])
+
+
+def test_torch_runtime_leaves_the_cache_alone(tmp_path, cache):
+    Predictor.from_checkpoint(_checkpoint(tmp_path / "model.safetensors", seed=0), runtime="torch")
+    assert not cache.exists()
+
+
+def _folder(tmp_path: Path, count: int) -> list[tuple[str, Path]]:
+    rng = np.random.default_rng(1)
+    items = []
+    for i in range(count):
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 256, (20 + i, 24, 3), dtype=np.uint8)).save(path)
+        items.append((path.name, path))
+    (tmp_path / "broken.png").write_bytes(b"no image")
+    items.insert(3, ("broken.png", tmp_path / "broken.png"))
+    return items
+
+
+def _mean_colour_model(images: np.ndarray) -> np.ndarray:
+    """A stand-in model: 'probabilities' from each image's mean channel values."""
+    means = images.reshape(len(images), -1, 3).mean(1)
+    return means / means.sum(1, keepdims=True)
+
+
+def test_predictions_in_order_with_errors_in_place(tmp_path):
+    items = _folder(tmp_path, 7)
+    predictor = Predictor(_mean_colour_model, ("r", "g", "b"), PRE, {})
+    predictions = list(predictor.predict_paths(items, topk=3, batch_size=2))
+    assert [p.path for p in predictions] == [shown for shown, _ in items]
+    assert predictions[3].error and "not an image" in predictions[3].error
+    for (_, path), prediction in zip(items, predictions, strict=True):
+        if prediction.error is None:
+            expected = _mean_colour_model(predictor.decode(path)[None])[0]
+            assert dict(prediction.labels) == pytest.approx(dict(zip("rgb", expected.tolist(), strict=True)))
+
+
+def test_the_next_chunk_decodes_while_the_model_runs(tmp_path):
+    items = _folder(tmp_path, 5)
+    second_chunk = {path for _, path in items[2:4]}
+    decoding_ahead = threading.Event()
+    calls = []
+
+    class Watching(Predictor):
+        def decode(self, source, name=None, max_pixels=None):
+            if source in second_chunk:
+                decoding_ahead.set()
+            return super().decode(source, name=name, max_pixels=max_pixels)
+
+    def model(images: np.ndarray) -> np.ndarray:
+        if not calls:  # the first chunk's batch: its run waits until the second chunk is being decoded
+            calls.append(decoding_ahead.wait(timeout=30))
+        return _mean_colour_model(images)
+
+    predictions = list(Watching(model, ("r", "g", "b"), PRE, {}).predict_paths(items, batch_size=2))
+    assert calls == [True]  # without the overlap the wait would have timed out
+    assert len(predictions) == len(items)
