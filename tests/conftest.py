@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ from tests.helpers import CHROMEDRIVER, CHROMIUM, make_class_folders
 os.environ.setdefault("IMGCLS_PROGRESS", "0")
 # Tests never touch the network: weights come from Hugging Face caches the tests build.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Converted ONNX graphs (imgcls predict's cache) go to a folder of the session, not the user's cache.
+os.environ["IMGCLS_CACHE_DIR"] = tempfile.mkdtemp(prefix="imgcls-cache-")
 
 
 @pytest.fixture(autouse=True)
