@@ -245,9 +245,12 @@ class DocStep:
         # A shown refusal ("imgcls: error: ...") is the point of the example: it must exit 2.
         self.expected_status = 2 if any(s.startswith("imgcls: error:") for s in shown) else 0
 
-    def rewrite(self, text: str, printed: list[str]) -> str:
-        """The document with the shown lines replaced by the last ones the command printed."""
-        lines = [line.rstrip() for line in printed if line.strip()][-len(self.shown) :]
+    def rewrite(self, text: str, stdout: str, stderr: str) -> str:
+        """The document with the shown lines replaced by what the command printed: its answer
+        on stdout (up to 12 lines), or for a refusal the one line on stderr."""
+        printed = stdout if self.expected_status == 0 else stderr
+        lines = [line.rstrip() for line in printed.splitlines() if line.strip()]
+        lines = lines[:12] if self.expected_status == 0 else lines[-1:]
         return text.replace("\n".join(self.raw), "\n".join(self.prefix + line for line in lines), 1)
 
 
@@ -316,7 +319,8 @@ def output_shape(shown: str) -> re.Pattern:
     a trailing "..." stands for more of the same."""
     more = shown.endswith("...")
     parts = [re.escape(part) for part in re.split(NUMBER, shown.removesuffix("...").strip())]
-    return re.compile(NUMBER.join(parts) + (".*" if more else ""))
+    # Columns padded to the widest number move when the numbers change: any run of spaces.
+    return re.compile(re.sub(r"(\\ )+", r"\\s+", NUMBER.join(parts)) + (".*" if more else ""))
 
 
 @functools.cache
@@ -409,6 +413,9 @@ def doc_workspace(root: Path) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     for name in ("photos", "DATA", "data"):
         write_fashion_pair(root / name, {"": 16})
+    # One picture twice, so the data doctor's plan has something to do and undo.
+    first = sorted((root / "DATA" / "Sneaker").iterdir())[0]
+    shutil.copy(first, first.with_name("copy.png"))
     Image.fromarray(fashion_mnist_images("test", 7, 1)[0]).save(root / "new.jpg", quality=95)
     write_fashion_pair(root / "shoes", {"train": 70, "val": 30}, skip=100)
     (root / "mynets.py").write_text(MYNETS, encoding="utf-8")

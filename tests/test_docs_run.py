@@ -97,7 +97,7 @@ def test_document_commands_run(doc, tmp_path):
             failures.append(f"{where}\n  exit {result.returncode}, expected {step.expected_status}\n{tail}")
             continue
         if WRITE and step.shown:
-            rewritten = step.rewrite(rewritten, printed)
+            rewritten = step.rewrite(rewritten, result.stdout, result.stderr)
             continue
         for shown in step.shown:
             if not any(output_shape(shown).fullmatch(line.strip()) for line in printed):
@@ -105,3 +105,19 @@ def test_document_commands_run(doc, tmp_path):
     if WRITE and rewritten != text:
         doc.write_text(rewritten, encoding="utf-8")
     assert failures == [], "\n\n".join(failures)
+    for check in AFTERWARDS.get(_name(doc), ()):
+        check(workspace["cwd"])
+
+
+def _scratch_report_has_curves(cwd: Path) -> None:
+    report = (cwd / "runs" / "scratch" / "report.html").read_text(encoding="utf-8")
+    assert "Training curves" in report and "loss, accuracy and learning rate per epoch" in report
+
+
+def _transfer_started_from_the_weights(cwd: Path) -> None:
+    config = (cwd / "runs" / "transfer" / "config.yaml").read_text(encoding="utf-8")
+    assert "hf-hub:timm/tf_efficientnet_lite0.in1k" in config and "img_size: 224" in config
+
+
+# What a document promises beyond its commands ending well, checked in the folder they ran in.
+AFTERWARDS = {"docs/guides/small-data.md": (_scratch_report_has_curves, _transfer_started_from_the_weights)}
