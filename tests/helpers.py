@@ -386,6 +386,24 @@ def lite0_hub_cache(cache: Path) -> Path:
     return cache
 
 
+def random_hub_weights(cache: Path, tag: str) -> None:
+    """A timm tag in the offline cache holding freshly initialised weights of its architecture:
+    for commands that only need the weights to load (no real copy of them is installed)."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = timm.create_model(tag.split(".")[0], num_classes=1000)
+    commit = "1" * 40
+    repo = cache / f"models--timm--{tag}"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(repo / "snapshots" / commit / "model.safetensors"))
+
+
 MYNETS = '''"""A stand-in for the models guide's own network."""
 from torch import nn
 
@@ -424,11 +442,14 @@ def doc_workspace(root: Path) -> dict:
     (bin_dir / "imgcls").write_text(IMGCLS_FOR_DOCS.format(python=sys.executable))
     (bin_dir / "imgcls").chmod(0o755)
     checkout = Path(__file__).resolve().parent.parent
+    hub_cache = lite0_hub_cache(root / ".hf-cache")
+    random_hub_weights(hub_cache, "resnet50.a1_in1k")  # data.md's `data check --pretrained resnet50.a1_in1k`
+    (root / "weights.pth").symlink_to(sorted(hub_cache.rglob("pytorch_model.bin"))[0])  # lite0's, as a file
     env = {
         **os.environ,
         "PATH": f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(checkout), str(root), os.environ.get("PYTHONPATH")])),
-        "HF_HUB_CACHE": str(lite0_hub_cache(root / ".hf-cache")),
+        "HF_HUB_CACHE": str(hub_cache),
         "HF_HUB_OFFLINE": "1",
         "IMGCLS_FASHION_MNIST": str(small_fashion_mnist(root / ".fashion-mnist", 10, 3)),
         "IMGCLS_CACHE_DIR": str(root / ".cache"),
