@@ -32,7 +32,8 @@ def test_plan_follows_the_data():
     assert digits.overrides["data"]["img_size"] == 16 and "grey" in digits.reason
     big = plan_defaults(_profile(images=60_000, per_class=6_000, side=28, colour=False, task="single-label"))
     assert big.overrides["train"]["epochs"] == 10  # 469 steps an epoch: the floor
-    assert "10-minute budget" in plan_defaults(_profile(), time_budget=600).reason
+    budgeted = plan_defaults(_profile(), time_budget=600)
+    assert "10-minute budget" in budgeted.reason and "train" not in budgeted.overrides  # epochs come from the plan
 
 
 def test_profile_reads_sizes_colour_and_counts(class_folders):

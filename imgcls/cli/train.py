@@ -62,6 +62,9 @@ def _without_devices(argv: list[str]) -> list[str]:
     return out
 
 
+MAX_PLANNED_EPOCHS = 100  # the most a --time budget plans when --epochs is not given
+
+
 def _train_config(args: argparse.Namespace, overrides: dict):
     """The run's config: with --pretrained and no --recipe, the fine-tuning recipe; with weights
     named ARCH.TAG and no --model, that architecture; the weights' own preprocessing under both.
@@ -71,6 +74,8 @@ def _train_config(args: argparse.Namespace, overrides: dict):
     from imgcls.models.registry import config_defaults
 
     recipe, plan = args.recipe, None
+    if args.time and "epochs" not in overrides.get("train", {}):  # --epochs, when given, caps the plan
+        overrides.setdefault("train", {})["epochs"] = MAX_PLANNED_EPOCHS
     if args.pretrained and recipe is None:
         recipe = "finetune"
     elif recipe is None and not overrides.get("model", {}).get("name"):

@@ -88,7 +88,9 @@ def plan_defaults(profile: DataProfile, time_budget: float = 0.0) -> Plan:
     batch = 32 if few else 128
     steps = -(-profile.images // batch)
     epochs = min(EPOCH_RANGE[1], max(EPOCH_RANGE[0], round(STEP_TARGET / max(steps, 1))))
-    overrides = {"model": {"name": "small-net"}, "data": {"img_size": size}, "train": {"epochs": epochs}}
+    overrides = {"model": {"name": "small-net"}, "data": {"img_size": size}}
+    if not time_budget:  # with one, the epochs are planned from a measured step (plan_epochs)
+        overrides["train"] = {"epochs": epochs}
     looks = f"{profile.side}-px" if profile.side else "unknown-size"
     reason = (
         f"small-net at {size} px, {'epochs by the time budget' if time_budget else f'{epochs} epochs'}"
@@ -111,7 +113,8 @@ def epochs_within(budget_left: float, step_seconds: float, steps_per_epoch: int,
 
 
 def plan_epochs(setup: RunSetup, budget_left: float, batches_per_epoch: int) -> RunSetup:
-    """The setup with train.epochs set to what fits `budget_left` seconds, from the median of a
+    """The setup with train.epochs set to what fits `budget_left` seconds (train.epochs, as given,
+    is the most it may be), from the median of a
     few timed steps on a copy of the model (the run's weights, statistics and random draws are
     untouched; a step's time does not depend on the pixels, so the batch is blank)."""
     tc = setup.config.train
@@ -129,7 +132,7 @@ def plan_epochs(setup: RunSetup, budget_left: float, batches_per_epoch: int) -> 
         torch.set_rng_state(torch_state)
     # validation: a forward pass (about a third of a training step), twice with mirror TTA
     val_seconds = len(setup.val) / batch * step_seconds / 3 * (2 if setup.preprocessing.test_flip else 1)
-    epochs = epochs_within(budget_left, step_seconds, batches_per_epoch, val_seconds)
+    epochs = min(tc.epochs, epochs_within(budget_left, step_seconds, batches_per_epoch, val_seconds))
     if distributed.world_size() > 1:  # every process must plan the same schedule
         epochs = max(1, round(distributed.all_reduce_sums(float(epochs))[0] / distributed.world_size()))
     log.info(
