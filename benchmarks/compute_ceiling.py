@@ -179,8 +179,10 @@ def main() -> None:
     for name, rate in rates.items():
         print(f"{name:32s} {rate:8.0f} {rate / rates['NCHW fp32']:12.2f}x {rate * flops_per_image / 1e9:8.0f}")
     if args.recipe:
-        loop, ceiling = rates[f"imgcls loop ({args.recipe})"], rates["channels_last + bf16 autocast"]
-        print(f"imgcls loop / ceiling (channels_last + bf16): {loop / ceiling:.1%}")
+        loop = rates[f"imgcls loop ({args.recipe})"]
+        # the fastest bare setting is the ceiling: bf16 where the CPU has it, float32 where it is emulated
+        best = max((name for name in rates if not name.startswith("imgcls")), key=rates.get)
+        print(f"imgcls loop / ceiling ({best}): {loop / rates[best]:.1%}")
 
     matmuls = {"fp32": (make_matmul(torch.float32), 10), "bf16": (make_matmul(torch.bfloat16), 40)}
     flops = {k: v * 2 * MATMUL_N**3 / 1e9 for k, v in interleaved_rates(matmuls, 3, args.repeats).items()}

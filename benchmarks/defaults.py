@@ -108,7 +108,7 @@ def compare(name: str) -> list[tuple]:
     data, extra, test = builder()
     rows = []
     for label, flags in (("auto (no flags)", []), ("old default", ["--recipe", "default"]), (f"best: {why}", best)):
-        run, seconds = train(f"defaults-{name}-{label.split()[0]}", data, *extra, *flags, "--seed", "0")
+        run, seconds = train(f"defaults-{name}-{label.split()[0].rstrip(':')}", data, *extra, *flags, "--seed", "0")
         rows.append((name, label, score(run, test), seconds))
     return rows
 
