@@ -80,6 +80,7 @@ def _train_config(args: argparse.Namespace, overrides: dict):
         recipe = "finetune"
     elif recipe is None and not overrides.get("model", {}).get("name"):
         if not overrides.get("transfer", {}).get("pretrained"):
+            build_config(None, overrides, config_defaults)  # the user's own settings, checked before any file is read
             recipe, plan = _planned_defaults(overrides)
     if args.pretrained and not args.model and args.pretrained != DEFAULT_TAG and is_weights_name(args.pretrained):
         overrides.setdefault("model", {})["name"] = weights_name(args.pretrained, None).split(".")[0]
