@@ -140,7 +140,7 @@ class TrainConfig:
     # A live view: TensorBoard event files in RUN_DIR/tensorboard (the [track] extra); none = off
     log: Literal["none", "tensorboard"] = "none"
     # Seconds for the whole run (--time 10m): the epochs are planned from a measured step to fit
-    # it, replacing train.epochs; 0 = no budget
+    # it, train.epochs at most; 0 = no budget
     time_budget: float = 0.0
 
 
