@@ -39,7 +39,8 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
 
     data = make_class_folders(tmp_path_factory.mktemp("cli") / "data", per_class=24)
     run = data.parent / "run"
-    assert _train(data, run, "--epochs", "2") == 0
+    # the default recipe's network (with no model named, imgcls would choose one from the data)
+    assert _train(data, run, "--epochs", "2", "--model", "keras-cnn") == 0
     return data, run
 
 
