@@ -113,7 +113,20 @@ def tiny_model() -> dict[str, Path]:
     for name in KNOWN:
         (everything / name).rename(known / name)
     run = root / "run"
-    args = ["-q", "train", str(known), "--out", str(run), "--img-size", "32", "--batch-size", "8", "--epochs", "2"]
+    args = [
+        "-q",
+        "train",
+        str(known),
+        "--out",
+        str(run),
+        "--model",
+        "keras-cnn",
+        "--img-size",
+        "32",
+        "--batch-size",
+        "8",
+    ]
+    args += ["--epochs", "2"]
     assert main(args) == 0
     return {"root": root, "known": known, "birds": everything / "bird", "checkpoint": run / "best.safetensors"}
 

@@ -134,6 +134,8 @@ def test_ema_mixing_and_per_image_augmentation_train(teacher_run, tmp_path):
                 *FAST[:-2],
                 "--epochs",
                 "2",
+                "--model",
+                "keras-cnn",
                 *[a for s in sets for a in ("--set", s)],
             ]
         )

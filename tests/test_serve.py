@@ -19,7 +19,21 @@ from tests.helpers import CLASS_COLOURS, make_class_folders, png
 def checkpoint(tmp_path_factory) -> Path:
     data = make_class_folders(tmp_path_factory.mktemp("serve") / "data", per_class=16, junk=False)
     run = data.parent / "run"
-    args = ["-q", "train", str(data), "--out", str(run), "--img-size", "32", "--batch-size", "16", "--epochs", "2"]
+    args = [
+        "-q",
+        "train",
+        str(data),
+        "--out",
+        str(run),
+        "--model",
+        "keras-cnn",
+        "--img-size",
+        "32",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "2",
+    ]
     assert main(args) == 0
     return run / "best.safetensors"
 
@@ -161,9 +175,11 @@ def test_serves_an_onnx_export_the_same_way(checkpoint, tmp_path, client):
     assert max(abs(p["score"] - q["score"]) for p, q in zip(got, want, strict=True)) < 1e-4
 
 
-def test_a_network_onnx_cannot_take_is_served_by_pytorch(checkpoint, monkeypatch, caplog):
+def test_a_network_onnx_cannot_take_is_served_by_pytorch(checkpoint, monkeypatch, caplog, tmp_path):
     import imgcls.inference.onnx_graph
     from imgcls.errors import ExportError
+
+    monkeypatch.setenv("IMGCLS_CACHE_DIR", str(tmp_path))  # no graph converted by an earlier test
 
     def refuse(*args, **kwargs):
         raise ExportError("model 'keras-cnn' cannot be exported to ONNX: unsupported operator")

@@ -54,7 +54,21 @@ def serving(checkpoint: Path):
 def server_url(tmp_path_factory):
     data = make_class_folders(tmp_path_factory.mktemp("web") / "data", per_class=16, junk=False)
     run = data.parent / "run"
-    args = ["-q", "train", str(data), "--out", str(run), "--img-size", "32", "--batch-size", "16", "--epochs", "2"]
+    args = [
+        "-q",
+        "train",
+        str(data),
+        "--out",
+        str(run),
+        "--model",
+        "keras-cnn",
+        "--img-size",
+        "32",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "2",
+    ]
     assert main(args) == 0
     with serving(run / "best.safetensors") as url:
         yield url
@@ -106,6 +120,8 @@ def test_multi_label_page_marks_the_selected_labels(browser, tmp_path: Path):
         "8",
         "--epochs",
         "2",
+        "--model",
+        "keras-cnn",
     ]
     assert main(args) == 0
     with serving(tmp_path / "run" / "best.safetensors") as url:
