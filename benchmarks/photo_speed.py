@@ -321,14 +321,22 @@ def train_stage(model: str, folder: Path, run: Path, args: argparse.Namespace, f
         "--img-size", str(SIZE), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
         "--out", str(run / "imgcls"), *flags,
     )  # fmt: skip
+    from imgcls.training.optim import epoch_side
+    from imgcls.training.run import AUTO_PROGRESSIVE_START
+
     wall = timed(train_cmd, run / "imgcls.out")
     seconds = epoch_seconds(run / "imgcls")
     images = len(list((folder / "train").rglob("*.jpg")))
     images -= images % args.batch_size if images > args.batch_size else 0  # imgcls drops a short last batch
     per_epoch = [images / s for s in seconds]
-    loop = statistics.median(per_epoch[1:] or per_epoch)  # the first epoch also builds the kernels
+    # imgcls's loop against the ceiling at 224 px: the epochs at the full size (progressive
+    # resizing trains the earlier ones smaller), after the first (it also builds the kernels).
+    sides = [epoch_side(SIZE, AUTO_PROGRESSIVE_START, epoch, len(seconds)) for epoch in range(1, len(seconds) + 1)]
+    full = [rate for epoch, (rate, side) in enumerate(zip(per_epoch, sides)) if side == SIZE and epoch > 0]
+    loop = statistics.median(full or per_epoch)
     accuracy = imgcls_accuracy(run / "imgcls" / "best.safetensors", folder / "val")
-    print(f"  imgcls loop       {loop:8.1f} img/s (epochs: {', '.join(f'{r:.1f}' for r in per_epoch)})")
+    rates = ", ".join(f"{rate:.1f} at {side}" for rate, side in zip(per_epoch, sides))
+    print(f"  imgcls loop       {loop:8.1f} img/s at {SIZE} px (epochs: {rates} px)")
 
     peer_cmd = [
         sys.executable, __file__, "--peer-train", "--model", model, "--train", str(folder / "train"),

@@ -34,6 +34,7 @@ number of vectors, not the model), then prints the issue's goals next to both.
 Timings share 2 CPU cores with other work and are noisy.
 
     .venv/bin/python benchmarks/recognition.py [--retrain] [--hnsw-1m] [--loss arcface] [--epochs 6]
+        [--set train.instance_contrast=0.5 ...]   # settings of the embedding model's run
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -336,22 +338,28 @@ def main() -> None:
     parser.add_argument("--hnsw-1m", action="store_true", help="also build HNSW over 1M vectors (minutes)")
     parser.add_argument(
         "--loss",
-        choices=["arcface", "cosface", "subcenter-arcface"],
+        choices=["arcface", "cosface", "subcenter-arcface", "supcon"],
         help="also train an embedding model with this margin loss and compare it with the classifier "
         "(sections 1-3 and 5 for both; latency is skipped: it depends on the vectors' number, not the model)",
     )
     parser.add_argument("--epochs", type=int, default=6, help="training epochs of both models (6)")
     parser.add_argument("--quick", action="store_true", help="only the goals' figures, without mirror TTA")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a setting of the embedding model's run only"
+    )
     args = parser.parse_args()
     train = [*TRAIN, "--epochs", str(args.epochs)]  # the last --epochs wins
     base = RUN if args.epochs == 6 else RUN.with_name(f"{RUN.name}-{args.epochs}ep")
     runs = [(base, "classifier (cross-entropy)", train)]
     if args.loss:
+        settings = [flag for setting in args.set for flag in ("--set", setting)]
+        # its own run folder: train.instance_contrast=0.5 -> -instance_contrast_0_5
+        suffix = "".join("-" + re.sub(r"[^A-Za-z0-9]+", "_", setting.split(".", 1)[-1]) for setting in args.set)
         runs.append(
             (
-                base.with_name(f"{base.name}-{args.loss}"),
+                base.with_name(f"{base.name}-{args.loss}{suffix}"),
                 f"embedding model ({args.loss})",
-                [*train, "--loss", args.loss],
+                [*train, "--loss", args.loss, *settings],
             )
         )
     for run, _, flags in runs:

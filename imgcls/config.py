@@ -116,10 +116,15 @@ class TrainConfig:
     seed: int = 0
     label_smoothing: float = 0.0
     # arcface, cosface, subcenter-arcface: metric learning, an embedding model (imgcls.models.embedding)
-    # for gallery / recognize / search, its cosine classifier trained with that margin ([metric] extra).
-    loss: Literal["cross-entropy", "arcface", "cosface", "subcenter-arcface"] = "cross-entropy"
+    # for gallery / recognize / search, its cosine classifier trained with that margin ([metric] extra);
+    # supcon: supervised contrastive loss between two augmented views (its classifier: cross-entropy).
+    loss: Literal["cross-entropy", "arcface", "cosface", "subcenter-arcface", "supcon"] = "cross-entropy"
     margin: float | None = None  # arcface: radians added to the angle (0.5); cosface: off the cosine (0.35)
-    scale: float = 30.0  # margin losses: logits = scale x cosine
+    scale: float = 30.0  # metric-learning losses: logits = scale x cosine
+    # metric-learning losses: weight of SimCLR's NT-Xent between two augmented views of each image,
+    # which keeps what tells images of one class apart (and so classes never trained on)
+    instance_contrast: float = 0.0
+    temperature: float = 0.1  # supcon and instance_contrast: their softmax's temperature
     class_weights: Literal["none", "balanced"] = "none"  # balanced: weight ~ 1 / class frequency
     balanced_sampling: bool = False  # draw batches so every class is seen equally often
     multilabel_loss: Literal["bce", "asl"] = "bce"  # multi-label: binary cross-entropy or Asymmetric Loss
@@ -142,6 +147,9 @@ class TrainConfig:
     # Seconds for the whole run (--time 10m): the epochs are planned from a measured step to fit
     # it, train.epochs at most; 0 = no budget
     time_budget: float = 0.0
+    # Progressive resizing: epoch 1 trains at this fraction of data.img_size, growing to the full
+    # size by the last epoch; 0 = off; none = auto: 0.5 from random weights at 128 px or more
+    progressive_resize: float | None = None
 
 
 @dataclass(frozen=True)
@@ -196,16 +204,7 @@ class Config:
     recipe: str = "default"  # the recipe the run started from (a name or a YAML file), for the report
 
 
-_SECTION_TYPES = {
-    "data": DataConfig,
-    "augment": AugmentConfig,
-    "model": ModelConfig,
-    "optim": OptimConfig,
-    "train": TrainConfig,
-    "transfer": TransferConfig,
-    "distill": DistillConfig,
-    "semi": SemiConfig,
-}
+_SECTION_TYPES = {name: hint for name, hint in typing.get_type_hints(Config).items() if name != "recipe"}
 
 
 def _recipe_name(recipe: str | Path | None) -> str:
@@ -304,14 +303,8 @@ def validate(config: Config) -> None:
         (0 < config.optim.plateau_factor < 1, "optim.plateau_factor must be in (0, 1)"),
         (config.optim.plateau_patience >= 0, "optim.plateau_patience must not be negative"),
         (config.optim.clip_grad_norm >= 0, "optim.clip_grad_norm must not be negative"),
-        (
-            config.optim.final_lr > 0 and config.optim.adabound_gamma > 0,
-            "optim.final_lr and adabound_gamma must be positive",
-        ),
-        (
-            config.train.threads >= 0 and config.data.decode_workers >= 0,
-            "train.threads and data.decode_workers must not be negative",
-        ),
+        (min(config.optim.final_lr, config.optim.adabound_gamma) > 0, "optim.final_lr, adabound_gamma must be > 0"),
+        (min(config.train.threads, config.data.decode_workers) >= 0, "train.threads, data.decode_workers must be >= 0"),
         (config.train.accumulate >= 1, "train.accumulate must be at least 1"),
         (0 < config.train.ema_decay < 1, "train.ema_decay must be in (0, 1)"),
         (config.train.early_stopping >= 0, "train.early_stopping must not be negative"),
@@ -354,6 +347,9 @@ def validate(config: Config) -> None:
         (config.model.embedding_dim >= 2, "model.embedding_dim must be at least 2"),
         (config.model.subcenters >= 1, "model.subcenters must be at least 1"),
         (config.train.scale > 0, "train.scale must be positive"),
+        (config.train.instance_contrast >= 0, "train.instance_contrast must not be negative"),
+        (0 <= (config.train.progressive_resize or 0) < 1, "train.progressive_resize must be in [0, 1)"),
+        (config.train.temperature > 0, "train.temperature must be positive"),
         (config.train.margin is None or 0 <= config.train.margin <= 1.5, "train.margin must be in [0, 1.5]"),
     ]
     for ok, message in checks:
@@ -374,6 +370,8 @@ def _check_margin_loss(config: Config) -> None:
     ]:
         if given and config.train.loss != "cross-entropy":
             raise ConfigError(f"{key} {why}: {reason}.")
+    if config.train.instance_contrast and config.train.loss == "cross-entropy":
+        raise ConfigError("train.instance_contrast shapes an embedding: set train.loss (arcface, supcon, ...) too.")
 
 
 def config_to_dict(config: Config) -> dict:

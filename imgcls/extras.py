@@ -23,7 +23,7 @@ EXTRAS = {
     "zeroshot": "CLIP (imgcls zeroshot, --model clip:ARCH)",
     "explain": "Grad-CAM in the report",
     "track": "TensorBoard event files (--log tensorboard)",
-    "metric": "metric-learning losses (train.loss arcface, cosface, subcenter-arcface)",
+    "metric": "metric-learning losses (train.loss arcface, cosface, subcenter-arcface, supcon)",
 }
 
 

@@ -147,3 +147,50 @@ def test_a_frozen_backbone_still_trains_the_neck_and_cosine_classifier():
     assert isinstance(model, EmbeddingNet)
     assert all(p.requires_grad for p in model.head.parameters())
     assert not any(p.requires_grad for p in model.backbone.parameters())
+
+
+def test_two_view_terms_reward_views_that_agree():
+    from imgcls.training.losses import two_view_loss
+
+    assert two_view_loss("arcface", 0.0, 0.1) is None  # one view: nothing to compare
+    first = torch.nn.functional.normalize(torch.randn(8, DIM, generator=torch.Generator().manual_seed(0)))
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]).repeat(2)
+    agreeing, shuffled = torch.cat([first, first]), torch.cat([first, first[torch.randperm(8)]])
+    instance = two_view_loss("arcface", 1.0, 0.1)
+    assert instance(agreeing, labels) < instance(shuffled, labels)
+    # SupCon: a class's images on one direction cost less than every image on its own.
+    supcon = two_view_loss("supcon", 0.0, 0.1)
+    together = torch.eye(4).repeat_interleave(2, 0)  # images 2k and 2k+1 are class k
+    apart = torch.eye(8)
+    assert supcon(torch.cat([together, together]), labels) < supcon(torch.cat([apart, apart]), labels)
+    assert instance(torch.cat([apart, apart]), labels) < instance(torch.cat([together, together]), labels)
+
+
+def test_two_view_step_sees_two_augmented_views_of_each_image(monkeypatch, class_folders, tmp_path):
+    """supcon (and train.instance_contrast) train on two independently augmented views of each
+    image in one forward pass; the checkpoint is an embedding model like any other."""
+    from imgcls.training import steps
+
+    seen = []
+    real = steps.forward_backward
+
+    def spy(setup, opt, x, target, *, sync):
+        seen.append((x.detach().clone(), target.clone()))
+        return real(setup, opt, x, target, sync=sync)
+
+    monkeypatch.setattr(steps, "forward_backward", spy)
+    run = tmp_path / "run"
+    args = ["-q", "train", str(class_folders), "--out", str(run), "--img-size", "16", "--batch-size", "6"]
+    flags = ["--epochs", "1", "--model", "keras-cnn", "--loss", "supcon", "--set", "train.instance_contrast=0.5"]
+    assert main([*args, *flags, "--set", "augment.translate=0.2", "--set", f"model.embedding_dim={DIM}"]) == 0
+    x, target = seen[0]
+    half = len(target) // 2
+    assert torch.equal(target[:half], target[half:])  # the same images, in the same order
+    assert not torch.equal(x[:half], x[half:])  # augmented independently
+    meta = ckpt.read_metadata(run / "best.safetensors")
+    assert meta["model"]["kwargs"]["embedding"]["dim"] == DIM
+
+
+def test_instance_contrast_needs_an_embedding_loss():
+    with pytest.raises(ConfigError, match=r"train\.instance_contrast"):
+        build_config(overrides={"train": {"instance_contrast": 0.5}})

@@ -257,8 +257,8 @@ def add_train_parsers(sub, common: argparse.ArgumentParser) -> None:
     )
     training.add_argument(
         "--loss",
-        choices=["cross-entropy", "arcface", "cosface", "subcenter-arcface"],
-        help="a margin loss trains an embedding model (train.loss; needs the [metric] extra)",
+        choices=["cross-entropy", "arcface", "cosface", "subcenter-arcface", "supcon"],
+        help="a metric-learning loss trains an embedding model (train.loss; needs the [metric] extra)",
     )
     training.add_argument("--allow-outside", action="store_true", help=OUTSIDE_HELP)
     training.add_argument(

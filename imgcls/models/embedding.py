@@ -87,8 +87,12 @@ class EmbeddingNet(nn.Module):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(self.backbone.forward_head(x, pre_logits=True), pre_logits=pre_logits)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def forward(self, x: torch.Tensor, with_embedding: bool = False):
+        """The logits; with_embedding: (logits, embedding), for losses that compare embeddings
+        (a keyword through the call, so DistributedDataParallel still sees the forward)."""
+        embedding = self.forward_head(self.forward_features(x), pre_logits=True)
+        logits = self.head.classifier(embedding)
+        return (logits, embedding) if with_embedding else logits
 
     def get_classifier(self) -> nn.Module:
         return self.head

@@ -49,6 +49,7 @@ def check_task_options(config: Config, task: str) -> None:
             ("distill.teacher", config.distill.teacher, why),
             ("data.task", task == "multi-label", "multi-label data " + why),
             ("train.time_budget", tc.time_budget, why),
+            ("train.progressive_resize", tc.progressive_resize, why),
         ]
     for key, given, why in refused:
         if given:

@@ -20,6 +20,7 @@ from imgcls.data.loader import balanced_batch_indices, batch_indices
 from imgcls.device import rng_states, set_rng_states
 from imgcls.progress import progress_bar
 from imgcls.training import distributed
+from imgcls.training.optim import epoch_side
 from imgcls.training.probe import train_mode
 from imgcls.training.run import Optimisation, RunSetup
 from imgcls.training.state import EpochInterrupted, EpochProgress, PeriodicSave
@@ -173,7 +174,8 @@ def supervised_epoch(
     labels, or None for the run's stream of shards."""
     train_mode(setup.model, freeze_bn=setup.config.transfer.freeze_bn)
     batches = supervised_batches(setup, data, generator, epoch, progress.step if progress else 0)
-    step = supervised_step(setup, opt, generator, batches.steps)
+    side = epoch_side(setup.preprocessing.img_size, setup.progressive_resize, epoch, setup.config.train.epochs)
+    step = supervised_step(setup, opt, generator, batches.steps, side)
     return run_steps(
         batches,
         step,

@@ -1,6 +1,6 @@
-"""Loss functions: cross-entropy (label smoothing, class weights, soft targets), the margin
-losses of metric learning (ArcFace, CosFace, sub-center ArcFace), distillation, and the
-multi-label losses (binary cross-entropy, timm's Asymmetric Loss)."""
+"""Loss functions: cross-entropy (label smoothing, class weights, soft targets), the losses of
+metric learning (margins: ArcFace, CosFace, sub-center ArcFace; two views: SupCon, NT-Xent),
+distillation, and the multi-label losses (binary cross-entropy, timm's Asymmetric Loss)."""
 
 from __future__ import annotations
 
@@ -94,6 +94,42 @@ class MarginLoss(ClassificationLoss):
         return super().forward(self.margin_logits(logits, target), target)
 
 
+class TwoViewLoss(nn.Module):
+    """The term of a metric-learning loss that compares embeddings of two augmented views of
+    every image in a batch (rows 0..B-1 and B..2B-1): the supervised contrastive loss (Khosla et
+    al. 2020: every image of the same class is a positive) and/or SimCLR's NT-Xent (Chen et al.
+    2020: only the other view of the same image is). A margin loss makes images of a class
+    agree; the instance term keeps what still tells them apart, which is what an embedding needs
+    for classes it never trained on. pytorch-metric-learning's SupConLoss and NTXentLoss compute
+    both (on L2-normalised embeddings)."""
+
+    def __init__(self, *, supcon: float, instance: float, temperature: float):
+        super().__init__()
+        from imgcls.extras import require
+
+        pml = require("pytorch_metric_learning.losses", "metric")
+        self.supcon_weight, self.instance_weight = float(supcon), float(instance)
+        self.supcon = pml.SupConLoss(temperature=temperature)
+        self.instance = pml.NTXentLoss(temperature=temperature)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        loss = embeddings.new_zeros(())
+        if self.supcon_weight:
+            loss = loss + self.supcon_weight * self.supcon(embeddings, labels)
+        if self.instance_weight:
+            images = torch.arange(len(labels) // 2, device=labels.device)
+            loss = loss + self.instance_weight * self.instance(embeddings, images.repeat(2))
+        return loss
+
+
+def two_view_loss(kind: str, instance_contrast: float, temperature: float) -> TwoViewLoss | None:
+    """The two-view term of train.loss `kind` with train.instance_contrast, or None (one view)."""
+    supcon = 1.0 if kind == "supcon" else 0.0
+    if not (supcon or instance_contrast):
+        return None
+    return TwoViewLoss(supcon=supcon, instance=instance_contrast, temperature=temperature)
+
+
 def soft_target_cross_entropy(
     logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0, class_weights: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -138,8 +174,9 @@ def build_loss(
     scale: float = 30.0,
 ) -> ClassificationLoss:
     """Cross-entropy, or with kind arcface / cosface / subcenter-arcface a MarginLoss on the
-    logits of an embedding model whose cosine classifier uses this scale."""
-    if kind == "cross-entropy":
+    logits of an embedding model whose cosine classifier uses this scale. supcon's classifier
+    learns with plain cross-entropy on its cosine logits (its embedding from TwoViewLoss)."""
+    if kind in ("cross-entropy", "supcon"):
         return ClassificationLoss(label_smoothing, class_weights)
     return MarginLoss(kind, scale=scale, margin=margin, label_smoothing=label_smoothing, class_weights=class_weights)
 

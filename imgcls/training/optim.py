@@ -1,4 +1,4 @@
-"""Optimizers and learning-rate schedules: pure builder functions.
+"""Optimizers, learning-rate schedules and the image-size schedule: pure builder functions.
 
 Every schedule is a per-step multiplier of the base rate, run by one LambdaLR: warm-up,
 then cosine, step, one-cycle or plateau cuts. One mechanism keeps resume simple (the
@@ -147,3 +147,15 @@ def build_schedule(
         return f * (plateau.scale if plateau is not None else 1.0)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), plateau
+
+
+def epoch_side(img_size: int, start: float, epoch: int, epochs: int) -> int:
+    """The side epoch `epoch` (1-based) of `epochs` trains at under progressive resizing (fast.ai's,
+    FFCV's resolution schedule): `start` x img_size in the first epoch, growing linearly to
+    img_size in the last, in steps of 16 px. Early epochs learn coarse features, which half the
+    side (a quarter of the arithmetic) shows as well; the last ones fit the full-size detail
+    that validation and prediction see."""
+    if not start or epochs <= 1:
+        return img_size
+    side = img_size * (start + (1 - start) * (epoch - 1) / (epochs - 1))
+    return min(img_size, max(16, round(side / 16) * 16))

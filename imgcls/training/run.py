@@ -32,8 +32,14 @@ from imgcls.models.pretrained import resolve_start_weights
 from imgcls.models.seed import SeedNet, kaiming_init
 from imgcls.training import distributed
 from imgcls.training.checks import check_model_config, check_task_options
-from imgcls.training.losses import balanced_class_weights, build_loss, build_multilabel_loss, positive_weights
-from imgcls.training.optim import PlateauState, build_optimizer, build_schedule
+from imgcls.training.losses import (
+    balanced_class_weights,
+    build_loss,
+    build_multilabel_loss,
+    positive_weights,
+    two_view_loss,
+)
+from imgcls.training.optim import PlateauState, build_optimizer, build_schedule, epoch_side
 from imgcls.training.streaming import streamed_training_set, use_stream
 from imgcls.training.transfer import load_pretrained, pretrained_normalisation, set_backbone_trainable
 
@@ -63,6 +69,9 @@ class RunSetup:
     device: torch.device
     per_image: Callable[[torch.Tensor], torch.Tensor] | None = None  # torchvision v2 transform
     teacher: Teacher | None = None
+    # metric learning with two augmented views of each image: (embeddings, labels) -> loss
+    two_view_loss: nn.Module | None = None
+    progressive_resize: float = 0.0  # train.progressive_resize as resolved for this model; 0 = off
     # Streamed training (imgcls.training.streaming): batches come from here, and `train` holds the
     # training set's labels and paths but no pixels.
     stream: ShardStream | None = None
@@ -285,8 +294,53 @@ def prepare_setup(config: Config, device: torch.device | None = None) -> RunSetu
         device,
         per_image=build_per_image_transform(config.augment, data.img_size),
         teacher=_teacher(config.distill, sources, pre, device),
+        two_view_loss=two_view_loss(tc.loss, tc.instance_contrast, tc.temperature),
+        progressive_resize=progressive_resize(config, model, train.channels, device),
         stream=stream,
     )
+
+
+# Progressive resizing's first-epoch fraction when train.progressive_resize is auto (none).
+AUTO_PROGRESSIVE_START = 0.5
+
+
+def progressive_resize(config: Config, model: nn.Module, channels: int, device: torch.device) -> float:
+    """train.progressive_resize as this run uses it. Auto: AUTO_PROGRESSIVE_START when a network
+    learns from random weights at 128 px or more (pretrained weights already know their size's
+    features, and small images have no detail to skip), over at least 3 epochs, supervised, and
+    the model takes the smaller input; else off. A fraction set by hand that the model refuses
+    stops the run in one line."""
+    tc, side = config.train, config.data.img_size
+    auto = tc.progressive_resize is None
+    if auto and (side < 128 or config.transfer.pretrained or tc.epochs < 3 or config.semi.unlabeled):
+        return 0.0
+    start = AUTO_PROGRESSIVE_START if auto else float(tc.progressive_resize)
+    smallest = epoch_side(side, start, 1, tc.epochs)
+    if start and not _takes_side(model, channels, smallest, device):
+        if auto:
+            return 0.0
+        raise ConfigError(
+            f"train.progressive_resize: model {config.model.name} does not take {smallest}-px images; set it to 0."
+        )
+    if start and distributed.is_main():
+        why = f" (auto: random weights, {side} px)" if auto else ""
+        log.info("progressive resizing%s: epoch 1 trains at %d px, growing to %d by the last", why, smallest, side)
+    return start
+
+
+def _takes_side(model: nn.Module, channels: int, side: int, device: torch.device) -> bool:
+    """Whether the network runs on side x side images (a CNN with global pooling does; a vision
+    transformer or a network ending in a fixed-size flatten does not)."""
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, channels, side, side, device=device))
+        return True
+    except (RuntimeError, ValueError, AssertionError):
+        return False
+    finally:
+        model.train(training)
 
 
 def build_optimisation(setup: RunSetup, batches_per_epoch: int) -> Optimisation:

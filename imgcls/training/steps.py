@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from imgcls.data.augment import apply_per_image, augment_batch, mix_batch, mixing_enabled
@@ -56,28 +57,40 @@ def teacher_input(x: torch.Tensor, student: Preprocessing, teacher: Preprocessin
     return (x * column(student.std) + column(student.mean) - column(teacher.mean)) / column(teacher.std)
 
 
-def supervised_step(setup: RunSetup, opt: Optimisation, generator: torch.Generator, steps: int) -> Step:
+def supervised_step(
+    setup: RunSetup, opt: Optimisation, generator: torch.Generator, steps: int, side: int | None = None
+) -> Step:
     """The step of an epoch of `steps` batches: batch i's gradients accumulate until every
     train.accumulate-th batch (and the last) steps the optimizer. Augmentation draws from
     `generator` on the CPU; the batch moves to the device as uint8 (a quarter of the float32
-    bytes) and is normalised there."""
+    bytes) and is normalised there; with `side` below the run's image size it is resized to it."""
     tc, augment = setup.config.train, setup.config.augment
     classes = len(setup.sources.classes)
+    smaller = side is not None and side != setup.preprocessing.img_size
+
+    def model_input(images: torch.Tensor) -> torch.Tensor:
+        augmented = augment_batch(apply_per_image(images, setup.per_image), augment, generator)
+        x = to_model_input(to_device(augmented, setup.device), setup.preprocessing, channels_last=tc.channels_last)
+        if smaller:  # antialiased, as the decoder resizes: the small epochs see what a smaller photo shows
+            x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+            x = x.contiguous(memory_format=torch.channels_last if tc.channels_last else torch.contiguous_format)
+        return x
 
     def step(i: int, batch: tuple[torch.Tensor, torch.Tensor]) -> StepResult:
         images, labels = batch
-        augmented = augment_batch(apply_per_image(images, setup.per_image), augment, generator)
         hard = to_device(labels, setup.device)
-        x = to_model_input(to_device(augmented, setup.device), setup.preprocessing, channels_last=tc.channels_last)
-        target = hard
+        x, target = model_input(images), hard
+        if setup.two_view_loss is not None:  # a second, independently augmented view of each image
+            x, target = torch.cat([x, model_input(images)]), hard.repeat(2)
         if mixing_enabled(augment):
             x, target = mix_batch(x, hard, classes, augment, generator)
         stepped = (i + 1) % tc.accumulate == 0 or i + 1 == steps
         logits, loss = forward_backward(setup, opt, x, target, sync=stepped)
         if stepped:
             optimizer_step(opt, setup.model, setup.config.optim.clip_grad_norm)
-        # correct answers against the unmixed labels
-        return StepResult(step_sums(loss, len(hard), correct_predictions(logits, hard)), len(hard), stepped=stepped)
+        # correct answers against the unmixed labels (of the first view)
+        correct = correct_predictions(logits[: len(hard)], hard)
+        return StepResult(step_sums(loss, len(hard), correct), len(hard), stepped=stepped)
 
     return step
 
@@ -92,13 +105,18 @@ def forward_backward(
     forward = opt.ddp or setup.model
     with opt.ddp.no_sync() if opt.ddp is not None and not sync else contextlib.nullcontext():
         with autocast(setup.autocast_dtype, x.device):
-            logits = forward(x).float()
+            if setup.two_view_loss is not None:
+                logits, embeddings = (out.float() for out in forward(x, with_embedding=True))
+            else:
+                logits = forward(x).float()
             teacher_logits = None
             if setup.teacher is not None:
                 with torch.no_grad():
                     teacher_x = teacher_input(x, setup.preprocessing, setup.teacher.preprocessing)
                     teacher_logits = setup.teacher.model(teacher_x).float()
         loss = setup.loss_fn(logits, target)  # in float32, outside autocast
+        if setup.two_view_loss is not None:
+            loss = loss + setup.two_view_loss(embeddings, target)
         if teacher_logits is not None:
             loss = distillation_loss(logits, teacher_logits, loss, alpha=distill.alpha, temperature=distill.temperature)
         opt.scaler.scale(loss / setup.config.train.accumulate).backward()
