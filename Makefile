@@ -23,7 +23,7 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
 
-# While working: the suite without the tests marked slow; under a minute on 2 cores.
+# While working: the suite without the tests marked slow (about 2.5 minutes on 2 cores).
 test-fast: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -m "not slow"
 
