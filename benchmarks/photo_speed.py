@@ -332,10 +332,10 @@ def train_stage(model: str, folder: Path, run: Path, args: argparse.Namespace, f
     # imgcls's loop against the ceiling at 224 px: the epochs at the full size (progressive
     # resizing trains the earlier ones smaller), after the first (it also builds the kernels).
     sides = [epoch_side(SIZE, AUTO_PROGRESSIVE_START, epoch, len(seconds)) for epoch in range(1, len(seconds) + 1)]
-    full = [rate for epoch, (rate, side) in enumerate(zip(per_epoch, sides)) if side == SIZE and epoch > 0]
+    full = [rate for epoch, (rate, side) in enumerate(zip(per_epoch, sides, strict=True)) if side == SIZE and epoch > 0]
     loop = statistics.median(full or per_epoch)
     accuracy = imgcls_accuracy(run / "imgcls" / "best.safetensors", folder / "val")
-    rates = ", ".join(f"{rate:.1f} at {side}" for rate, side in zip(per_epoch, sides))
+    rates = ", ".join(f"{rate:.1f} at {side}" for rate, side in zip(per_epoch, sides, strict=True))
     print(f"  imgcls loop       {loop:8.1f} img/s at {SIZE} px (epochs: {rates} px)")
 
     peer_cmd = [

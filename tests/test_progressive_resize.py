@@ -43,9 +43,15 @@ def test_a_model_of_one_input_size_is_left_alone_or_refused():
     config = build_config(overrides={"data": {"img_size": 224}, "model": {"name": "vit_tiny_patch16_224"}})
     assert progressive_resize(config, vit, 3, "cpu") == 0.0  # auto: a ViT's patch grid is fixed
     by_hand = build_config(
-        overrides={"data": {"img_size": 224}, "model": {"name": "vit_tiny_patch16_224"}, "train": {"progressive_resize": 0.5}}
+        overrides={
+            "data": {"img_size": 224},
+            "model": {"name": "vit_tiny_patch16_224"},
+            "train": {"progressive_resize": 0.5},
+        }
     )
-    with pytest.raises(ConfigError, match=r"train\.progressive_resize: model vit_tiny_patch16_224 does not take 112-px"):
+    with pytest.raises(
+        ConfigError, match=r"train\.progressive_resize: model vit_tiny_patch16_224 does not take 112-px"
+    ):
         progressive_resize(by_hand, vit, 3, "cpu")
 
 
@@ -61,7 +67,9 @@ def test_training_sees_small_images_first_and_full_ones_last(monkeypatch, class_
 
     monkeypatch.setattr(steps, "forward_backward", spy)
     args = ["-q", "train", str(class_folders), "--model", "small-net", "--img-size", "64", "--epochs", "3"]
-    assert main([*args, "--batch-size", "12", "--set", "train.progressive_resize=0.5", "--out", str(tmp_path / "r")]) == 0
+    assert (
+        main([*args, "--batch-size", "12", "--set", "train.progressive_resize=0.5", "--out", str(tmp_path / "r")]) == 0
+    )
     per_epoch = len(sides) // 3
     assert sides[0] == 32 and sides[-1] == 64 and sides[per_epoch] == 48
     assert (tmp_path / "r" / "best.safetensors").is_file()
