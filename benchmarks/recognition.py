@@ -44,12 +44,11 @@ import dataclasses
 import json
 import re
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from fashion_mnist import fashion_mnist
 from transfer import DATA, RUNS, imgcls
 
 SEEN = ("T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker")
@@ -62,10 +61,7 @@ TRAIN = ["--recipe", "fashion-mnist", "--epochs", "6", "--val-fraction", "0.1", 
 
 def seen_folder() -> Path:
     """fm-8seen/train: links to the 8 seen classes of Fashion-MNIST's PNGs (written once)."""
-    everything = DATA / "fashion-mnist"
-    if not (everything / "train").is_dir():
-        command = [sys.executable, "-m", "imgcls", "data", "get", "fashion-mnist", "--out", str(everything)]
-        subprocess.run(command, check=True)
+    fashion_mnist()  # DATA/fashion-mnist, where the links lead
     root = DATA / "fm-8seen" / "train"
     root.mkdir(parents=True, exist_ok=True)
     for name in SEEN:

@@ -100,35 +100,27 @@ def mosaic(colours: list[tuple[int, int, int] | None], rng) -> np.ndarray:
 KNOWN = ("猫", "狗 dog")  # trained on; "bird" is kept aside to enrol without retraining
 
 
+def train_keras_cnn(data: Path, run: Path, *, batch_size: int) -> Path:
+    """`imgcls train DATA` with keras-cnn at 32 px for 2 epochs, quietly; its best.safetensors."""
+    from imgcls.cli.main import main
+
+    args = ["-q", "train", str(data), "--out", str(run), "--model", "keras-cnn", "--img-size", "32"]
+    assert main([*args, "--batch-size", str(batch_size), "--epochs", "2"]) == 0
+    return run / "best.safetensors"
+
+
 @functools.cache
 def tiny_model() -> dict[str, Path]:
     """keras-cnn at 32 px, 2 epochs, on two of the colour classes (12 images each); trained
     once per test process and shared by the retrieval tests."""
-    from imgcls.cli.main import main
-
     root = Path(tempfile.mkdtemp(prefix="imgcls-retrieval-"))
     everything = make_class_folders(root / "all", per_class=12, junk=False)
     known = root / "known"
     known.mkdir()
     for name in KNOWN:
         (everything / name).rename(known / name)
-    run = root / "run"
-    args = [
-        "-q",
-        "train",
-        str(known),
-        "--out",
-        str(run),
-        "--model",
-        "keras-cnn",
-        "--img-size",
-        "32",
-        "--batch-size",
-        "8",
-    ]
-    args += ["--epochs", "2"]
-    assert main(args) == 0
-    return {"root": root, "known": known, "birds": everything / "bird", "checkpoint": run / "best.safetensors"}
+    checkpoint = train_keras_cnn(known, root / "run", batch_size=8)
+    return {"root": root, "known": known, "birds": everything / "bird", "checkpoint": checkpoint}
 
 
 # ---------------------------------------------------------------- other processes

@@ -9,33 +9,15 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from imgcls.cli.main import main
 from imgcls.inference.predictor import Predictor
 from imgcls.serve.app import create_app
-from tests.helpers import CLASS_COLOURS, make_class_folders, png
+from tests.helpers import CLASS_COLOURS, make_class_folders, png, train_keras_cnn
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     data = make_class_folders(tmp_path_factory.mktemp("serve") / "data", per_class=16, junk=False)
-    run = data.parent / "run"
-    args = [
-        "-q",
-        "train",
-        str(data),
-        "--out",
-        str(run),
-        "--model",
-        "keras-cnn",
-        "--img-size",
-        "32",
-        "--batch-size",
-        "16",
-        "--epochs",
-        "2",
-    ]
-    assert main(args) == 0
-    return run / "best.safetensors"
+    return train_keras_cnn(data, data.parent / "run", batch_size=16)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,16 @@ from PIL import Image
 
 from imgcls.cli.main import main
 from imgcls.serve.app import create_app
-from tests.helpers import CLASS_COLOURS, COLOURS, make_class_folders, mosaic, png, require_browser, write_csv
+from tests.helpers import (
+    CLASS_COLOURS,
+    COLOURS,
+    make_class_folders,
+    mosaic,
+    png,
+    require_browser,
+    train_keras_cnn,
+    write_csv,
+)
 
 pytestmark = pytest.mark.slow  # a real browser
 
@@ -53,24 +62,7 @@ def serving(checkpoint: Path):
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory):
     data = make_class_folders(tmp_path_factory.mktemp("web") / "data", per_class=16, junk=False)
-    run = data.parent / "run"
-    args = [
-        "-q",
-        "train",
-        str(data),
-        "--out",
-        str(run),
-        "--model",
-        "keras-cnn",
-        "--img-size",
-        "32",
-        "--batch-size",
-        "16",
-        "--epochs",
-        "2",
-    ]
-    assert main(args) == 0
-    with serving(run / "best.safetensors") as url:
+    with serving(train_keras_cnn(data, data.parent / "run", batch_size=16)) as url:
         yield url
 
 
