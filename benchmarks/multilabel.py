@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 from transfer import DATA, imgcls, train
 
-from imgcls.data.builtin import FASHION_MNIST_CLASSES, load_fashion_mnist
+from imgcls.data.builtin import FASHION_MNIST_CLASSES, class_folder_name, load_fashion_mnist
 
 ARGS = (
     "--model",
@@ -65,7 +65,7 @@ def mosaics(split: str, count: int, out: Path, rng: np.random.Generator) -> Path
             k = int(rng.integers(len(x)))
             r, c = 28 * (cell // 2), 28 * (cell % 2)
             image[r : r + 28, c : c + 28] = x[k]
-            labels.add(FASHION_MNIST_CLASSES[y[k]])
+            labels.add(class_folder_name(FASHION_MNIST_CLASSES[y[k]]))  # imgcls refuses '/' in a class name
         name = f"{split}/{i:05d}.png"
         Image.fromarray(image).save(out / name)
         rows.append((name, ";".join(sorted(labels))))
