@@ -12,8 +12,10 @@ For each model (resnet18, mobilenetv3_large_100, tf_efficientnet_lite0), batch B
     where the CPU has bf16, both layouts under bf16 autocast; settings interleaved within
     each repeat, warm-up excluded, median; the best is the ceiling. imgcls then trains in
     that setting (flags added only where it differs from imgcls's own choice).
-(2) imgcls's loop: the images/s that `imgcls train`'s train.log reports per epoch (median of
-    the epochs after the first, whose step also builds oneDNN's kernels); ratio to (1), goal >= 0.85.
+(2) imgcls's loop: the images/s of `imgcls train`'s epochs at 224 px (history.csv), median of
+    those after the first at that size, whose steps also build oneDNN's kernels; when
+    progressive resizing leaves no such epoch, of epochs 2-3 of a 3-epoch run at 224 px
+    throughout (`--set train.progressive_resize=0`); ratio to (1), goal >= 0.85.
 (3) whole run: `imgcls train TRAIN --val VAL --model M --img-size 224` as a subprocess, wall
     time start to end, accuracy from `imgcls evaluate --json`; against timm's training
     pipeline wired as its train.py does (create_dataset, create_loader with its prefetcher
@@ -316,27 +318,37 @@ def ceiling_stage(model: str, args: argparse.Namespace, default: str) -> dict:
 def train_stage(model: str, folder: Path, run: Path, args: argparse.Namespace, flags: list[str]) -> dict:
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
-    train_cmd = imgcls(
-        "train", str(folder / "train"), "--val", str(folder / "val"), "--model", model,
-        "--img-size", str(SIZE), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-        "--out", str(run / "imgcls"), *flags,
-    )  # fmt: skip
+
+    def train_cmd(epochs: int, out: str, *extra: str) -> list[str]:
+        return imgcls(
+            "train", str(folder / "train"), "--val", str(folder / "val"), "--model", model,
+            "--img-size", str(SIZE), "--epochs", str(epochs), "--batch-size", str(args.batch_size),
+            "--out", str(run / out), *flags, *extra,
+        )  # fmt: skip
+
     from imgcls.training.optim import epoch_side
     from imgcls.training.run import AUTO_PROGRESSIVE_START
 
-    wall = timed(train_cmd, run / "imgcls.out")
+    wall = timed(train_cmd(args.epochs, "imgcls"), run / "imgcls.out")
     seconds = epoch_seconds(run / "imgcls")
     images = len(list((folder / "train").rglob("*.jpg")))
     images -= images % args.batch_size if images > args.batch_size else 0  # imgcls drops a short last batch
     per_epoch = [images / s for s in seconds]
     # imgcls's loop against the ceiling at 224 px: the epochs at the full size (progressive
-    # resizing trains the earlier ones smaller), after the first (it also builds the kernels).
+    # resizing trains the earlier ones smaller) after the first at that size, which also builds
+    # oneDNN's kernels for it (the ceiling leaves its warm-up out). When progressive resizing
+    # left only one such epoch, a 3-epoch run at 224 px throughout measures the loop.
     sides = [epoch_side(SIZE, AUTO_PROGRESSIVE_START, epoch, len(seconds)) for epoch in range(1, len(seconds) + 1)]
-    full = [rate for epoch, (rate, side) in enumerate(zip(per_epoch, sides, strict=True)) if side == SIZE and epoch > 0]
-    loop = statistics.median(full or per_epoch)
+    full = [rate for rate, side in zip(per_epoch, sides, strict=True) if side == SIZE][1:]
+    if full or args.epochs < 3:
+        loop, loop_from = statistics.median(full or per_epoch), "this run's epochs"
+    else:
+        timed(train_cmd(3, "imgcls-loop", "--set", "train.progressive_resize=0"), run / "imgcls-loop.out")
+        loop = statistics.median(images / s for s in epoch_seconds(run / "imgcls-loop")[1:])
+        loop_from = "epochs 2-3 of a run at 224 px throughout"
     accuracy = imgcls_accuracy(run / "imgcls" / "best.safetensors", folder / "val")
     rates = ", ".join(f"{rate:.1f} at {side}" for rate, side in zip(per_epoch, sides, strict=True))
-    print(f"  imgcls loop       {loop:8.1f} img/s at {SIZE} px (epochs: {rates} px)")
+    print(f"  imgcls loop       {loop:8.1f} img/s at {SIZE} px ({loop_from}; the whole run's epochs: {rates} px)")
 
     peer_cmd = [
         sys.executable, __file__, "--peer-train", "--model", model, "--train", str(folder / "train"),
