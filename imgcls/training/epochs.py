@@ -36,7 +36,7 @@ from imgcls.training.state import (
 )
 from imgcls.training.tracking import Tracker
 from imgcls.training.transfer import set_backbone_trainable
-from imgcls.training.validate import evaluate, final_metrics
+from imgcls.training.validate import final_metrics, validate_epoch
 
 log = logging.getLogger(__name__)
 NO_TRACKER = Tracker()
@@ -142,16 +142,7 @@ def _finish_epoch(
     # Validated as the model will predict, mirror test-time augmentation included: checking
     # without it saved ~2 s an epoch on the fashion-mnist recipe but chose epoch 15 of 18
     # (0.9484 on test with the flip) over the last one (0.9500).
-    val_loss, val_acc, _ = evaluate(
-        eval_model(setup, opt),
-        *val,
-        setup.preprocessing,
-        batch_size=tc.eval_batch_size,
-        autocast_dtype=setup.autocast_dtype,
-        channels_last=tc.channels_last,
-        device=setup.device,
-        shared=True,
-    )
+    val_loss, val_acc = validate_epoch(setup, eval_model(setup, opt), val)
     if opt.plateau is not None:
         opt.plateau.update(val_loss)
     history.append(history_row(epoch, (stats.loss, stats.accuracy), (val_loss, val_acc), lr, stats.seconds))

@@ -35,7 +35,7 @@ from imgcls.training.run import Optimisation, RunSetup, build_optimisation, eval
 from imgcls.training.semi import fit_semi_run
 from imgcls.training.state import clear_temporaries, fresh_start, history_row, resume_point, save_epoch, write_history
 from imgcls.training.tracking import Tracker, open_tracker
-from imgcls.training.validate import evaluate
+from imgcls.training.validate import validate_epoch
 
 log = logging.getLogger(__name__)
 
@@ -185,16 +185,7 @@ def probe_epoch(
         logits = head(torch.from_numpy(features).to(head.weight.device, head.weight.dtype)).float().cpu()
     train_loss = torch.nn.functional.cross_entropy(logits, labels).item()
     train_acc = (logits.argmax(1) == labels).float().mean().item()
-    val_loss, val_acc, _ = evaluate(
-        eval_model(setup, opt),
-        *val,
-        setup.preprocessing,
-        batch_size=tc.eval_batch_size,
-        autocast_dtype=setup.autocast_dtype,
-        channels_last=tc.channels_last,
-        device=setup.device,
-        shared=True,
-    )
+    val_loss, val_acc = validate_epoch(setup, eval_model(setup, opt), val)
     seconds = time.perf_counter() - started
     history.append(history_row(0, (train_loss, train_acc), (val_loss, val_acc), 0.0, seconds))
     log.info(

@@ -60,6 +60,23 @@ def evaluate(
     return loss, accuracy, logits.softmax(1)
 
 
+def validate_epoch(setup: RunSetup, model: nn.Module, val: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, float]:
+    """(loss, score) of an epoch on the validation set, as training ranks its epochs: under the
+    run's autocast and layout, each process of a distributed run scoring its share."""
+    tc = setup.config.train
+    loss, score, _ = evaluate(
+        model,
+        *val,
+        setup.preprocessing,
+        batch_size=tc.eval_batch_size,
+        autocast_dtype=setup.autocast_dtype,
+        channels_last=tc.channels_last,
+        device=setup.device,
+        shared=True,
+    )
+    return loss, score
+
+
 def final_metrics(
     run_dir: Path, setup: RunSetup, model: nn.Module, val_x: torch.Tensor, val_y: torch.Tensor
 ) -> tuple[dict, torch.Tensor]:
