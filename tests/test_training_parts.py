@@ -153,7 +153,6 @@ def test_channel_stats_known_values_and_chunking():
         assert chunk_std == pytest.approx(std)
 
 
-
 def test_channel_stats_equal_numpy_on_random_images():
     images = np.random.default_rng(0).integers(0, 256, (5, 7, 9, 3), dtype=np.uint8)
     pixels = images.reshape(-1, 3) / 255.0
@@ -161,6 +160,7 @@ def test_channel_stats_equal_numpy_on_random_images():
         mean, std = channel_stats(images, chunk=chunk)
         assert mean == pytest.approx(tuple(pixels.mean(0)), abs=1e-12)
         assert std == pytest.approx(tuple(pixels.std(0)), abs=1e-12)
+
 
 # --- batching --------------------------------------------------------------------------
 
