@@ -6,7 +6,10 @@ layer reads. For a model trained with a margin loss (`imgcls train --loss arcfac
 imgcls.models.embedding) that is the trained embedding, the output of its linear + batch-
 norm neck, which its cosine classifier compares with each class. Normalised to unit length,
 the inner product of two embeddings is their cosine similarity, which is what galleries,
-search and clustering compare.
+search and clustering compare. A checkpoint trained by imgcls also holds the whitening of
+its features on its training images (imgcls.models.whitening), applied before the last
+normalisation: without it, pictures of classes the network never saw crowd towards the
+classes it knows.
 
 A model's identity is a hash of its weights, architecture and preprocessing: embeddings
 from two different models live in different spaces and must never be compared.
@@ -31,20 +34,23 @@ from torch import nn
 from imgcls import checkpoint as ckpt
 from imgcls import files
 from imgcls.data.preprocess import Preprocessing, to_model_input
-from imgcls.errors import ConfigError, ImgclsError
+from imgcls.errors import CheckpointError, ConfigError, ImgclsError
 from imgcls.models.registry import is_classic
+from imgcls.models.whitening import Whitening
 from imgcls.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 
 def model_identity(network: nn.Module, metadata: dict) -> str:
-    """sha256 of the weights, the model's name and arguments, and its preprocessing.
+    """sha256 of the weights, the model's name and arguments, its preprocessing and whitening.
 
     Not the file's hash: best.safetensors and a copy re-saved with other metadata (or
     last.safetensors holding the same weights plus optimizer state) embed identically."""
     digest = hashlib.sha256()
     spec = {"model": metadata.get("model"), "preprocess": metadata.get("preprocess")}
+    if metadata.get("whitening") is not None:  # only then: older checkpoints keep their identity
+        spec["whitening"] = metadata["whitening"]
     digest.update(json.dumps(spec, sort_keys=True).encode())
     for name, tensor in sorted(network.state_dict().items()):
         digest.update(name.encode())
@@ -69,6 +75,7 @@ class Embedder:
     identity: str
     source: str  # the checkpoint's absolute path: a gallery finds its model again through it
     batch_size: int = 256
+    whitening: Whitening | None = None  # checkpoints from before it have none
 
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> Embedder:
@@ -88,7 +95,13 @@ class Embedder:
         if not hasattr(network, "forward_head") or not hasattr(network, "forward_features"):
             raise ConfigError(f"{path}: model {name!r} has no forward_features/forward_head to take features from.")
         network = network.eval().to(memory_format=torch.channels_last)
-        return cls(network, pre, meta, model_identity(network, meta), str(path.absolute()))
+        embedder = cls(network, pre, meta, model_identity(network, meta), str(path.absolute()))
+        if meta.get("whitening") is not None:
+            try:
+                embedder.whitening = Whitening.from_dict(meta["whitening"], embedder.embed(embedder.blank(1)).shape[1])
+            except CheckpointError as err:
+                raise CheckpointError(f"{path}: {err}") from None
+        return embedder
 
     @property
     def dim(self) -> int:
@@ -111,7 +124,8 @@ class Embedder:
         features = self._pre_logits(x)
         if self.preprocessing.test_flip:  # the model is read with its mirror image too, as in predict
             features = (features + self._pre_logits(x.flip(3).contiguous(memory_format=torch.channels_last))) / 2
-        return torch.nn.functional.normalize(features, dim=1)
+        features = torch.nn.functional.normalize(features, dim=1)
+        return features if self.whitening is None else self.whitening.apply(features)
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """(N, D) float32 unit vectors of (N, H, W, C) uint8 images already decoded by `decode`."""

@@ -194,13 +194,15 @@ def finish_run(
     val: tuple[torch.Tensor, torch.Tensor],
     started: float,
     tracker: Tracker = NO_TRACKER,
+    train_images: torch.Tensor | None = None,
 ) -> FitResult:
-    """The best checkpoint scored in float32 (and, multi-label, its thresholds chosen) before
-    its final save; metrics.json; summary, predictions and report.html."""
+    """The best checkpoint scored in float32 (and, multi-label, its thresholds chosen; its
+    embedding's whitening fitted on `train_images`) before its final save; metrics.json;
+    summary, predictions and report.html."""
     distributed.barrier()  # best.safetensors is complete before anyone reads it
     if not distributed.is_main():
         return FitResult(run_dir, {}, history, run_dir / "best.safetensors")
-    metrics, probs = final_metrics(run_dir, setup, eval_model(setup, opt), *val)
+    metrics, probs = final_metrics(run_dir, setup, eval_model(setup, opt), *val, train_images)
     files.write_json(run_dir / "metrics.json", metrics)
     tracker.finish(metrics, setup.sources.classes)
     write_run_report(run_dir, setup, metrics, history, time.perf_counter() - started, probs)

@@ -153,7 +153,8 @@ def _fit_epochs(config: Config, run_dir: Path, resume: bool, started: float, tra
     train_epochs(run_dir, setup, opt, start, val, one_epoch, last_epoch=last_epoch, tracker=tracker, deadline=deadline)
     if setup.stream is not None:  # each process met the broken images of its own shards
         setup.train.skipped[:] = distributed.merge_lists(setup.train.skipped, key="path")
-    return finish_run(run_dir, setup, opt, start.history, val, started, tracker)
+    train_images = None if train is None else train[0]
+    return finish_run(run_dir, setup, opt, start.history, val, started, tracker, train_images)
 
 
 def probe_epoch(

@@ -79,6 +79,33 @@ def pooled_features(
     return np.concatenate(out)
 
 
+def embedding_whitening(
+    model: nn.Module,
+    images: torch.Tensor,
+    pre: Preprocessing,
+    *,
+    batch_size: int,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+    seed: int,
+) -> dict | None:
+    """The whitening (imgcls.models.whitening) of the embedding of up to FIT_IMAGES of the
+    training images, drawn with `seed`, as the checkpoint's metadata stores it. Their pooled
+    features are taken as training computes them (one view, the run's precision): the
+    statistics of a thousand images do not move with the mirror view or bfloat16, and at
+    224 px each image costs a forward pass."""
+    from imgcls.models.whitening import FIT_IMAGES, fit_whitening
+
+    if not hasattr(model, "forward_head") or len(images) < 2:
+        return None
+    rows = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:FIT_IMAGES]
+    pooled = pooled_features(
+        model, images[rows.sort().values], pre, batch_size=batch_size, device=device, autocast_dtype=autocast_dtype
+    )
+    whitening = fit_whitening(pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12))
+    return None if whitening is None else whitening.to_dict()
+
+
 def fit_linear_probe(model: nn.Module, features: np.ndarray, labels: np.ndarray, c: float) -> bool:
     """Set the model's linear classifier to the logistic regression of `labels` on `features`;
     False (and the head unchanged) when the classifier is not one linear layer."""

@@ -221,6 +221,6 @@ def fit_semi_run(config: Config, run_dir: Path, resume: bool, started: float) ->
     one_epoch = functools.partial(semi_epoch, setup, labelled, torch.from_numpy(unlabeled.images))
     try:
         train_epochs(run_dir, setup, opt, start, val, one_epoch, tracker=tracker)
-        return finish_run(run_dir, setup, opt, start.history, val, started, tracker)
+        return finish_run(run_dir, setup, opt, start.history, val, started, tracker, labelled[0])
     finally:
         tracker.close()

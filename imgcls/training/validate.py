@@ -14,6 +14,7 @@ from imgcls.data.preprocess import Preprocessing
 from imgcls.inference.batched import batched_logits
 from imgcls.metrics import choose_thresholds, classification_metrics, mean_average_precision, multilabel_metrics
 from imgcls.training import distributed
+from imgcls.training.probe import embedding_whitening
 from imgcls.training.run import RunSetup
 
 
@@ -78,12 +79,18 @@ def validate_epoch(setup: RunSetup, model: nn.Module, val: tuple[torch.Tensor, t
 
 
 def final_metrics(
-    run_dir: Path, setup: RunSetup, model: nn.Module, val_x: torch.Tensor, val_y: torch.Tensor
+    run_dir: Path,
+    setup: RunSetup,
+    model: nn.Module,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    train_x: torch.Tensor | None = None,
 ) -> tuple[dict, torch.Tensor]:
     """Metrics and probabilities of the best checkpoint on val, in float32, as `imgcls evaluate`
     computes them; then the checkpoint's final save, with that float32 score (the epoch's own,
-    under autocast, kept beside it when it differs) and, multi-label, the per-class thresholds
-    chosen on these probabilities."""
+    under autocast, kept beside it when it differs), multi-label the per-class thresholds
+    chosen on these probabilities, and its embedding's whitening fitted on `train_x` (the
+    training images; the validation images when the run streamed them)."""
     path = run_dir / "best.safetensors"
     tensors, meta = ckpt.load_checkpoint(path)
     model.load_state_dict(ckpt.read_model_tensors(tensors, model.state_dict()))
@@ -111,5 +118,16 @@ def final_metrics(
     if training.get("val_accuracy") != score:
         training["epoch_val_accuracy"] = training.get("val_accuracy")  # as measured during training
     training["val_accuracy"] = score
+    whitening = embedding_whitening(
+        model,
+        val_x if train_x is None else train_x,
+        setup.preprocessing,
+        batch_size=tc.eval_batch_size,
+        device=setup.device,
+        autocast_dtype=setup.autocast_dtype,
+        seed=tc.seed,
+    )
+    if whitening is not None:
+        meta["whitening"] = whitening
     ckpt.save_checkpoint(path, tensors, meta)
     return metrics, probs
