@@ -4,8 +4,9 @@ Model: `imgcls train fm-8seen/train --recipe fashion-mnist --epochs 6 --val-frac
 --seed 0 --allow-outside` (small-net width 48, 28 px), where fm-8seen/train holds the 48,000 training images
 of every class but Bag and Ankle boot (symlinks to fashion-mnist/train/). A finished run is
 reused; --retrain trains it again. Everything else is measured in this process with
-imgcls.retrieval on the embeddings (pooled pre-logit features, 192-d, L2-normalised) of the
-60,000 training and 10,000 test images:
+imgcls.retrieval on the embeddings (pooled pre-logit features, 192-d, L2-normalised, whitened
+with the checkpoint's whitening: imgcls.models.whitening) of the 60,000 training and 10,000
+test images; the goal figures are measured again without the whitening, for comparison:
 
 1. Recognition (no threshold), by prototype (a label's mean embedding) and by nearest image:
    a gallery of G training images per seen class (G = 5, 100, 6000) plus 5 training images
@@ -256,10 +257,13 @@ def clustering(test_emb, test_y) -> None:
         )
 
 
-def measure(run: Path, label: str, quality_only: bool, hnsw_1m: bool = False, quick: bool = False) -> dict:
+def measure(
+    run: Path, label: str, quality_only: bool, hnsw_1m: bool = False, quick: bool = False, whiten: bool = True
+) -> dict:
     """Sections 1-5 (1-3 and 5 with quality_only) for one run's best checkpoint; the goal figures.
     quick: without mirror test-time augmentation, galleries of 5 and 100 images per known class
-    only (their rows embedded on demand), no classifier-head pass and no clustering."""
+    only (their rows embedded on demand), no classifier-head pass and no clustering. whiten=False:
+    the features without the checkpoint's whitening (imgcls.models.whitening), for comparison."""
     from imgcls.data.builtin import FASHION_MNIST_CLASSES, load_fashion_mnist
     from imgcls.inference.predictor import Predictor
     from imgcls.retrieval.embed import Embedder
@@ -271,6 +275,8 @@ def measure(run: Path, label: str, quality_only: bool, hnsw_1m: bool = False, qu
     train_x, train_y = load_fashion_mnist("train")
     test_x, test_y = load_fashion_mnist("test")
     embedder = Embedder.from_checkpoint(checkpoint)
+    if not whiten:
+        embedder.whitening = None
     if quick:
         embedder.preprocessing = dataclasses.replace(embedder.preprocessing, test_flip=False)
         train_emb, test_emb = LazyEmbeddings(embedder, train_x), embed_all(embedder, test_x)
@@ -278,7 +284,8 @@ def measure(run: Path, label: str, quality_only: bool, hnsw_1m: bool = False, qu
         aurocs = open_set(train_emb, train_y, test_emb, test_y, classes, unseen_ids)
         recall = search_quality(test_emb, test_y, unseen_ids)
         return goal_figures(table, aurocs, recall, json.loads((run / "metrics.json").read_text())["accuracy"])
-    cache = DATA / f"recognition-embeddings-{embedder.identity[:16]}.npz"  # keyed by the model's identity
+    suffix = "" if embedder.whitening is None else "-whitened"
+    cache = DATA / f"recognition-embeddings-{embedder.identity[:16]}{suffix}.npz"  # keyed by the model's identity
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as saved:
             train_emb, test_emb = saved["train"], saved["test"]
@@ -351,6 +358,8 @@ def main() -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="a setting of the embedding model's run only"
     )
     args = parser.parse_args()
+    from imgcls.checkpoint import read_metadata
+
     train = [*TRAIN, "--epochs", str(args.epochs)]  # the last --epochs wins
     base = RUN if args.epochs == 6 else RUN.with_name(f"{RUN.name}-{args.epochs}ep")
     runs = [(base, "classifier (cross-entropy)", train)]
@@ -370,12 +379,18 @@ def main() -> None:
             shutil.rmtree(run, ignore_errors=True)
             seconds, _ = imgcls("train", seen_folder(), *flags, "--out", run)
             print(f"trained {run.name} in {seconds:.0f} s")
-    figures = [measure(run, label, bool(args.loss), args.hnsw_1m, args.quick) for run, label, _ in runs]
+    columns, figures = [], []
+    for run, label, _ in runs:
+        figures.append(measure(run, label, bool(args.loss), args.hnsw_1m, args.quick))
+        columns.append(label.split(" (")[0])
+        if "whitening" in read_metadata(run / "best.safetensors"):  # the baseline, in the same run
+            figures.append(measure(run, f"{label}, not whitened", True, quick=args.quick, whiten=False))
+            columns.append(f"{columns[-1]}, not whitened")
     print("\n======== the goals (prototype scoring, 100 images per known class, 5 per new class, 5 draws)")
-    print(f"{'':34s} {'goal':>6s}" + "".join(f" {label.split(' (')[0]:>18s}" for _, label, _ in runs))
+    print(f"{'':34s} {'goal':>6s}" + "".join(f" {column:>30s}" for column in columns))
     for name in figures[0]:
         goal = f">={GOALS[name]:.2f}" if name in GOALS else "ref."
-        print(f"{name:34s} {goal:>6s}" + "".join(f" {f[name]:18.4f}" for f in figures))
+        print(f"{name:34s} {goal:>6s}" + "".join(f" {f[name]:30.4f}" for f in figures))
 
 
 if __name__ == "__main__":

@@ -71,8 +71,10 @@ def test_embed_uses_the_trained_normalised_embedding(embedding_run, tmp_path):
     vectors = np.load(out, allow_pickle=False)
     assert vectors.shape == (36, DIM)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    # The neck's output (linear, batch norm) normalised, not the backbone's pooled features.
+    # The neck's output (linear, batch norm) normalised, not the backbone's pooled features,
+    # and not whitened: the neck is the embedding trained for cosine comparison.
     embedder = Embedder.from_checkpoint(embedding_run["checkpoint"])
+    assert embedder.whitening is None and "whitening" not in embedder.metadata
     pixels = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
     network = embedder.network
     with torch.inference_mode():

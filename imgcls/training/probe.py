@@ -93,10 +93,15 @@ def embedding_whitening(
     training images, drawn with `seed`, as the checkpoint's metadata stores it. Their pooled
     features are taken as training computes them (one view, the run's precision): the
     statistics of a thousand images do not move with the mirror view or bfloat16, and at
-    224 px each image costs a forward pass."""
+    224 px each image costs a forward pass.
+
+    None for a metric-learning model: its batch-norm neck is already an embedding trained for
+    cosine comparison, and whitening it lowered new-class recognition (benchmarks/RESULTS.md,
+    ArcFace on Fashion-MNIST: 0.353 -> 0.268)."""
+    from imgcls.models.embedding import EmbeddingNet
     from imgcls.models.whitening import FIT_IMAGES, fit_whitening
 
-    if not hasattr(model, "forward_head") or len(images) < 2:
+    if not hasattr(model, "forward_head") or isinstance(model, EmbeddingNet) or len(images) < 2:
         return None
     rows = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:FIT_IMAGES]
     pooled = pooled_features(
