@@ -148,3 +148,15 @@ def test_whitening_recognises_new_fashion_mnist_classes_better(tmp_path):
     (new_white, known_white), (new_raw, known_raw) = accuracy(True), accuracy(False)
     assert new_white > new_raw + 0.1, (new_white, new_raw)
     assert known_white > known_raw - 0.03, (known_white, known_raw)
+
+
+def test_whitening_can_be_left_out(tmp_path):
+    from imgcls.cli.main import main
+    from tests.helpers import make_class_folders
+
+    data = make_class_folders(tmp_path / "data", per_class=6, junk=False)
+    args = ["-q", "train", str(data), "--model", "keras-cnn", "--img-size", "16", "--epochs", "1"]
+    assert main([*args, "--set", "train.whiten_embedding=false", "--out", str(tmp_path / "run")]) == 0
+    checkpoint = tmp_path / "run" / "best.safetensors"
+    assert "whitening" not in ckpt.read_metadata(checkpoint)
+    assert Embedder.from_checkpoint(checkpoint).whitening is None

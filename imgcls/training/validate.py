@@ -118,16 +118,17 @@ def final_metrics(
     if training.get("val_accuracy") != score:
         training["epoch_val_accuracy"] = training.get("val_accuracy")  # as measured during training
     training["val_accuracy"] = score
-    whitening = embedding_whitening(
-        model,
-        val_x if train_x is None else train_x,
-        setup.preprocessing,
-        batch_size=tc.eval_batch_size,
-        device=setup.device,
-        autocast_dtype=setup.autocast_dtype,
-        seed=tc.seed,
-    )
-    if whitening is not None:
-        meta["whitening"] = whitening
+    if tc.whiten_embedding:
+        whitening = embedding_whitening(
+            model,
+            val_x if train_x is None else train_x,
+            setup.preprocessing,
+            batch_size=tc.eval_batch_size,
+            device=setup.device,
+            autocast_dtype=setup.autocast_dtype,
+            seed=tc.seed,
+        )
+        if whitening is not None:
+            meta["whitening"] = whitening
     ckpt.save_checkpoint(path, tensors, meta)
     return metrics, probs
