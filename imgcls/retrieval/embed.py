@@ -11,7 +11,7 @@ its features on its training images (imgcls.models.whitening), applied before th
 normalisation: without it, pictures of classes the network never saw crowd towards the
 classes it knows.
 
-A model's identity is a hash of its weights, architecture and preprocessing: embeddings
+A model's identity is a hash of its weights, architecture, preprocessing and whitening: embeddings
 from two different models live in different spaces and must never be compared.
 """
 
