@@ -125,9 +125,7 @@ class TrainConfig:
     # which keeps what tells images of one class apart (and so classes never trained on)
     instance_contrast: float = 0.0
     temperature: float = 0.1  # supcon and instance_contrast: their softmax's temperature
-    # At the end, whiten the embedding with 1,024 training images' features (imgcls.models.whitening:
-    # galleries recognise new classes far better); 35 s for resnet18 at 224 px on 2 AVX2 cores.
-    whiten_embedding: bool = True
+    whiten_embedding: bool = True  # fit the embedding's whitening at the end (imgcls.models.whitening)
     class_weights: Literal["none", "balanced"] = "none"  # balanced: weight ~ 1 / class frequency
     balanced_sampling: bool = False  # draw batches so every class is seen equally often
     multilabel_loss: Literal["bce", "asl"] = "bce"  # multi-label: binary cross-entropy or Asymmetric Loss
