@@ -16,8 +16,9 @@ test images; the goal figures are measured again without the whitening, for comp
 2. Open set: gallery of 100 per seen class + 5 of one unseen class; the other unseen class is
    never enrolled. A threshold by `gallery calibrate`'s rule (no unknowns to calibrate on: keep
    95% of correct recognitions) on the seen-class images of a seeded half of the test set; on
-   the other half, AUROC of "unknown" (score: minus the best similarity) and the threshold's
-   effect. Both for prototype and nearest-image scoring.
+   the other half, AUROC of "unknown" (score: minus the open-set score `imgcls recognize` compares
+   with the threshold, imgcls.retrieval.recognize.open_set_score; also by the bare similarity)
+   and the threshold's effect. Both for prototype and nearest-image scoring.
 3. Search on the test set, each image querying the other 9,999 (same class = relevant):
    Recall@10 (a relevant image among the first 10), precision@10, mAP over the full ranking.
 4. Latency: exact (numpy) vs FAISS flat / IVF / HNSW at 10k (the test embeddings) and 1M
@@ -104,15 +105,21 @@ def check_png_path(embedder, test_x: np.ndarray, test_emb: np.ndarray) -> float:
 
 
 def recognition(gallery_x, gallery_y, query_x, query_y, classes, by):
+    """(correct, similarity, open-set score) per query: the best label's, as `imgcls recognize`
+    finds them (imgcls.retrieval.recognize)."""
     from imgcls.retrieval.gallery import Gallery
-    from imgcls.retrieval.recognize import label_scores
+    from imgcls.retrieval.recognize import label_scores, open_set_score, score_kind
 
     labels = [classes[i] for i in gallery_y]
-    gallery = Gallery(gallery_x, labels, [""] * len(labels), {"identity": "benchmark"}, index_kind="exact")
-    best = label_scores(gallery, query_x, 1, by=by)
+    gallery = Gallery(
+        gallery_x, labels, [""] * len(labels), {"identity": "benchmark"}, index_kind="exact", recognition=by
+    )
+    best = label_scores(gallery, query_x, 1)
     predicted = np.array([c[0][0] for c in best])
     similarity = np.array([c[0][1] for c in best])
-    return predicted == np.array([classes[i] for i in query_y]), similarity, gallery
+    kind = score_kind(gallery)
+    score = np.array([open_set_score(gallery, c[0][0], c[0][1], kind) for c in best])
+    return predicted == np.array([classes[i] for i in query_y]), similarity, score
 
 
 def recognition_table(train_emb, train_y, test_emb, test_y, classes, unseen_ids, sizes=(5, 100, 6000)) -> dict:
@@ -165,14 +172,16 @@ def open_set(train_emb, train_y, test_emb, test_y, classes, unseen_ids) -> dict:
             if c != never:
                 picks.append(rng.permutation(np.flatnonzero(train_y == c))[: SHOTS if c == enrolled else 100])
         rows = np.concatenate(picks)
-        correct, similarity, _ = recognition(train_emb[rows], train_y[rows], test_emb, test_y, classes, by)
-        stats = choose_threshold(similarity[cal], correct[cal], np.zeros(cal.sum(), bool))
+        correct, similarity, score = recognition(train_emb[rows], train_y[rows], test_emb, test_y, classes, by)
+        stats = choose_threshold(score[cal], correct[cal], np.zeros(cal.sum(), bool))
         known, unknown = measure & (test_y != never), measure & (test_y == never)
-        auroc = roc_auc_score(unknown[measure], -similarity[measure])
+        auroc = roc_auc_score(unknown[measure], -score[measure])
+        by_similarity = roc_auc_score(unknown[measure], -similarity[measure])  # the score before imgcls 0.9
         aurocs[(by, classes[never])] = float(auroc)
-        accept = similarity >= stats["threshold"]
+        accept = score >= stats["threshold"]
         print(
-            f"{by}: enrolled {classes[enrolled]!r}, never enrolled {classes[never]!r}: AUROC of unknown {auroc:.4f}; "
+            f"{by}: enrolled {classes[enrolled]!r}, never enrolled {classes[never]!r}: AUROC of unknown {auroc:.4f} "
+            f"(by the bare similarity {by_similarity:.4f}); "
             f"threshold {stats['threshold']:.4f}: known images recognised and accepted "
             f"{(correct & accept)[known].mean():.4f} (accepted {accept[known].mean():.4f}), never-enrolled "
             f"rejected {(~accept[unknown]).mean():.4f}, enrolled-unseen recognised and accepted "

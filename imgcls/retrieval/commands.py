@@ -156,7 +156,8 @@ def describe_gallery(info: dict, folder: str | Path) -> str:
         cal = info["calibration"] or {}
         rejected = cal.get("unknown_rejected")
         lines.append(
-            f"threshold: similarity {threshold:.4f} ({cal.get('method', 'set by hand')}; known accuracy "
+            f"threshold: {SCORE_NAMES[info['threshold_score']]} {threshold:.4f} ({cal.get('method', 'set by hand')}; "
+            f"known accuracy "
             f"{cal.get('known_accuracy', float('nan')):.3f}"
             + (f", unknown rejected {rejected:.3f})" if rejected is not None else ")")
         )
@@ -164,9 +165,13 @@ def describe_gallery(info: dict, folder: str | Path) -> str:
     return "\n".join(lines)
 
 
+SCORE_NAMES = {"similarity": "similarity", "standardised": "standardised similarity"}
+
+
 def describe_calibration(stats: dict) -> str:
     line = (
-        f"threshold {stats['threshold']:.4f} ({stats['method']}): on {stats['known_images']} known image(s) "
+        f"threshold: {SCORE_NAMES[stats.get('score', 'similarity')]} {stats['threshold']:.4f} ({stats['method']}): "
+        f"on {stats['known_images']} known image(s) "
         f"{stats['known_accuracy']:.3f} recognised and accepted, {stats['known_accepted']:.3f} accepted"
     )
     if stats["unknown_rejected"] is None:

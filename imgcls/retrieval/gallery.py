@@ -53,11 +53,15 @@ class Gallery:
     dtype: str = "float32"  # storage on disk; float16 halves the file, similarities move by ~1e-3
     index_kind: str = "auto"  # asked for: auto, exact, flat, ivf or hnsw
     recognition: str = "prototype"  # how a label is scored: see imgcls.retrieval.recognize
-    threshold: float | None = None  # similarity below which recognition answers "unknown"
+    threshold: float | None = None  # open-set score below which recognition answers "unknown"
+    # what the threshold is compared with: "standardised" (recognize.open_set_score, prototype
+    # galleries calibrated since imgcls 0.9) or "similarity" (older galleries, nearest-image ones)
+    threshold_score: str = "similarity"
     calibration: dict | None = None
     version: int = 0  # gallery.json's stamp when read; every save adds one
     _index: SearchIndex | None = field(default=None, repr=False)
     _prototypes: tuple[list[str], np.ndarray] | None = field(default=None, repr=False)
+    _spread: dict[str, tuple[float, float]] | None = field(default=None, repr=False)
 
     @classmethod
     def empty(
@@ -108,7 +112,7 @@ class Gallery:
         self.embeddings = np.concatenate([self.embeddings, embeddings.astype(np.float32)])
         self.labels += [label] * len(paths)
         self.paths += list(paths)
-        self._prototypes = None
+        self._prototypes = self._spread = None
 
     def remove(self, label: str) -> int:
         """Forget every image of `label`; the index is rebuilt at the next query."""
@@ -121,7 +125,7 @@ class Gallery:
         self.embeddings = self.embeddings[keep]
         self.labels = [lab for lab, k in zip(self.labels, keep, strict=True) if k]
         self.paths = [p for p, k in zip(self.paths, keep, strict=True) if k]
-        self._index = self._prototypes = None
+        self._index = self._prototypes = self._spread = None
         self.threshold = self.calibration = None  # chosen for the old labels; calibrate again
         return removed
 
@@ -139,6 +143,18 @@ class Gallery:
             sums /= np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
             self._prototypes = [str(n) for n in names], sums.astype(np.float32)
         return self._prototypes
+
+    def label_spread(self) -> dict[str, tuple[float, float]]:
+        """{label: (typical, spread)}: the mean and standard deviation of the similarity of the
+        label's own images to its prototype, each image left out of the prototype it is compared
+        with (otherwise a label of 5 images looks tighter than it is). Each label's variance is
+        shrunk towards the labels' pooled variance as if SPREAD_PRIOR_IMAGES more images had it: a
+        label of a few images borrows the gallery's spread, one of hundreds keeps its own; a label
+        of one image takes the pooled figures. With no label of two images there is nothing to
+        measure: (0, 1), and the score is the similarity."""
+        if self._spread is None:
+            self._spread = _label_spread(self.embeddings, self.labels)
+        return self._spread
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, row ids) of the k most similar enrolled images, best first."""
@@ -158,6 +174,7 @@ class Gallery:
             "index_used": choose_kind(len(self), self.index_kind),
             "recognition": self.recognition,
             "threshold": self.threshold,
+            "threshold_score": self.threshold_score,
             "calibration": self.calibration,
             "model": self.model,
         }
@@ -210,6 +227,7 @@ class Gallery:
                 "index_built": kind if kind != "exact" and len(self) else None,
                 "recognition": self.recognition,
                 "threshold": self.threshold,
+                "threshold_score": self.threshold_score,
                 "calibration": self.calibration,
                 "version": self.version,
             },
@@ -244,6 +262,7 @@ class Gallery:
             head.get("index", "auto"),
             head.get("recognition", "prototype"),
             head.get("threshold"),
+            head.get("threshold_score", "similarity"),  # galleries written before it: a similarity
             head.get("calibration"),
             int(head.get("version", 0)),
         )
@@ -255,6 +274,35 @@ class Gallery:
             else:
                 log.warning("%s holds %d vectors, not %d: rebuilding it", index_file, index.ntotal, count)
         return gallery
+
+
+SPREAD_PRIOR_IMAGES = 20  # weight of the pooled variance in each label's (Gallery.label_spread)
+SPREAD_BLOCK = 65536  # rows per step: the left-out prototypes of a million images would take gigabytes
+
+
+def _label_spread(embeddings: np.ndarray, labels: list[str]) -> dict[str, tuple[float, float]]:
+    names, rows = np.unique(np.array(labels, dtype=object), return_inverse=True)
+    counts = np.bincount(rows, minlength=len(names))
+    sums = np.zeros((len(names), embeddings.shape[1]), np.float64)
+    np.add.at(sums, rows, embeddings)
+    left_out = np.empty(len(rows))
+    for start in range(0, len(rows), SPREAD_BLOCK):  # each image against its label's other images' mean
+        block, own = embeddings[start : start + SPREAD_BLOCK].astype(np.float64), rows[start : start + SPREAD_BLOCK]
+        others = sums[own] - block
+        left_out[start : start + len(block)] = (block * others).sum(1) / np.maximum(
+            np.linalg.norm(others, axis=1), 1e-12
+        )
+    measured = counts[rows] >= 2
+    if not measured.any():
+        return {str(n): (0.0, 1.0) for n in names}
+    n = np.where(counts >= 2, counts, 0)
+    own_mean = np.bincount(rows, weights=np.where(measured, left_out, 0.0), minlength=len(names)) / np.maximum(n, 1)
+    deviation = np.where(measured, left_out - own_mean[rows], 0.0)
+    own_var = np.bincount(rows, weights=deviation**2, minlength=len(names)) / np.maximum(n, 1)
+    within = (deviation**2).sum() / n.sum()  # the labels' pooled variance, each about its own mean
+    mean = np.where(n > 0, own_mean, left_out[measured].mean())
+    spread = np.sqrt(np.maximum((n * own_var + SPREAD_PRIOR_IMAGES * within) / (n + SPREAD_PRIOR_IMAGES), 1e-12))
+    return {str(name): (float(m), float(sd)) for name, m, sd in zip(names, mean, spread, strict=True)}
 
 
 LOCK_WAIT_SECONDS = 60.0  # a writer waits this long for another to finish
