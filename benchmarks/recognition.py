@@ -176,7 +176,7 @@ def open_set(train_emb, train_y, test_emb, test_y, classes, unseen_ids) -> dict:
         stats = choose_threshold(score[cal], correct[cal], np.zeros(cal.sum(), bool))
         known, unknown = measure & (test_y != never), measure & (test_y == never)
         auroc = roc_auc_score(unknown[measure], -score[measure])
-        by_similarity = roc_auc_score(unknown[measure], -similarity[measure])  # the score before imgcls 0.9
+        by_similarity = roc_auc_score(unknown[measure], -similarity[measure])  # the score before the standardised one
         aurocs[(by, classes[never])] = float(auroc)
         accept = score >= stats["threshold"]
         print(

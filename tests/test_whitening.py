@@ -4,6 +4,7 @@ storage in a checkpoint's metadata, and a trained checkpoint's embedding that us
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,48 +107,86 @@ def test_a_trained_checkpoint_whitens_its_embedding(tmp_path):
     assert model_identity(embedder.network, unwhitened) != embedder.identity
 
 
-@pytest.mark.slow
-def test_whitening_recognises_new_fashion_mnist_classes_better(tmp_path):
-    """A real run on real data, scaled down from benchmarks/recognition.py: a small-net trained on
-    8 Fashion-MNIST classes (500 images each), Bag and Ankle boot enrolled from 5 images each
-    beside 100 of every known class; their 400 test images are recognised by prototype far more
-    often with the checkpoint's whitening than without it, and the known classes stay close."""
+SEEN, UNSEEN = [0, 1, 2, 3, 4, 5, 6, 7], [8, 9]  # Bag and Ankle boot are never trained on
+
+
+@pytest.fixture(scope="module")
+def fashion_mnist_8_classes(tmp_path_factory) -> Path:
+    """A real run on real data, scaled down from benchmarks/recognition.py: a small-net trained
+    4 epochs on 8 Fashion-MNIST classes of 500 images each; its best checkpoint."""
     from PIL import Image
 
     from imgcls.cli.main import main
-    from imgcls.retrieval.gallery import Gallery
-    from imgcls.retrieval.recognize import label_scores
     from tests.helpers import fashion_mnist_images
 
-    seen, unseen = [0, 1, 2, 3, 4, 5, 6, 7], [8, 9]  # Bag and Ankle boot are never trained on
-    for label in seen:
-        folder = tmp_path / "data" / f"c{label}"
+    root = tmp_path_factory.mktemp("fm8")
+    for label in SEEN:
+        folder = root / "data" / f"c{label}"
         folder.mkdir(parents=True)
         for i, pixels in enumerate(fashion_mnist_images("train", label, 500)):
             Image.fromarray(pixels).save(folder / f"{i:04d}.png")
-    run = tmp_path / "run"
-    train = ["-q", "train", str(tmp_path / "data"), "--recipe", "fashion-mnist", "--epochs", "4"]
-    assert main([*train, "--seed", "0", "--out", str(run)]) == 0
-    embedder = Embedder.from_checkpoint(run / "best.safetensors")
-    gallery_counts = {label: 5 if label in unseen else 100 for label in range(10)}
-    skip = 500  # gallery images the network never trained on
-    gallery = [(label, fashion_mnist_images("train", label, n, skip)) for label, n in gallery_counts.items()]
+    train = ["-q", "train", str(root / "data"), "--recipe", "fashion-mnist", "--epochs", "4"]
+    assert main([*train, "--seed", "0", "--out", str(root / "run")]) == 0
+    return root / "run" / "best.safetensors"
+
+
+def fm_gallery(embedder: Embedder, counts: dict[int, int]):
+    """A gallery of `counts[label]` training images per label, none the network trained on."""
+    from imgcls.retrieval.gallery import Gallery
+    from tests.helpers import fashion_mnist_images
+
+    enrolled = [(label, fashion_mnist_images("train", label, n, 500)) for label, n in counts.items()]
+    vectors = np.concatenate([embedder.embed(np.stack(images)[..., None]) for _, images in enrolled])
+    labels = [str(label) for label, images in enrolled for _ in images]
+    return Gallery(vectors, labels, [""] * len(labels), {"identity": "test"}, index_kind="exact")
+
+
+@pytest.mark.slow
+def test_whitening_recognises_new_fashion_mnist_classes_better(fashion_mnist_8_classes):
+    """Bag and Ankle boot enrolled from 5 images each beside 100 of every known class: their 400
+    test images are recognised by prototype far more often with the checkpoint's whitening than
+    without it, and the known classes stay close."""
+    from imgcls.retrieval.recognize import label_scores
+    from tests.helpers import fashion_mnist_images
+
+    embedder = Embedder.from_checkpoint(fashion_mnist_8_classes)
     test = [(label, fashion_mnist_images("test", label, 200)) for label in range(10)]
 
     def accuracy(whitened: bool) -> tuple[float, float]:
         use = embedder if whitened else Embedder(embedder.network, embedder.preprocessing, {}, "", "")
-        vectors = np.concatenate([use.embed(np.stack(images)[..., None]) for _, images in gallery])
-        labels = [str(label) for label, images in gallery for _ in images]
-        found = Gallery(vectors, labels, [""] * len(labels), {"identity": "test"}, index_kind="exact")
+        found = fm_gallery(use, {label: 5 if label in UNSEEN else 100 for label in range(10)})
         right = {}
         for label, images in test:
             best = label_scores(found, use.embed(np.stack(images)[..., None]), 1, by="prototype")
             right[label] = np.mean([candidates[0][0] == str(label) for candidates in best])
-        return float(np.mean([right[c] for c in unseen])), float(np.mean([right[c] for c in seen]))
+        return float(np.mean([right[c] for c in UNSEEN])), float(np.mean([right[c] for c in SEEN]))
 
     (new_white, known_white), (new_raw, known_raw) = accuracy(True), accuracy(False)
     assert new_white > new_raw + 0.1, (new_white, new_raw)
     assert known_white > known_raw - 0.03, (known_white, known_raw)
+
+
+@pytest.mark.slow
+def test_the_standardised_score_tells_a_never_enrolled_class_apart(fashion_mnist_8_classes):
+    """Open set on real data: Bag enrolled from 5 images, Ankle boot never; the ankle boots'
+    test images are told from the known classes' by the gallery's standardised score
+    (imgcls.retrieval.recognize.open_set_score) far better than by the bare similarity."""
+    from sklearn.metrics import roc_auc_score
+
+    from imgcls.retrieval.recognize import label_scores, open_set_score
+    from tests.helpers import fashion_mnist_images
+
+    embedder = Embedder.from_checkpoint(fashion_mnist_8_classes)
+    gallery = fm_gallery(embedder, {label: 5 if label == 8 else 100 for label in range(9)})
+    queries = {
+        label: embedder.embed(np.stack(fashion_mnist_images("test", label, 200))[..., None]) for label in range(10)
+    }
+    best = label_scores(gallery, np.concatenate(list(queries.values())), 1)
+    similarity = np.array([b[0][1] for b in best])
+    score = np.array([open_set_score(gallery, b[0][0], b[0][1], "standardised") for b in best])
+    unknown = np.repeat(list(queries), 200) == 9
+    by_score, by_similarity = roc_auc_score(unknown, -score), roc_auc_score(unknown, -similarity)
+    assert by_score > max(by_similarity + 0.05, 0.8), (by_score, by_similarity)
 
 
 def test_whitening_can_be_left_out(tmp_path):

@@ -54,8 +54,8 @@ class Gallery:
     index_kind: str = "auto"  # asked for: auto, exact, flat, ivf or hnsw
     recognition: str = "prototype"  # how a label is scored: see imgcls.retrieval.recognize
     threshold: float | None = None  # open-set score below which recognition answers "unknown"
-    # what the threshold is compared with: "standardised" (recognize.open_set_score, prototype
-    # galleries calibrated since imgcls 0.9) or "similarity" (older galleries, nearest-image ones)
+    # what the threshold is compared with: "standardised" (recognize.open_set_score: prototype
+    # galleries) or "similarity" (nearest-image galleries, and galleries calibrated before it)
     threshold_score: str = "similarity"
     calibration: dict | None = None
     version: int = 0  # gallery.json's stamp when read; every save adds one
