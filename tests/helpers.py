@@ -427,8 +427,35 @@ class MyNet(nn.Module):
 # appended to `imgcls train` (the last value wins) so a documented 50-epoch run takes one.
 IMGCLS_FOR_DOCS = """#!/usr/bin/env bash
 if [ "$1" = train ] && [[ " $* " != *" --resume "* ]]; then set -- "$@" --epochs 1; fi
+if [ "$1" = serve ]; then set -- "$@" --port "$IMGCLS_DOC_PORT"; fi  # a free port, not the docs' 8000
 exec {python} -m imgcls "$@"
 """
+
+# Fashion-MNIST's labels for the recognition guide's stand-ins
+TSHIRT, TROUSER, SANDAL, SNEAKER, BAG, ANKLE_BOOT = 0, 1, 5, 7, 8, 9
+
+
+def _write_images(folder: Path, split: str, label: int, count: int, skip: int = 0) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, pixels in enumerate(fashion_mnist_images(split, label, count, skip)):
+        Image.fromarray(pixels).save(folder / f"{skip + i:05d}.png")
+
+
+def recognition_stand_ins(root: Path) -> None:
+    """What the recognition guide names: known/ (4 classes of 16 training images), bags/ (5 Bags
+    to enrol), held-out/ (8 test images of each known class, of Bag, and of Ankle boot, which
+    nobody enrols), shots/ (a bag and a trouser), shoe.png, a.png and b.png (two more bags)."""
+    for name, label in (("T-shirt_top", TSHIRT), ("Trouser", TROUSER), ("Sneaker", SNEAKER), ("Sandal", SANDAL)):
+        _write_images(root / "known" / name, "train", label, 16)
+        _write_images(root / "held-out" / name, "test", label, 8)
+    _write_images(root / "bags", "train", BAG, 5)
+    _write_images(root / "held-out" / "Bag", "test", BAG, 8)
+    _write_images(root / "held-out" / "Ankle_boot", "test", ANKLE_BOOT, 8)
+    for name, label, skip in (("shots/bag.png", BAG, 20), ("shots/trouser.png", TROUSER, 20)):
+        (root / name).parent.mkdir(exist_ok=True)
+        Image.fromarray(fashion_mnist_images("test", label, 1, skip)[0]).save(root / name)
+    for name, label, skip in (("shoe.png", SNEAKER, 30), ("a.png", BAG, 31), ("b.png", BAG, 32)):
+        Image.fromarray(fashion_mnist_images("test", label, 1, skip)[0]).save(root / name)
 
 
 def doc_workspace(root: Path) -> dict:
@@ -442,6 +469,7 @@ def doc_workspace(root: Path) -> dict:
     Image.fromarray(fashion_mnist_images("test", 7, 1)[0]).save(root / "new.jpg", quality=95)
     write_fashion_pair(root / "shoes", {"train": 70, "val": 30}, skip=100)
     (root / "mynets.py").write_text(MYNETS, encoding="utf-8")
+    recognition_stand_ins(root)
     bin_dir = root / ".bin"
     bin_dir.mkdir()
     (bin_dir / "imgcls").write_text(IMGCLS_FOR_DOCS.format(python=sys.executable))
@@ -461,5 +489,16 @@ def doc_workspace(root: Path) -> dict:
         "XDG_CACHE_HOME": str(root / ".cache"),
         "OMP_NUM_THREADS": "1",
         "MPLBACKEND": "Agg",
+        "TOKEN": "a-token-for-the-docs",  # the recognition guide's enrolment token
+        "IMGCLS_DOC_PORT": str(free_port()),
     }
     return {"cwd": root, "env": env}
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, for a server a test starts."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

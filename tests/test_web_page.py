@@ -7,7 +7,6 @@ IMGCLS_REQUIRE_BROWSER=1, so in CI a missing browser fails instead of skipping).
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from imgcls.serve.app import create_app
 from tests.helpers import (
     CLASS_COLOURS,
     COLOURS,
+    free_port,
     make_class_folders,
     mosaic,
     png,
@@ -33,12 +33,6 @@ from tests.helpers import (
 pytestmark = pytest.mark.slow  # a real browser
 
 require_browser()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
