@@ -61,8 +61,9 @@ def test_commands_are_in_labelled_blocks():
     """An unlabelled block holding `imgcls ...` would escape the runner: it must say bash."""
     hidden = []
     for doc in DOCUMENTS:
-        for block in re.findall(r"^```\n(.*?)^```", doc.read_text(encoding="utf-8"), re.S | re.M):
-            if re.search(r"^\$? ?imgcls ", block, re.M):
+        # every fenced block in turn, so that a closing fence is never taken for an opening one
+        for language, block in re.findall(r"^```(\w*)\n(.*?)^```", doc.read_text(encoding="utf-8"), re.S | re.M):
+            if not language and re.search(r"^\$? ?imgcls ", block, re.M):
                 hidden.append(f"{_name(doc)}: {block.splitlines()[0]}")
     assert hidden == [], "label these blocks ```bash (commands) or ```console ($ command + its output)"
 
@@ -143,7 +144,7 @@ def _run_steps(doc: Path, text: str, workspace: dict, tmp_path: Path, servers: l
                 failures.append(f"{where}\n  {problem}")
             continue
         result = _run(command, workspace)
-        printed = (result.stdout + result.stderr).splitlines()
+        printed = (result.stdout + "\n" + result.stderr).splitlines()  # curl ends its answer without one
         if result.returncode != step.expected_status:
             tail = "\n".join(printed[-15:])
             failures.append(f"{where}\n  exit {result.returncode}, expected {step.expected_status}\n{tail}")
