@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 from finetune import DATA, MODEL, clipart_folders, lite0_weights, timm_model
+from recognition import recognition
 
 SHOTS, DRAWS = 5, 5
 
@@ -44,23 +45,17 @@ def known_folder(data: Path, unseen: list[str]) -> Path:
     return root
 
 
-def prototype_accuracy(gallery: np.ndarray, gallery_y: np.ndarray, queries: np.ndarray, query_y: np.ndarray):
-    """Per query: is its nearest label prototype (the mean of that label's unit vectors) its own?"""
-    labels = np.unique(gallery_y)
-    prototypes = np.stack([gallery[gallery_y == c].mean(0) for c in labels])
-    prototypes /= np.linalg.norm(prototypes, axis=1, keepdims=True)
-    return labels[(queries @ prototypes.T).argmax(1)] == query_y
-
-
 def enrolment(train, train_y, test, test_y, new: list[int]) -> tuple[float, float]:
-    """Mean accuracy on the new and the known categories' test pictures over DRAWS galleries."""
+    """Mean accuracy on the new and the known categories' test pictures over DRAWS galleries,
+    each picture recognised by its nearest label prototype as `imgcls recognize` does."""
+    names = [str(c) for c in range(int(train_y.max()) + 1)]
     new_acc, known_acc = [], []
     for draw in range(DRAWS):
         rng = np.random.default_rng(draw)
         rows = np.concatenate(
             [rng.permutation(np.flatnonzero(train_y == c))[: SHOTS if c in new else None] for c in np.unique(train_y)]
         )
-        right = prototype_accuracy(train[rows], train_y[rows], test, test_y)
+        right, _, _ = recognition(train[rows], train_y[rows], test, test_y, names, "prototype")
         new_acc.append(right[np.isin(test_y, new)].mean())
         known_acc.append(right[~np.isin(test_y, new)].mean())
     return float(np.mean(new_acc)), float(np.mean(known_acc))
@@ -70,7 +65,6 @@ def open_set(train, train_y, test, test_y, new: list[int], classes: list[str]) -
     """AUROC of "unknown" for each new category never enrolled (the other enrolled from its first
     SHOTS pictures, every known one from all 24), by the open-set score `imgcls recognize`
     compares with its threshold and by the bare similarity."""
-    from recognition import recognition
     from sklearn.metrics import roc_auc_score
 
     cells = []
