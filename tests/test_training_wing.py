@@ -68,6 +68,31 @@ def test_best_checkpoint_records_the_final_float32_score(class_folders, tmp_path
         assert training["epoch_val_accuracy"] == pytest.approx(best_epoch_score)
 
 
+def test_final_metrics_take_the_last_float32_validation_instead_of_repeating_it(split_root, tmp_path, monkeypatch):
+    """A float32 run whose best epoch is its last has already run the final scoring's forward:
+    finishing takes that validation's probabilities (one scoring of the validation set per
+    epoch, none more), and they are the ones `imgcls evaluate` computes from best.safetensors."""
+    import numpy as np
+
+    from imgcls.report import load_predictions
+    from imgcls.training import validate
+
+    scorings = []
+    real_evaluate = validate.evaluate
+    monkeypatch.setattr(validate, "evaluate", lambda *a, **k: scorings.append(1) or real_evaluate(*a, **k))
+    run, evaluated = tmp_path / "run", tmp_path / "evaluated"
+    args = ["-q", "train", str(split_root / "train"), "--val", str(split_root / "val"), "--out", str(run)]
+    args += ["--model", "lenet", "--img-size", "24", "--epochs", "1", "--precision", "fp32"]
+    assert main([*args, "--set", "train.threads=1"]) == 0
+    assert len(scorings) == 1  # epoch 1's validation, the best and last epoch
+    assert main(["-q", "evaluate", str(run / "best.safetensors"), str(split_root / "val"), "--out", str(evaluated)]) == 0
+    trained, fresh = load_predictions(run), load_predictions(evaluated)
+    assert trained.paths == fresh.paths
+    np.testing.assert_allclose(trained.probs, fresh.probs, atol=1e-5)
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    assert ckpt.read_metadata(run / "best.safetensors")["training"]["val_accuracy"] == metrics["accuracy"]
+
+
 def test_report_recipe_line_names_the_recipe_and_every_augmentation():
     from imgcls.training.outputs import describe_recipe
 

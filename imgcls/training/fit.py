@@ -35,7 +35,7 @@ from imgcls.training.run import Optimisation, RunSetup, build_optimisation, eval
 from imgcls.training.semi import fit_semi_run
 from imgcls.training.state import clear_temporaries, fresh_start, history_row, resume_point, save_epoch, write_history
 from imgcls.training.tracking import Tracker, open_tracker
-from imgcls.training.validate import validate_epoch
+from imgcls.training.validate import ValidatedEpoch, validate_epoch
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +141,9 @@ def _fit_epochs(config: Config, run_dir: Path, resume: bool, started: float, tra
     train = None if setup.stream is not None else cache_tensors(setup.train)  # streamed: read as it trains
     val = cache_tensors(setup.val)
     last_epoch = setup.config.train.epochs  # as planned for a time budget
+    probed = None  # the linear probe's validation
     if not resume and config.transfer.linear_probe:
-        best_acc = probe_epoch(run_dir, setup, opt, start.history, train, val)
+        best_acc, probed = probe_epoch(run_dir, setup, opt, start.history, train, val)
         start = replace(start, best_acc=best_acc)
         if start.history and config.transfer.freeze_backbone and not config.transfer.unfreeze_after:
             # The head of a frozen network is a convex problem the probe solved exactly; epochs
@@ -150,22 +151,25 @@ def _fit_epochs(config: Config, run_dir: Path, resume: bool, started: float, tra
             log.info("frozen backbone: the fitted classifier is final (set transfer.linear_probe=false to train it)")
             last_epoch = 0
     one_epoch = functools.partial(supervised_epoch, setup, train)
-    train_epochs(run_dir, setup, opt, start, val, one_epoch, last_epoch=last_epoch, tracker=tracker, deadline=deadline)
+    last = train_epochs(
+        run_dir, setup, opt, start, val, one_epoch, last_epoch=last_epoch, tracker=tracker, deadline=deadline
+    )
     if setup.stream is not None:  # each process met the broken images of its own shards
         setup.train.skipped[:] = distributed.merge_lists(setup.train.skipped, key="path")
     train_images = None if train is None else train[0]
-    return finish_run(run_dir, setup, opt, start.history, val, started, tracker, train_images)
+    return finish_run(run_dir, setup, opt, start.history, val, started, tracker, train_images, last or probed)
 
 
 def probe_epoch(
     run_dir: Path, setup: RunSetup, opt: Optimisation, history: list[dict], train: tuple | None, val: tuple
-) -> float:
+) -> tuple[float, ValidatedEpoch | None]:
     """Epoch 0: the classifier fitted by logistic regression on the frozen network's features
     (imgcls.training.probe), evaluated and saved like any epoch, so the best checkpoint is never
-    worse on validation than the probe alone. Returns the best validation score so far."""
+    worse on validation than the probe alone. Returns the best validation score so far and the
+    probe's validation (None when there was no probe)."""
     if train is None or setup.multilabel:
         log.info("linear probe skipped: it needs decoded single-label training images")
-        return -1.0
+        return -1.0, None
     started, tc = time.perf_counter(), setup.config.train
     images, labels = train
     features = pooled_features(
@@ -178,7 +182,7 @@ def probe_epoch(
         channels_last=tc.channels_last,
     )
     if not fit_linear_probe(setup.model, features, labels.numpy(), setup.config.transfer.probe_c):
-        return -1.0
+        return -1.0, None
     if opt.ema is not None:
         opt.ema.set(setup.model)  # the average starts from the fitted head, not the random one
     with torch.no_grad():
@@ -186,7 +190,8 @@ def probe_epoch(
         logits = head(torch.from_numpy(features).to(head.weight.device, head.weight.dtype)).float().cpu()
     train_loss = torch.nn.functional.cross_entropy(logits, labels).item()
     train_acc = (logits.argmax(1) == labels).float().mean().item()
-    val_loss, val_acc = validate_epoch(setup, eval_model(setup, opt), val)
+    validated = validate_epoch(setup, eval_model(setup, opt), val, 0)
+    val_loss, val_acc = validated.loss, validated.score
     seconds = time.perf_counter() - started
     history.append(history_row(0, (train_loss, train_acc), (val_loss, val_acc), 0.0, seconds))
     log.info(
@@ -198,5 +203,5 @@ def probe_epoch(
         seconds,
     )
     if not distributed.is_main():
-        return val_acc
-    return save_epoch(run_dir, setup, opt, history, -1.0)
+        return val_acc, validated
+    return save_epoch(run_dir, setup, opt, history, -1.0), validated

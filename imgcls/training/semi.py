@@ -220,7 +220,7 @@ def fit_semi_run(config: Config, run_dir: Path, resume: bool, started: float) ->
     labelled, val = cache_tensors(setup.train), cache_tensors(setup.val)
     one_epoch = functools.partial(semi_epoch, setup, labelled, torch.from_numpy(unlabeled.images))
     try:
-        train_epochs(run_dir, setup, opt, start, val, one_epoch, tracker=tracker)
-        return finish_run(run_dir, setup, opt, start.history, val, started, tracker, labelled[0])
+        last = train_epochs(run_dir, setup, opt, start, val, one_epoch, tracker=tracker)
+        return finish_run(run_dir, setup, opt, start.history, val, started, tracker, labelled[0], last)
     finally:
         tracker.close()
