@@ -35,6 +35,7 @@ from imgcls import checkpoint as ckpt
 from imgcls import files
 from imgcls.data.preprocess import Preprocessing, to_model_input
 from imgcls.errors import CheckpointError, ConfigError, ImgclsError
+from imgcls.inference.batched import rows_per_batch
 from imgcls.models.registry import is_classic
 from imgcls.models.whitening import Whitening
 from imgcls.progress import progress_bar
@@ -131,9 +132,10 @@ class Embedder:
         """(N, D) float32 unit vectors of (N, H, W, C) uint8 images already decoded by `decode`."""
         if len(images) == 0:
             return np.empty((0, int(getattr(self.network, "num_features", 0))), np.float32)
+        step = rows_per_batch(self.batch_size, images.shape[1] * images.shape[2], torch.device("cpu"))
         parts = [
-            self._features(torch.from_numpy(np.require(images[i : i + self.batch_size], requirements="CW"))).numpy()
-            for i in range(0, len(images), self.batch_size)
+            self._features(torch.from_numpy(np.require(images[i : i + step], requirements="CW"))).numpy()
+            for i in range(0, len(images), step)
         ]
         return np.concatenate(parts).astype(np.float32, copy=False)
 

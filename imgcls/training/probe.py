@@ -24,6 +24,7 @@ from torch import nn
 
 from imgcls.data.preprocess import Preprocessing, to_model_input
 from imgcls.device import autocast, to_device
+from imgcls.inference.batched import rows_per_batch
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ def pooled_features(
     model.eval()
     out = []
     layout = torch.channels_last if channels_last else torch.contiguous_format
+    batch_size = rows_per_batch(batch_size, pre.img_size**2, device)
     try:
         for start in range(0, len(images), batch_size):
             batch = eval_view(images[start : start + batch_size], pre)
