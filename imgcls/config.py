@@ -111,7 +111,8 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     # Evaluation batches: on a 2-core CPU with 1 MB of L2 per core, 256 evaluated 10,000
-    # images 2-3.5x faster than 1,024 (keras-cnn and small-net at 28 px).
+    # images 2-3.5x faster than 1,024 (keras-cnn and small-net at 28 px). On a CPU a batch also
+    # holds at most 16 images of 224 px (imgcls.inference.batched.CPU_BATCH_PIXELS).
     eval_batch_size: int = 256
     seed: int = 0
     label_smoothing: float = 0.0

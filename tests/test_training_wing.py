@@ -85,7 +85,8 @@ def test_final_metrics_take_the_last_float32_validation_instead_of_repeating_it(
     args += ["--model", "lenet", "--img-size", "24", "--epochs", "1", "--precision", "fp32"]
     assert main([*args, "--set", "train.threads=1"]) == 0
     assert len(scorings) == 1  # epoch 1's validation, the best and last epoch
-    assert main(["-q", "evaluate", str(run / "best.safetensors"), str(split_root / "val"), "--out", str(evaluated)]) == 0
+    best = str(run / "best.safetensors")
+    assert main(["-q", "evaluate", best, str(split_root / "val"), "--out", str(evaluated)]) == 0
     trained, fresh = load_predictions(run), load_predictions(evaluated)
     assert trained.paths == fresh.paths
     np.testing.assert_allclose(trained.probs, fresh.probs, atol=1e-5)
