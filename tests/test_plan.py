@@ -73,6 +73,7 @@ def test_train_with_no_flags_chooses_and_says_why(class_folders, tmp_path, caplo
         assert main(["train", str(class_folders), "--out", str(run), "--epochs", "1"]) == 0
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("auto: ")]
     assert len(said) == 1 and "small-data" in said[0] and "colour" in said[0]
+    assert said[0] in (run / "train.log").read_text(encoding="utf-8")  # the run keeps why, too
     config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     assert config["model"]["name"] == "small-net" and config["train"]["epochs"] == 1  # the user's epochs stay
     assert 20 <= config["data"]["img_size"] <= 60

@@ -66,9 +66,10 @@ MAX_PLANNED_EPOCHS = 100  # the most a --time budget plans when --epochs is not 
 
 
 def _train_config(args: argparse.Namespace, overrides: dict):
-    """The run's config: with --pretrained and no --recipe, the fine-tuning recipe; with weights
-    named ARCH.TAG and no --model, that architecture; the weights' own preprocessing under both.
-    With no model, recipe or weights, what imgcls.training.plan chooses from the data."""
+    """(config, why): the run's config, with --pretrained and no --recipe the fine-tuning recipe;
+    with weights named ARCH.TAG and no --model, that architecture; the weights' own preprocessing
+    under both. With no model, recipe or weights, what imgcls.training.plan chooses from the data,
+    and `why` says so in one line ("auto: ..."), else it is None."""
     from imgcls.config import build_config
     from imgcls.models.pretrained import DEFAULT_TAG, is_weights_name, weights_config, weights_name
     from imgcls.models.registry import config_defaults
@@ -94,8 +95,7 @@ def _train_config(args: argparse.Namespace, overrides: dict):
 
         check_model_config(config)
         check_task_options(config, plan.task)
-        logging.getLogger("imgcls.training.plan").info("auto: %s", plan.reason)
-    return config
+    return config, None if plan is None else f"auto: {plan.reason}"
 
 
 def _planned_defaults(overrides: dict):
@@ -214,11 +214,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         return launch(args.devices, _without_devices(sys.argv[1:] if args.argv is None else args.argv))
     if not args.resume:
         _teacher_input(args, overrides)
-    config = None if args.resume else _train_config(args, overrides)
+    config, why = (None, None) if args.resume else _train_config(args, overrides)
     from imgcls.training import distributed
 
-    try:
-        result = fit(config, Path(args.out), resume=args.resume, device=device)
+    try:  # why goes to the terminal and the run's train.log
+        result = fit(config, Path(args.out), resume=args.resume, device=device, notes=(why,) if why else ())
     finally:
         distributed.shutdown()
     if os.environ.get("RANK", "0") != "0":  # a torchrun worker: rank 0 speaks for the run
@@ -235,7 +235,10 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     if not args.data:
         raise ImgclsError("lr-find needs DATA (a folder of class folders).")
     _trust_named_model(args)
-    result = find_lr(_train_config(args, _overrides(args)), steps=args.steps)
+    config, why = _train_config(args, _overrides(args))
+    if why:
+        logging.getLogger("imgcls.training.plan").info(why)
+    result = find_lr(config, steps=args.steps)
     path = plot_lr_finder(result, Path(args.out))
     _print(f"suggested learning rate: {result.suggestion:.3g} (steepest loss descent; use --set optim.lr=...)")
     _print(f"plot: {path}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -48,11 +49,19 @@ def _log_to_file(run_dir: Path) -> logging.Handler:
     return handler
 
 
-def fit(config: Config | None, run_dir: Path, *, resume: bool = False, device: str | None = None) -> FitResult:
+def fit(
+    config: Config | None,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    device: str | None = None,
+    notes: Sequence[str] = (),
+) -> FitResult:
     """Train a model as `config` says, writing everything of the run into run_dir.
 
     With resume, the run continues from run_dir/last.safetensors with run_dir/config.yaml
-    (config may then be None), on `device` when given instead of the saved train.device."""
+    (config may then be None), on `device` when given instead of the saved train.device.
+    notes: lines logged first, so that train.log keeps them too (how the CLI chose defaults)."""
     run_dir = Path(run_dir)
     if resume:
         if not (run_dir / "last.safetensors").is_file():
@@ -75,10 +84,10 @@ def fit(config: Config | None, run_dir: Path, *, resume: bool = False, device: s
     # One process per run folder for the whole run: two would interleave train.log and
     # overwrite each other's checkpoints (two --resume would also delete each other's files).
     with exclusive_use(run_dir, "a training run"):
-        return _fit_locked(config, run_dir, resume)
+        return _fit_locked(config, run_dir, resume, notes)
 
 
-def _fit_locked(config: Config, run_dir: Path, resume: bool) -> FitResult:
+def _fit_locked(config: Config, run_dir: Path, resume: bool, notes: Sequence[str]) -> FitResult:
     if resume:
         clear_temporaries(run_dir)
         log.info("resuming %s with its saved config.yaml", run_dir)
@@ -91,6 +100,8 @@ def _fit_locked(config: Config, run_dir: Path, resume: bool) -> FitResult:
     level = logger.level
     if not level or level > logging.INFO:  # train.log records the epochs even when called from Python
         logger.setLevel(logging.INFO)
+    for note in notes:
+        log.info("%s", note)
     try:
         return _fit(config, run_dir, resume)
     finally:
