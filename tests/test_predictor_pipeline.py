@@ -178,3 +178,73 @@ def test_cpu_forwards_hold_a_bounded_number_of_pixels_and_give_the_same_logits()
     batched_logits(model, torch.zeros(300, 28, 28, 3, dtype=torch.uint8), PRE, batch_size=256)
     assert model.batches == [256, 44]  # 28-px images keep the asked batch
     assert rows_per_batch(256, 224 * 224, torch.device("cuda")) == 256  # a GPU wants the large batch
+
+
+def _timings(monkeypatch, seconds: dict[str, float], calls: list[str]) -> None:
+    """The runtime race's stopwatch, replaced: each runtime takes the seconds given (the real
+    race is measured in benchmarks/photo_speed.py); every call is recorded."""
+
+    def race(predictor, images):
+        calls.append(predictor.runtime)
+        assert len(images) == predictor_module.RACE_IMAGES and predictor.probabilities(images).shape == (16, 3)
+        return seconds[predictor.runtime]
+
+    monkeypatch.setattr(predictor_module, "race_seconds", race)
+
+
+def test_auto_on_a_bfloat16_cpu_keeps_the_faster_runtime_and_times_once_per_checkpoint(tmp_path, cache, monkeypatch):
+    monkeypatch.setattr(predictor_module, "cpu_has_bf16", lambda: True)
+    calls: list[str] = []
+    dense = _checkpoint(tmp_path / "dense.safetensors", seed=0)
+    _timings(monkeypatch, {"onnxruntime": 0.32, "torch-bf16": 0.20}, calls)
+    chosen = Predictor.from_checkpoint(dense, runtime="fastest")
+    assert chosen.runtime == "torch-bf16" and sorted(calls) == ["onnxruntime", "torch-bf16"]
+    float32 = Predictor.from_checkpoint(dense, runtime="onnx").probabilities(_images())
+    bf16 = chosen.probabilities(_images())
+    np.testing.assert_allclose(bf16, float32, atol=3e-2)  # bfloat16's 8 bits of mantissa
+    assert (bf16.argmax(1) == float32.argmax(1)).all()
+
+    calls.clear()
+    assert Predictor.from_checkpoint(dense, runtime="fastest").runtime == "torch-bf16" and calls == []  # kept
+
+    depthwise = _checkpoint(tmp_path / "depthwise.safetensors", seed=1)
+    _timings(monkeypatch, {"onnxruntime": 0.07, "torch-bf16": 0.08}, calls)
+    assert Predictor.from_checkpoint(depthwise, runtime="fastest").runtime == "onnxruntime"
+    calls.clear()
+    assert Predictor.from_checkpoint(depthwise, runtime="fastest").runtime == "onnxruntime" and calls == []
+
+
+def test_auto_without_bfloat16_runs_onnx_runtime_untimed(tmp_path, cache, monkeypatch):
+    monkeypatch.setattr(predictor_module, "cpu_has_bf16", lambda: False)
+    calls: list[str] = []
+    _timings(monkeypatch, {"onnxruntime": 1.0, "torch-bf16": 0.1}, calls)
+    chosen = Predictor.from_checkpoint(_checkpoint(tmp_path / "m.safetensors", seed=0), runtime="fastest")
+    assert chosen.runtime == "onnxruntime" and calls == [] and not list(cache.glob("*.json"))
+
+
+def test_onnx_runtime_runs_photo_sizes_within_the_cpu_pixel_budget(tmp_path, cache, monkeypatch):
+    """Like PyTorch's forwards on a CPU, ONNX Runtime's calls hold at most CPU_BATCH_PIXELS
+    pixels (mobilenetv3_large_100 at 224 px: 233 images a second at 32 a call, 169 at 256)."""
+    from imgcls.inference import onnx_runtime
+    from imgcls.inference.batched import CPU_BATCH_PIXELS
+
+    pre = Preprocessing(224, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    seen: list[int] = []
+
+    class Session:
+        def get_inputs(self):
+            return [type("Input", (), {"name": onnx_runtime.FLOAT_INPUT})()]
+
+        def run(self, outputs, feed):
+            [x] = feed.values()
+            seen.append(len(x))
+            return [np.full((len(x), 3), x.mean(axis=(1, 2, 3))[:, None], dtype=np.float32)]
+
+    photos = np.random.default_rng(0).integers(0, 256, (40, 224, 224, 3), dtype=np.uint8)
+    probs = onnx_runtime.probability_function(Session(), pre)(photos)
+    assert max(seen) * 224 * 224 <= CPU_BATCH_PIXELS and sum(seen) == 40 and probs.shape == (40, 3)
+    expected = onnx_runtime.normalise(photos, pre).mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(probs[:, 0], expected, rtol=1e-6)  # every image, in order
+    seen.clear()
+    onnx_runtime.probability_function(Session(), PRE)(_images(300))
+    assert seen == [300]  # 32-px images in one call

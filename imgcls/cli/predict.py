@@ -34,7 +34,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     # Converting to ONNX takes 0.1-8 s (a 224-px EfficientNet-Lite0 on a busy 2-core CPU: 8 s); it
     # pays back over many images, and is done once per checkpoint: the graph is cached (predictor.py).
     if runtime == "auto":
-        runtime = "onnx" if len(items) >= AUTO_ONNX_IMAGES else "torch"
+        runtime = "fastest" if len(items) >= AUTO_ONNX_IMAGES else "torch"
     predictor = Predictor.from_file(args.checkpoint, runtime=runtime)
     failures = 0
     with PredictionSinks(args.out, args.copy_to, topk=args.topk) as sinks:
@@ -148,10 +148,13 @@ def add_predict_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="also write path, top-k labels and scores to this CSV file")
     p.add_argument("--copy-to", metavar="DIR", help="copy each image into DIR/<predicted class>/")
     runtime_help = (
-        f"run a checkpoint on PyTorch (CPU), ONNX Runtime or PyTorch on a CUDA GPU (auto: ONNX from "
-        f"{AUTO_ONNX_IMAGES} images on)"
+        f"run a checkpoint on PyTorch (CPU, float32), ONNX Runtime (float32), PyTorch under bfloat16 on the CPU, "
+        f"or PyTorch on a CUDA GPU (auto: from {AUTO_ONNX_IMAGES} images on, ONNX Runtime, or where the CPU "
+        "computes bfloat16 and it is faster for the network, torch-bf16; timed once per checkpoint)"
     )
-    p.add_argument("--runtime", choices=["auto", "torch", "onnx", "cuda"], default="auto", help=runtime_help)
+    p.add_argument(
+        "--runtime", choices=["auto", "torch", "onnx", "torch-bf16", "cuda"], default="auto", help=runtime_help
+    )
     p.add_argument(
         "--threshold",
         type=_probability,

@@ -14,6 +14,7 @@ from imgcls.device import autocast, to_device
 # ran tf_efficientnet_lite0 at 41 against 23; at 112 px, 32 beat 256 by 1.1-1.4x. Small images
 # (28 px: 2,048 of them) keep their batch. A GPU wants the large batch.
 CPU_BATCH_PIXELS = 16 * 224 * 224
+CPU = torch.device("cpu")
 
 
 def rows_per_batch(batch_size: int, pixels: int, device: torch.device) -> int:

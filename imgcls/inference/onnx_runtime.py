@@ -22,6 +22,7 @@ from imgcls.checkpoint import check_classes
 from imgcls.data.preprocess import Preprocessing
 from imgcls.errors import CheckpointError
 from imgcls.extras import require
+from imgcls.inference.batched import CPU, rows_per_batch
 
 METADATA_KEY = "imgcls"  # the checkpoint's metadata JSON
 FLOAT_INPUT = "input"
@@ -73,10 +74,19 @@ def probability_function(sess, pre: Preprocessing) -> Callable[[np.ndarray], np.
     """(N, H, W, C) uint8 images -> (N, K) float32 probabilities through the session."""
     name = sess.get_inputs()[0].name
 
-    def run(images: np.ndarray) -> np.ndarray:
+    def one_call(images: np.ndarray) -> np.ndarray:
         pixels = name in (PIXEL_INPUT, SQUARE)
         feed = np.ascontiguousarray(images, dtype=np.uint8) if pixels else normalise(images, pre)
         return sess.run(["probabilities"], {name: feed})[0]
+
+    def run(images: np.ndarray) -> np.ndarray:
+        # The session runs on the CPU, where PyTorch's pixel budget holds for it too: 256 images
+        # of 224 px a call ran mobilenetv3_large_100 at 169 images a second, 32 at 233 and 16 at
+        # 211 (resnet18: 51, 57 and 55), on 2 cores with AVX-512.
+        rows = rows_per_batch(max(1, len(images)), images.shape[1] * images.shape[2], CPU)
+        if len(images) <= rows:
+            return one_call(images)
+        return np.concatenate([one_call(images[i : i + rows]) for i in range(0, len(images), rows)])
 
     return run
 
