@@ -150,12 +150,13 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, runtime: str = "torch") -> Predictor:
-        """runtime "fastest": see `fastest_on_cpu`; "torch-bf16": PyTorch on the CPU under
-        bfloat16 autocast. runtime "onnx" converts the network to ONNX in memory and runs it in ONNX Runtime,
+        """runtime "onnx" converts the network to ONNX in memory and runs it in ONNX Runtime,
         1.7-4.5x faster than PyTorch eager here (benchmarks/inference_speed.py); a network
         the exporter cannot convert, or whose conversion disagrees, stays on PyTorch. The
         converted graph is kept in imgcls's cache folder under the checkpoint's hash, so the next
-        call on the same checkpoint loads it instead of building and converting the network."""
+        call on the same checkpoint loads it instead of building and converting the network.
+        "torch": PyTorch on the CPU in float32; "torch-bf16": under bfloat16 autocast; "cuda":
+        on the GPU; "fastest": see `fastest_on_cpu`."""
         if runtime == "fastest":
             return cls.fastest_on_cpu(path)
         meta = ckpt.read_metadata(Path(path))
@@ -209,9 +210,8 @@ class Predictor:
         against 57 images a second), while ONNX Runtime stayed ahead on the depthwise
         mobilenetv3_large_100 (233 against 204). So both are timed once per checkpoint and CPU,
         on a few random images, and the verdict is kept beside the cached ONNX graph; bfloat16
-        must win by BF16_MARGIN. bfloat16
-        scores differ from `imgcls evaluate`'s float32 ones by up to ~1e-2 (top-1 agreed on every
-        image measured); --runtime onnx or torch keeps float32."""
+        must win by BF16_MARGIN. Its scores differ from `imgcls evaluate`'s float32 ones by up to
+        ~1e-2 (top-1 agreed on every image measured); --runtime onnx or torch keeps float32."""
         onnx = cls.from_checkpoint(path, runtime="onnx")
         if onnx.runtime != "onnxruntime" or not cpu_has_bf16():
             return onnx
