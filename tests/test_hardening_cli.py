@@ -66,6 +66,7 @@ CASES = {
     "search --k -1": lambda w: ["search", str(w["gallery"]), str(w["image"]), "--k", "-1"],
     "serve --port 99999": lambda w: ["serve", str(w["checkpoint"]), "--port", "99999"],
     "lr-find --steps 0": lambda w: ["lr-find", str(w["data"]), "--steps", "0", "--out", str(w["root"] / "lr.png")],
+    "lr-find --out a .txt plot": lambda w: ["lr-find", str(w["data"]), "--out", str(w["root"] / "lr.txt")],
     "data check EMPTY --fail-on all": lambda w: ["data", "check", str(w["root"] / "empty"), "--fail-on", "all"],
     "train --out under a file": lambda w: ["train", str(w["data"]), "--out", str(w["root"] / "a-file" / "run")],
     "train on a manifest with a NUL byte": lambda w: [
@@ -122,3 +123,10 @@ def test_terminal_escapes_in_names_are_printed_escaped(capsys):
     print_text("photo-\x1b[2J\x1b]0;owned\x07.png: cat 99%")
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out and "\\x1b[2J" in out
+
+
+def test_lr_find_plot_named_without_a_suffix_is_written_where_it_says(world, tmp_path, capsys):
+    args = ["lr-find", str(world["data"]), "--model", "softmax", "--img-size", "16", "--steps", "5"]
+    assert main([*args, "--out", str(tmp_path / "lr")]) == 0
+    said = capsys.readouterr().out.split("plot: ")[1].strip()
+    assert said == str(tmp_path / "lr.png") and Path(said).read_bytes().startswith(b"\x89PNG")

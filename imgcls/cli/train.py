@@ -229,17 +229,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plot_path(out: str) -> Path:
+    """Where a plot goes: a name without a suffix gets ".png" (which matplotlib would add
+    silently, leaving the printed path wrong); a suffix matplotlib cannot write is refused."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = Path(out)
+    if not path.suffix:
+        return path.with_suffix(".png")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix.lower().lstrip(".") not in formats:
+        raise ImgclsError(f"--out {out}: a plot is written as one of .{', .'.join(sorted(formats))}.")
+    return path
+
+
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from imgcls.training.lr_find import find_lr, plot_lr_finder
 
     if not args.data:
         raise ImgclsError("lr-find needs DATA (a folder of class folders).")
+    out = _plot_path(args.out)  # before the minutes of the range test, not after
     _trust_named_model(args)
     config, why = _train_config(args, _overrides(args))
     if why:
         logging.getLogger("imgcls.training.plan").info(why)
     result = find_lr(config, steps=args.steps)
-    path = plot_lr_finder(result, Path(args.out))
+    path = plot_lr_finder(result, out)
     _print(f"suggested learning rate: {result.suggestion:.3g} (steepest loss descent; use --set optim.lr=...)")
     _print(f"plot: {path}")
     return 0
