@@ -22,7 +22,7 @@ For each model (resnet18, mobilenetv3_large_100, tf_efficientnet_lite0), batch B
     and default augmentation: RandomResizedCrop 0.08-1, flip, colour jitter 0.4, random
     interpolation; create_optimizer_v2, create_scheduler_v2 per update, label smoothing 0.1,
     validation and best-checkpoint save every epoch), also a subprocess of this file, NCHW
-    fp32 as train.py defaults. Both start from random weights (each tool's own init, seed 0);
+    fp32 as train.py defaults. Both start from random weights (each tool's own init, --seed);
     both use AdamW lr 2e-3, wd 0.01, cosine with 0.5 warm-up epochs (imgcls's default
     recipe), so the runs differ in pipeline, not in optimisation. Goal: timm / imgcls >= 2.
 (4) predict: `imgcls predict best.safetensors predict/ --json` wall time, twice: the first call
@@ -221,7 +221,7 @@ def peer_train(args: argparse.Namespace) -> None:
     from timm.scheduler import create_scheduler_v2
 
     cpu = torch.device("cpu")
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     train_set = create_dataset("", root=args.train, split="train", is_training=True, batch_size=args.batch_size)
     val_set = create_dataset("", root=args.val, split="validation")
     model = timm.create_model(args.model, num_classes=len(train_set.reader.class_to_idx))
@@ -376,7 +376,7 @@ def train_stage(model: str, folder: Path, run: Path, args: argparse.Namespace, f
         return imgcls(
             "train", str(folder / "train"), "--val", str(folder / "val"), "--model", model,
             "--img-size", str(SIZE), "--epochs", str(epochs), "--batch-size", str(args.batch_size),
-            "--out", str(run / out), *flags, *extra,
+            "--out", str(run / out), "--seed", str(args.seed), *flags, *extra,
         )  # fmt: skip
 
     from imgcls.training.optim import epoch_side
@@ -393,7 +393,7 @@ def train_stage(model: str, folder: Path, run: Path, args: argparse.Namespace, f
     # left only one such epoch, a 3-epoch run at 224 px throughout measures the loop.
     sides = [epoch_side(SIZE, AUTO_PROGRESSIVE_START, epoch, len(seconds)) for epoch in range(1, len(seconds) + 1)]
     full = [rate for rate, side in zip(per_epoch, sides, strict=True) if side == SIZE][1:]
-    if full or args.epochs < 3:
+    if full or args.epochs < 3 or "ceiling" not in args.stages:  # no ceiling: no loop run to compare
         loop, loop_from = statistics.median(full or per_epoch), "this run's epochs"
     else:
         timed(train_cmd(3, "imgcls-loop", "--set", "train.progressive_resize=0"), run / "imgcls-loop.out")
@@ -406,7 +406,7 @@ def train_stage(model: str, folder: Path, run: Path, args: argparse.Namespace, f
     peer_cmd = [
         sys.executable, __file__, "--peer-train", "--model", model, "--train", str(folder / "train"),
         "--val", str(folder / "val"), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-        "--workers", str(args.workers), "--out", str(run),
+        "--workers", str(args.workers), "--out", str(run), "--seed", str(args.seed),
     ]  # fmt: skip
     peer_wall = timed(peer_cmd, run / "timm.out")
     peer_acc = json.loads((run / "timm.out").read_text().strip().splitlines()[-1])["accuracy"]
@@ -450,7 +450,7 @@ def predict_stage(model: str, folder: Path, run: Path, args: argparse.Namespace)
 def bench_model(model: str, folder: Path, args: argparse.Namespace, default: str) -> dict:
     print(f"\n== {model}, {SIZE} px, batch {args.batch_size}, {args.epochs} epoch(s)")
     result: dict = {"model": model}
-    run = DATA / "runs" / f"photo-{model}"
+    run = DATA / "runs" / (f"photo-{model}" + (f"-seed{args.seed}" if args.seed else ""))
     if "ceiling" in args.stages:
         result |= ceiling_stage(model, args, default)
     if "train" in args.stages:
@@ -496,6 +496,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0, help="both tools' seed (runs of other seeds are kept apart)")
     parser.add_argument("--batch-size", type=int, default=64)
     # The ceiling's steps take 1-4 s each at 224 px on two cores: 3 steps x 3 repeats per setting
     # gave medians within a few percent, at a minute or two per model.
