@@ -46,6 +46,14 @@ more workers than cores only take cores from the model they feed.
     .venv/bin/python benchmarks/photo_speed.py --models resnet18 --stages predict   # reuses the last run
     .venv/bin/python benchmarks/photo_speed.py --stages test   # scores the last run's two models again
     .venv/bin/python benchmarks/photo_speed.py --quick     # one small model, tiny folders: a smoke run
+
+To run training as an older CPU would (PyTorch's and oneDNN's kernels limited to its
+instruction set; the same cores, caches and clock), for example AVX2 alone or AVX-512 without
+bfloat16:
+
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 .venv/bin/python benchmarks/photo_speed.py --stages train,test
+    ONEDNN_MAX_CPU_ISA=AVX512_CORE ATEN_CPU_CAPABILITY=avx512 \
+        .venv/bin/python benchmarks/photo_speed.py --stages train,test
 """
 
 from __future__ import annotations
@@ -535,6 +543,10 @@ def main() -> None:
 
     print(f"CPU {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"bf16 on this CPU: {cpu_has_bf16()}; imgcls's own loop trains in: {default}; timm workers {args.workers}")
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA"), os.environ.get("ATEN_CPU_CAPABILITY")
+    if any(limit):
+        print(f"run as an older CPU: oneDNN limited to {limit[0]}, PyTorch's kernels to {limit[1]} "
+              "(ONNX Runtime is not limited: its predict figures are this CPU's)")  # fmt: skip
     print(f"data: {folder.relative_to(HERE)} ({len(SOURCES)} classes; ~400x300 JPEG, quality 85)")
     args.stages = set(args.stages.split(","))
     results = [bench_model(model, folder, args, default) for model in models]

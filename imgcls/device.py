@@ -64,8 +64,19 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device("cuda", int(index))
 
 
+# oneDNN's instruction-set limits (ONEDNN_MAX_CPU_ISA, which runs a CPU as an older one) that
+# leave out bfloat16 arithmetic: under them its bfloat16 convolutions are emulated, and slow.
+ONEDNN_ISAS_WITHOUT_BF16 = frozenset(
+    {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+)
+
+
 def cpu_has_bf16() -> bool:
-    """True on CPUs with native bfloat16 arithmetic (AVX512-BF16 or AMX)."""
+    """True on CPUs with native bfloat16 arithmetic (AVX512-BF16 or AMX), unless oneDNN is
+    limited to an instruction set without it."""
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
+    if limit.strip().upper() in ONEDNN_ISAS_WITHOUT_BF16:
+        return False
     cpu = torch.backends.cpu.get_cpu_capability()
     if cpu not in ("AVX512", "AVX512_BF16", "AMX"):
         return False

@@ -89,6 +89,20 @@ def test_precision_choices(monkeypatch):
     assert not dev.grad_scaler(torch.bfloat16, cpu).is_enabled() and not dev.grad_scaler(None, cpu).is_enabled()
 
 
+def test_a_onednn_limit_without_bf16_means_float32_on_a_bf16_cpu(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX512_CORE runs a bfloat16 CPU's convolutions as a CPU without it
+    does, where bfloat16 is emulated and slow: auto then trains in float32."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512_BF16")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    cpu = torch.device("cpu")
+    assert dev.cpu_has_bf16() and dev.choose_autocast("auto", cpu) is torch.bfloat16
+    for limit in ("AVX512_CORE", "avx2"):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", limit)
+        assert not dev.cpu_has_bf16() and dev.choose_autocast("auto", cpu) is None
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert dev.cpu_has_bf16()
+
+
 def test_a_cpu_batch_stays_where_it_is():
     batch = torch.zeros(4, 8, 8, 1, dtype=torch.uint8)
     assert dev.to_device(batch, torch.device("cpu")) is batch
