@@ -400,9 +400,11 @@ def train_stage(model: str, folder: Path, run: Path, args: argparse.Namespace, f
     # oneDNN's kernels for it (the ceiling leaves its warm-up out). When progressive resizing
     # left only one such epoch, a 3-epoch run at 224 px throughout measures the loop.
     sides = [epoch_side(SIZE, AUTO_PROGRESSIVE_START, epoch, len(seconds)) for epoch in range(1, len(seconds) + 1)]
-    full = [rate for rate, side in zip(per_epoch, sides, strict=True) if side == SIZE][1:]
-    if full or args.epochs < 3 or "ceiling" not in args.stages:  # no ceiling: no loop run to compare
-        loop, loop_from = statistics.median(full or per_epoch), "this run's epochs"
+    at_full = [rate for rate, side in zip(per_epoch, sides, strict=True) if side == SIZE]
+    if at_full[1:]:
+        loop, loop_from = statistics.median(at_full[1:]), f"this run's epochs at {SIZE} px after the first"
+    elif args.epochs < 3 or "ceiling" not in args.stages:  # no ceiling: no loop run to compare
+        loop, loop_from = (at_full or per_epoch)[-1], f"this run's last epoch ({SIZE} px), warm-up included"
     else:
         timed(train_cmd(3, "imgcls-loop", "--set", "train.progressive_resize=0"), run / "imgcls-loop.out")
         loop = statistics.median(images / s for s in epoch_seconds(run / "imgcls-loop")[1:])
