@@ -94,6 +94,8 @@ def test_a_onednn_limit_without_bf16_means_float32_on_a_bf16_cpu(monkeypatch):
     does, where bfloat16 is emulated and slow: auto then trains in float32."""
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512_BF16")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
     cpu = torch.device("cpu")
     assert dev.cpu_has_bf16() and dev.choose_autocast("auto", cpu) is torch.bfloat16
     for limit in ("AVX512_CORE", "avx2"):
